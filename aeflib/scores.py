@@ -1,0 +1,97 @@
+"""``Scores``: per-group importance values, the currency passed from estimation to fusion to planning.
+
+A :class:`Scores` holds, for each *criterion* (``"vector"``, ``"element1"``, ``"aef"`` ...), one fp32 tensor
+``[n_groups]`` per group set, keyed ``"<layer>.<kind>"`` (``"5.head"``, ``"5.channel"``) as
+:attr:`aeflib.models.GroupSet.key` spells it. Larger means more important. It saves to one safetensors file
+(tensor names ``"<criterion>/<layer>.<kind>"``) with its metadata as a JSON string in the file header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["Scores"]
+
+
+@dataclass
+class Scores:
+    """Importance per criterion and group set.
+
+    Attributes:
+        values: ``{criterion: {"<layer>.<kind>": fp32 tensor [n_groups]}}``.
+        meta: JSON-able facts about how they were computed (model checksum, calibration, seed, timings...).
+    """
+
+    values: dict[str, dict[str, torch.Tensor]]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def criteria(self) -> list[str]:
+        """Criterion names present, in insertion order."""
+        return list(self.values)
+
+    @property
+    def keys(self) -> list[str]:
+        """Group-set keys, ordered by layer then heads before channels."""
+        first = next(iter(self.values.values()), {})
+        return sorted(first, key=_key_order)
+
+    def __getitem__(self, criterion: str) -> dict[str, torch.Tensor]:
+        if criterion not in self.values:
+            raise KeyError(f"no scores for criterion {criterion!r}; present: {self.criteria}")
+        return self.values[criterion]
+
+    def with_criterion(self, name: str, per_set: dict[str, torch.Tensor], **meta) -> Scores:
+        """A copy with one more criterion (e.g. a fused one) added; ``meta`` goes under ``meta[name]``."""
+        values = {**self.values, name: {k: v.detach().float().cpu() for k, v in per_set.items()}}
+        return Scores(values, {**self.meta, **({name: meta} if meta else {})})
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one safetensors file atomically (temp file + rename). Returns the path."""
+        path = Path(path)
+        tensors = {f"{c}/{k}": v.contiguous() for c, per in self.values.items() for k, v in per.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"aeflib.scores.meta": json.dumps(self.meta)})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Scores:
+        """Read a file written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: If ``path`` does not exist.
+            ValueError: If it is not an aeflib scores file.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"scores file {path} does not exist")
+        with safe_open(str(path), "pt") as f:
+            header = f.metadata() or {}
+        if "aeflib.scores.meta" not in header:
+            raise ValueError(f"{path} is not an aeflib scores file (no 'aeflib.scores.meta' header)")
+        values: dict[str, dict[str, torch.Tensor]] = {}
+        for name, tensor in load_file(str(path)).items():
+            criterion, key = name.split("/", 1)
+            values.setdefault(criterion, {})[key] = tensor
+        return cls(values, json.loads(header["aeflib.scores.meta"]))
+
+
+def _key_order(key: str) -> tuple[int, int]:
+    layer, kind = key.split(".")
+    return int(layer), 0 if kind == "head" else 1
