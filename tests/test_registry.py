@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import aeflib.models
+from aeflib.models import MODELS, ModelUnavailableError, load
+
+
+def test_unknown_model_name_lists_registered_names():
+    with pytest.raises(ValueError, match=r"unknown model 'llama-8b'.*smollm2-135m"):
+        load("llama-8b")
+
+
+def test_unsupported_dtype_names_choices():
+    with pytest.raises(ValueError, match=r"unsupported dtype 'int8'.*bfloat16"):
+        load("tiny-llama", dtype="int8")
+
+
+def test_unknown_gqa_mode_names_choices():
+    with pytest.raises(ValueError, match=r"unknown gqa_mode 'heads'.*kv-groups"):
+        load("tiny-gqa", gqa_mode="heads")
+
+
+@pytest.mark.parametrize("name", [n for n, s in MODELS.items() if s.paper])
+def test_paper_model_offline_fails_fast_with_hub_id_and_local_path_hint(name):
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as err:
+        load(name)
+    assert time.perf_counter() - start < 5
+    assert MODELS[name].hub_id in str(err.value) and "local" in str(err.value)
+
+
+def test_tiny_models_are_seeded():
+    a, b = load("tiny-llama", seed=3).model, load("tiny-llama", seed=3).model
+    assert aeflib.models.checksum(a) == aeflib.models.checksum(b)
+    assert aeflib.models.checksum(a) != aeflib.models.checksum(load("tiny-llama", seed=4).model)
+
+
+def test_tiny_bf16_keeps_dtype():
+    model = load("tiny-bloom", dtype="bfloat16").model
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_missing_folder_is_not_a_model():
+    with pytest.raises(ValueError, match="not an existing folder"):
+        load("/nonexistent/llama")
+
+
+def test_local_folder_without_config_is_refused(tmp_path):
+    (tmp_path / "weights.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load(tmp_path)
+
+
+def test_local_folder_of_saved_tiny_model_loads(tmp_path):
+    model, tok, _ = load("tiny-llama")
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again = load(tmp_path)
+    x = torch.tensor([[1, 2, 3, 4]])
+    assert torch.equal(model(x).logits, again.model(x).logits)
+    assert again.adapter.family == "llama"
+
+
+def test_baichuan_folder_loads_without_remote_code(tmp_path):
+    """A hub-style Baichuan folder (config naming remote code) loads through aeflib's own class."""
+    import json
+
+    model, tok, _ = load("tiny-baichuan")
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(architectures=["BaichuanForCausalLM"], auto_map={"AutoModelForCausalLM": "modeling_baichuan.X"})
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "modeling_baichuan.py").write_text("raise RuntimeError('remote code must never run')\n")
+    again = load(tmp_path)
+    x = torch.tensor([[1, 2, 3, 4]])
+    torch.testing.assert_close(model(x).logits, again.model(x).logits)
+    assert again.adapter.family == "baichuan"
+
+
+def test_embedded_model_second_load_is_fast():
+    load("smollm2-135m")
+    start = time.perf_counter()
+    model, _, adapter = load("smollm2-135m")
+    assert time.perf_counter() - start < 2
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert adapter.widths(model, 0).n_kv_heads == 3
