@@ -1,0 +1,148 @@
+"""Wall time and peak memory of importance estimation: memory-bounded (hooks) vs naive (full .grad) path.
+
+Each measurement runs in a fresh subprocess so that its peak RSS (``ru_maxrss``) is its own; on CUDA the peak is
+``torch.cuda.max_memory_allocated``. Reported per case: seconds, peak memory, peak / weight bytes, and the
+naive / bounded ratio measured in the same run.
+
+Models: the embedded SmolLM2-135M (layers 4..27 scored, as LLM-Pruner's range) and a random-weight model with
+LLaMA-7B widths (hidden 4096, 32 heads, MLP 11008, vocab 32000) but only ``--layers`` decoder layers, all scored.
+The 7B projection assumes per-layer costs add up: peak(32 layers) ≈ peak(k) + (32 − k)·Δ with Δ the measured
+peak increase per extra layer (the script measures k and k+1 layers to get Δ).
+
+    python benchmarks/estimation_cost.py                 # several minutes on 2 cores
+    python benchmarks/estimation_cost.py --smoke         # seconds (CI)
+    python benchmarks/estimation_cost.py --device cuda --full7b --dtype bfloat16   # GPU: the full LLaMA-7B shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CRITERIA = {"first-order": ["vector", "element1"], "with-fisher": ["vector", "element1", "element2"]}
+
+
+def _child(spec: dict) -> dict:
+    """Run one estimation and report its own time and peak memory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import aeflib.models
+    from aeflib import data, importance
+
+    dtype = aeflib.models.resolve_dtype(spec["dtype"])
+    if spec["model"] == "llama7b-width":
+        cfg = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                          num_hidden_layers=spec["layers"], num_attention_heads=32, num_key_value_heads=32)
+        with torch.device(spec["device"]):
+            model = LlamaForCausalLM(cfg).to(dtype).eval()
+        adapter = aeflib.models.adapter_for(model)
+        layers = range(spec["layers"])
+        calib = torch.randint(0, 32000, (spec["n"], spec["seq_len"]), generator=torch.Generator().manual_seed(42))
+    else:
+        model, tokenizer, adapter = aeflib.models.load(spec["model"], dtype=dtype, device=spec["device"])
+        layers = None
+        calib = data.calibration(tokenizer, n=spec["n"], seq_len=spec["seq_len"], seed=42)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if spec["device"].startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    t = time.perf_counter()
+    importance.estimate(model, adapter, calib, criteria=CRITERIA[spec["criteria"]], layers=layers,
+                        path=spec["path"])
+    seconds = time.perf_counter() - t
+    out = {**spec, "seconds": seconds, "weight_bytes": weight_bytes}
+    if spec["device"].startswith("cuda"):
+        torch.cuda.synchronize()
+        out["peak_bytes"] = torch.cuda.max_memory_allocated()
+        out["peak_above_weights_bytes"] = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        out["peak_bytes"] = peak
+        out["peak_above_weights_bytes"] = peak - rss_before
+    return out
+
+
+def _run(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode:
+        raise RuntimeError(f"case {spec} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--layers", type=int, default=2, help="decoder layers of the LLaMA-7B-width model")
+    ap.add_argument("--full7b", action="store_true", help="also the full 32-layer LLaMA-7B shape (GPU)")
+    ap.add_argument("--out", default="benchmarks/results/estimation_cost.json")
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
+        return
+
+    if args.smoke:
+        cases = [dict(model="tiny-llama", layers=0, n=4, seq_len=16, path=p, criteria="with-fisher",
+                      device=args.device, dtype=args.dtype) for p in ("bounded", "naive")]
+    else:
+        cases = []
+        for crit in CRITERIA:
+            for path in ("bounded", "naive"):
+                cases.append(dict(model="smollm2-135m", layers=0, n=10, seq_len=64, path=path, criteria=crit,
+                                  device=args.device, dtype=args.dtype))
+        for k in (args.layers, args.layers + 1):
+            for path in ("bounded", "naive"):
+                cases.append(dict(model="llama7b-width", layers=k, n=10, seq_len=64, path=path,
+                                  criteria="first-order", device=args.device, dtype=args.dtype))
+        if args.full7b:
+            for path in ("bounded", "naive"):
+                cases.append(dict(model="llama7b-width", layers=32, n=10, seq_len=64, path=path,
+                                  criteria="with-fisher", device=args.device, dtype=args.dtype))
+    rows = []
+    for spec in cases:
+        row = _run(spec)
+        rows.append(row)
+        print(f"{row['model']:>14} L={row['layers']:<2} {row['criteria']:<12} {row['path']:<8} "
+              f"{row['seconds']:8.1f} s  peak {row['peak_bytes'] / 2**30:6.2f} GiB  "
+              f"above weights {row['peak_above_weights_bytes'] / 2**30:6.2f} GiB  "
+              f"peak/weights {row['peak_bytes'] / row['weight_bytes']:5.2f}", flush=True)
+    print("\nnaive / bounded, same run:")
+    for r in rows:
+        if r["path"] != "naive":
+            continue
+        b = next(x for x in rows if x["path"] == "bounded" and all(x[k] == r[k] for k in ("model", "layers",
+                                                                                         "criteria")))
+        print(f"  {r['model']} L={r['layers']} {r['criteria']}: memory above weights "
+              f"{r['peak_above_weights_bytes'] / max(b['peak_above_weights_bytes'], 1):.2f}x, "
+              f"time {r['seconds'] / b['seconds']:.2f}x")
+    wide = {(r["layers"], r["path"]): r for r in rows if r["model"] == "llama7b-width" and r["layers"] < 32}
+    projection = {}
+    for path in ("bounded", "naive"):
+        k = args.layers
+        if (k, path) in wide and (k + 1, path) in wide:
+            delta = wide[(k + 1, path)]["peak_bytes"] - wide[(k, path)]["peak_bytes"]
+            projection[path] = wide[(k, path)]["peak_bytes"] + (32 - k) * delta
+            print(f"  projected LLaMA-7B (32 layers, {args.dtype}, first-order) peak, {path}: "
+                  f"{projection[path] / 2**30:.1f} GiB  (peak(k={k}) + (32-k)·Δ, Δ = {delta / 2**30:.2f} GiB/layer)")
+    out = Path(args.out)
+    if not args.smoke:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                                   "rows": rows, "projection_7b_bytes": projection}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
