@@ -292,11 +292,13 @@ def fuse(
         normalize_with: Key of :data:`NORMALIZATIONS`, applied per group set before fusing. ``aef-element``
             always works on ``rank`` scale so its softmax compares like with like.
         temperature: Softmax temperature τ > 0 of the gates.
-        model, adapter, calibration: Needed by ``aef-layer`` and ``aef-learned`` (they measure the calibration
-            loss; LongTensor [N, L]); the model's weights are not changed.
+        model: Needed by ``aef-layer`` and ``aef-learned``, which measure the calibration loss; never changed.
+        adapter: The model's structure adapter (same methods).
+        calibration: LongTensor [N, L] of calibration windows (same methods).
         pruning_ratio: Per-structure ratio the plan will use (the gates judge the removal at this ratio).
         weights: ``(α_fine, α_coarse)`` for ``method="fixed"``.
-        steps, lr: Adam steps and learning rate of ``aef-learned``.
+        steps: Adam steps of ``aef-learned``.
+        lr: Adam learning rate of ``aef-learned``.
         name: Criterion name for the fused scores (default: ``method`` as given).
 
     Returns:

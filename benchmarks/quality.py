@@ -131,7 +131,7 @@ def summarize(results: dict) -> None:
     for target, method in keys:
         sel = [r for r in rows if (r["target_params"] or 0) == target and r["method"] == method]
 
-        def cell(metric: str, fmt: str) -> str:
+        def cell(metric: str, fmt: str, sel=sel) -> str:
             vals = [r[metric] for r in sel]
             return f"{statistics.mean(vals):{fmt}} [{min(vals):{fmt}}..{max(vals):{fmt}}]"
 

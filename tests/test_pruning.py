@@ -4,12 +4,12 @@ import copy
 
 import pytest
 import torch
+from conftest import TINY_NAMES, uniform_scores
 
 import aeflib.models
 from aeflib import pruning
 from aeflib.models import StructureError
 from aeflib.pruning import PruningPlan
-from conftest import TINY_NAMES, uniform_scores
 
 PROMPT = torch.tensor([[1, 5, 9, 200, 3000, 17, 4]])  # 7 tokens (field-case 6)
 

@@ -141,7 +141,8 @@ class GroupSet:
     def __post_init__(self) -> None:
         for s in self.slices:
             if s.layout[s.axis] != self.n:
-                raise StructureError(f"slice {s.param} has {s.layout[s.axis]} groups on axis {s.axis}, expected {self.n}")
+                raise StructureError(
+                    f"slice {s.param} has {s.layout[s.axis]} groups on axis {s.axis}, expected {self.n}")
         if self.n % self.blocks:
             raise StructureError(f"{self.n} groups cannot form {self.blocks} equal blocks")
 

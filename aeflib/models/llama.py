@@ -48,8 +48,10 @@ class LlamaAdapter(StructureAdapter):
         return model.model.layers
 
     def untouched_layer_params(self, model: nn.Module, layer: int) -> tuple[str, ...]:
-        """RMSNorm weights, output-side biases (added to the never-cut residual stream); under GQA in
-        ``query-heads`` mode also k/v, which keep all their kv heads."""
+        """RMSNorm weights and output-side biases (added to the never-cut residual stream).
+
+        Under GQA in ``query-heads`` mode also k/v, which keep all their kv heads.
+        """
         names = ("input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.o_proj.bias",
                  "mlp.down_proj.bias")
         w = self.widths(model, layer)

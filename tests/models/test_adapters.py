@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
+from conftest import TINY_NAMES, uniform_scores
 
 import aeflib.models
 from aeflib import pruning
 from aeflib.models import GQA_MODES, StructureError
-from conftest import TINY_NAMES, uniform_scores
 
 
 def test_group_sets_cover_every_layer_parameter(tiny):
