@@ -15,6 +15,18 @@ The stages, one module each (see ``design.md``)::
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_SUBMODULES = ("data", "evaluation", "fusion", "importance", "io", "models", "paper", "pipeline", "plots",
+               "pruning", "recovery", "scores", "widgets")
+
+__all__ = ["__version__", *_SUBMODULES]
+
+
+def __getattr__(name: str):
+    """Import submodules on first use, so ``import aeflib`` stays cheap and ``aeflib.models.load`` just works."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"aeflib.{name}")
+    raise AttributeError(f"module 'aeflib' has no attribute {name!r}")
