@@ -178,7 +178,7 @@ def _load_folder(path: Path, dtype: torch.dtype, device_map: str | None) -> tupl
 def load(
     name_or_path: str | os.PathLike = "smollm2-135m",
     *,
-    dtype: torch.dtype | str = torch.float32,
+    dtype: torch.dtype | str | None = None,
     device: str = "cpu",
     gqa_mode: str = "query-heads",
     seed: int = 0,
@@ -187,7 +187,8 @@ def load(
 
     Args:
         name_or_path: A key of :data:`MODELS` or a local folder (transformers checkpoint or aeflib pruned folder).
-        dtype: Weight dtype, ``torch.float32`` (default), ``bfloat16`` or ``float16`` (or their names).
+        dtype: Weight dtype, ``torch.float32``, ``bfloat16`` or ``float16`` (or their names); default float32,
+            except that an aeflib pruned folder keeps the dtype it was saved in.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or ``"auto"`` to shard a large model with accelerate.
         gqa_mode: How GQA heads are grouped, a key of :data:`aeflib.models.adapters.GQA_MODES`.
         seed: Weight seed of the tiny random models (ignored otherwise).
@@ -200,7 +201,7 @@ def load(
         FileNotFoundError: A path that does not exist or has no config.
         ModelUnavailableError: A hub model that is neither cached nor reachable (fails within ~3 s).
     """
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = torch.float32 if dtype is None else resolve_dtype(dtype)
     key = str(name_or_path)
     device_map = "auto" if device == "auto" else None
     if key in MODELS:
@@ -230,7 +231,7 @@ def load(
         if (path / "aeflib.json").is_file():
             from aeflib import io
 
-            return io.load(path, dtype=torch_dtype, device=device)
+            return io.load(path, dtype=None if dtype is None else torch_dtype, device=device)
         model, tokenizer = _load_folder(path, torch_dtype, device_map)
     if device_map is None and device != "cpu":
         model = model.to(device)

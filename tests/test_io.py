@@ -1,0 +1,337 @@
+"""aeflib.io: self-describing pruned folders (save/load), stock transformers export, corrupt folders, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import aeflib.io as aio
+import aeflib.models
+from aeflib.models import Loaded, adapter_for, checksum
+from aeflib.models.tiny import build_tiny
+from aeflib.pruning import PruningPlan, apply, count_parameters, plan
+
+IDS = torch.tensor([[1, 530, 2417, 87, 9001, 14, 48000], [2, 77, 31000, 12, 640, 5, 999]])  # [2, 7]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matmuls gain nothing from threads, and on a busy 2-core machine OpenMP waits make them ~25x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny(name: str, tokenizer=None, gqa_mode: str = "query-heads", dtype=torch.float32) -> Loaded:
+    """A tiny model without reloading the tokenizer (the session fixture's is passed in when a test needs it)."""
+    model = build_tiny(name, dtype=dtype)
+    return Loaded(model, tokenizer, adapter_for(model, gqa_mode))
+
+
+def _random_plan(model, adapter, layers, ratio, seed) -> PruningPlan:
+    gen = torch.Generator().manual_seed(seed)
+    scores = {gs.key: torch.rand(gs.n, generator=gen) for gs in adapter.all_group_sets(model, layers)}
+    return plan(model, adapter, scores, pruning_ratio=ratio, layers=layers, criterion="random")
+
+
+def _prune_non_uniform(loaded) -> list[PruningPlan]:
+    """Default layers (1..2) at 25 %, then layer 2 again at 50 %: four different widths, Bloom heads not contiguous."""
+    model, _, adapter = loaded
+    plans = [_random_plan(model, adapter, None, 0.25, seed=0)]
+    apply(model, adapter, plans[0])
+    plans.append(_random_plan(model, adapter, [2], 0.5, seed=1))
+    apply(model, adapter, plans[1])
+    return plans
+
+
+def _prune_uniform(loaded, ratio: float) -> None:
+    model, _, adapter = loaded
+    apply(model, adapter, _random_plan(model, adapter, range(adapter.n_layers(model)), ratio, seed=0))
+
+
+@torch.no_grad()
+def _logits(model) -> torch.Tensor:
+    return model(IDS).logits  # [2, 7, vocab]
+
+
+def _run(code: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# ---- save / load ---------------------------------------------------------------------------------------------------
+def test_save_load_non_uniform_keeps_logits_widths_and_ties(tiny, tmp_path):
+    model, tokenizer, adapter = tiny
+    plans = _prune_non_uniform(tiny)
+    widths = adapter.all_widths(model)
+    assert len({(w.n_heads, w.n_channels) for w in widths}) >= 3
+    folder = aio.save(model, tokenizer, tmp_path / "ck", adapter=adapter, plan=plans, metrics={"ppl": 12.5},
+                      provenance={"base_model": "tiny", "seed": 7})
+    loaded = aeflib.models.load(folder)  # dispatches to aeflib.io.load
+    assert torch.equal(_logits(model), _logits(loaded.model))
+    assert [w.to_dict() for w in loaded.adapter.all_widths(loaded.model)] == [w.to_dict() for w in widths]
+    assert checksum(loaded.model) == checksum(model)
+    assert count_parameters(loaded.model) == count_parameters(model)
+    emb, head = loaded.model.get_input_embeddings().weight, loaded.model.get_output_embeddings().weight
+    assert (emb is head) == (model.get_input_embeddings().weight is model.get_output_embeddings().weight)
+    assert loaded.tokenizer("hello world")["input_ids"] == tokenizer("hello world")["input_ids"]
+    assert loaded.model.generation_config.eos_token_id == model.generation_config.eos_token_id
+
+    manifest = aio.read_manifest(folder)
+    assert manifest["format_version"] == aio.FORMAT_VERSION
+    assert [PruningPlan.from_dict(d).keep_heads for d in manifest["plans"]] == [p.keep_heads for p in plans]
+    prov = manifest["provenance"]
+    assert prov["base_model"] == "tiny" and prov["seed"] == 7 and prov["method"] == "random"
+    assert prov["checksum"] == checksum(model) and prov["params"] == count_parameters(model)
+    assert prov["pruning"][0]["head_ratio_achieved"] == plans[0].summary()["head_ratio_achieved"]
+    assert set(prov["versions"]) >= {"aeflib", "transformers", "torch"}
+    assert manifest["metrics"] == {"ppl": 12.5}
+
+
+def test_save_writes_no_pickle(tmp_path, tokenizer):
+    model, tokenizer, adapter = _tiny("tiny-bloom", tokenizer)  # tied embeddings, stored once
+    folder = aio.save(model, tokenizer, tmp_path / "ck", adapter=adapter)
+    names = [p.name for p in folder.iterdir()]
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"))], names
+    assert aio.read_manifest(folder)["model"]["tied"] == {"lm_head.weight": "transformer.word_embeddings.weight"}
+    assert "lm_head.weight" not in load_file(folder / aio.WEIGHTS)
+
+
+def test_load_gqa_kv_groups_mode_and_dtype(tmp_path):
+    model, tokenizer, adapter = loaded = _tiny("tiny-gqa", gqa_mode="kv-groups")
+    _prune_uniform(loaded, 0.5)  # 2 kv groups -> 1: 3 query heads / 1 kv head
+    assert adapter.widths(model, 0).n_kv_heads == 1
+    folder = aio.save(model, None, tmp_path / "ck", adapter=adapter)
+    back = aio.load(folder)
+    assert back.tokenizer is None
+    assert back.adapter.gqa_mode == "kv-groups" and torch.equal(_logits(model), _logits(back.model))
+    half = aio.load(folder, dtype="bfloat16")
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    torch.testing.assert_close(_logits(half.model).float(), _logits(model), atol=0.1, rtol=0.1)
+
+
+def test_save_load_bf16_model_keeps_dtype_and_logits(tmp_path):
+    model, tokenizer, adapter = loaded = _tiny("tiny-llama", dtype=torch.bfloat16)
+    _prune_non_uniform(loaded)
+    back = aio.load(aio.save(model, None, tmp_path / "ck", adapter=adapter))
+    assert next(back.model.parameters()).dtype == torch.bfloat16
+    assert torch.equal(_logits(model), _logits(back.model))
+
+
+# ---- atomicity -----------------------------------------------------------------------------------------------------
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_save_failure_leaves_no_folder(tmp_path, monkeypatch):
+    model, tokenizer, adapter = _tiny("tiny-llama")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(aio, "_write_weights", broken)
+    with pytest.raises(OSError, match="simulated"):
+        aio.save(model, tokenizer, tmp_path / "ck", adapter=adapter)
+    assert not (tmp_path / "ck").exists() and _leftovers(tmp_path) == []
+
+
+def test_save_overwrite_is_atomic_and_opt_in(tmp_path, monkeypatch):
+    model, tokenizer, adapter = loaded = _tiny("tiny-llama")
+    folder = aio.save(model, tokenizer, tmp_path / "ck", adapter=adapter)
+    old = checksum(model)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        aio.save(model, tokenizer, folder, adapter=adapter)
+    _prune_non_uniform(loaded)
+    with monkeypatch.context() as m:
+        m.setattr(aio, "_write_weights", lambda *a, **k: (_ for _ in ()).throw(OSError("simulated")))
+        with pytest.raises(OSError, match="simulated"):
+            aio.save(model, tokenizer, folder, adapter=adapter, overwrite=True)
+    assert aio.read_manifest(folder)["model"]["checksum"] == old and _leftovers(tmp_path) == []
+    aio.save(model, tokenizer, folder, adapter=adapter, overwrite=True)
+    assert aio.read_manifest(folder)["model"]["checksum"] == checksum(model) and _leftovers(tmp_path) == []
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a checkpoint folder"):
+        aio.save(model, tokenizer, tmp_path / "other", adapter=adapter, overwrite=True)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+# ---- corrupt folders -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    loaded = _tiny("tiny-gqa")
+    _prune_non_uniform(loaded)
+    return aio.save(loaded.model, None, tmp_path_factory.mktemp("io") / "ck", adapter=loaded.adapter)
+
+
+@pytest.fixture
+def copy_of(saved, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(saved, tmp_path / "ck"))
+
+
+def _edit_manifest(folder: Path, edit) -> None:
+    manifest = json.loads((folder / aio.MANIFEST).read_text())
+    edit(manifest)
+    (folder / aio.MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_load_rejects_bad_json(copy_of):
+    (copy_of / aio.MANIFEST).write_text('{"format": "aeflib-pruned-checkpoint", "format_version": 1,')
+    with pytest.raises(aio.CheckpointError, match=r"aeflib\.json is not valid JSON"):
+        aio.load(copy_of)
+
+
+def test_load_rejects_truncated_weights(copy_of):
+    weights = copy_of / aio.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(aio.CheckpointError, match=r"model\.safetensors has \d+ bytes, .* records \d+: the file is "
+                                                  "truncated"):
+        aio.load(copy_of)
+    _edit_manifest(copy_of, lambda m: m["files"].pop(aio.WEIGHTS))  # size check skipped: safetensors itself fails
+    with pytest.raises(aio.CheckpointError, match=r"model\.safetensors: cannot read the weights .* corrupt or "
+                                                  "truncated"):
+        aio.load(copy_of)
+
+
+def test_load_rejects_newer_format_version(copy_of):
+    _edit_manifest(copy_of, lambda m: m.update(format_version=aio.FORMAT_VERSION + 1))
+    with pytest.raises(aio.CheckpointError, match=r"format_version 2 was written by a newer aeflib.*<= 1"):
+        aio.load(copy_of)
+
+
+def test_load_rejects_manifest_paths_outside_the_folder(copy_of):
+    _edit_manifest(copy_of, lambda m: m.update(weights="../elsewhere.safetensors"))
+    with pytest.raises(aio.CheckpointError, match=r"must name plain files inside the folder"):
+        aio.load(copy_of)
+
+
+def test_load_rejects_weights_that_do_not_match_recorded_widths(copy_of):
+    def shrink(m):
+        m["model"]["layers"][1]["n_channels"] -= 1
+
+    _edit_manifest(copy_of, shrink)
+    with pytest.raises(aio.CheckpointError, match=r"do not match the widths recorded.*\n  layer 1 "
+                                                  r"model\.layers\.1\.mlp\.down_proj\.weight: model\.safetensors "
+                                                  r"has \[96, 120\], expected \[96, 119\]"):
+        aio.load(copy_of)
+
+
+def test_load_rejects_modified_weights(copy_of):
+    weights = copy_of / aio.WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF  # same size, one tensor byte changed
+    weights.write_bytes(bytes(data))
+    with pytest.raises(aio.CheckpointError, match=r"checksum .* differs .* the weights were modified"):
+        aio.load(copy_of)
+
+
+def test_load_rejects_missing_config_and_never_runs_folder_code(copy_of, tmp_path):
+    marker = tmp_path / "ran"
+    (copy_of / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    config = json.loads((copy_of / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (copy_of / "config.json").write_text(json.dumps(config))
+    _edit_manifest(copy_of, lambda m: m["files"].pop("config.json"))
+    aio.load(copy_of)
+    assert not marker.exists()
+    (copy_of / "config.json").unlink()
+    with pytest.raises(aio.CheckpointError, match=r"config\.json is missing"):
+        aio.load(copy_of)
+
+
+# ---- a fresh process: stock transformers (no aeflib import) on exported folders, then aeflib on saved ones ----------
+@pytest.fixture(scope="module")
+def fresh_process(tmp_path_factory, tokenizer):
+    """Write folders, reload them all in ONE new Python process (one interpreter start), return both sides' logits."""
+    base = tmp_path_factory.mktemp("fresh")
+    expected: dict[str, torch.Tensor] = {}
+    for name, ratio in (("tiny-llama", 0.5), ("tiny-gqa", 0.25), ("tiny-bloom", None)):
+        loaded = _tiny(name, tokenizer)
+        if ratio is not None:  # uniform: every layer pruned alike (4 -> 2 heads; 6/2 -> 4/2 heads)
+            _prune_uniform(loaded, ratio)
+        aio.export_hf(loaded.model, loaded.tokenizer, base / f"hf-{name}", loaded.adapter)
+        expected[f"hf-{name}"] = _logits(loaded.model)
+    for name in ("tiny-gqa", "tiny-bloom"):
+        loaded = _tiny(name, tokenizer)
+        aio.save(loaded.model, loaded.tokenizer, base / f"aef-{name}", plan=_prune_non_uniform(loaded))
+        expected[f"aef-{name}"] = _logits(loaded.model)
+    _run(f"""
+import sys, torch
+from transformers import AutoModelForCausalLM
+from safetensors.torch import save_file
+ids, base, out = torch.tensor({IDS.tolist()}), {str(base)!r}, {{}}
+with torch.no_grad():
+    for name in {[k for k in expected if k.startswith("hf-")]}:
+        out[name] = AutoModelForCausalLM.from_pretrained(base + '/' + name).eval()(ids).logits
+    assert not [m for m in sys.modules if m.startswith('aeflib')], 'stock reload imported aeflib'
+    import aeflib.models
+    for name in {[k for k in expected if k.startswith("aef-")]}:
+        out[name] = aeflib.models.load(base + '/' + name).model(ids).logits
+save_file(out, base + '/out.safetensors')
+""")
+    return base, expected, load_file(base / "out.safetensors")
+
+
+@pytest.mark.parametrize("name", ["aef-tiny-gqa", "aef-tiny-bloom"])
+def test_load_in_fresh_process_equals_in_memory(fresh_process, name):
+    _, expected, got = fresh_process
+    assert torch.equal(expected[name], got[name])
+
+
+@pytest.mark.parametrize("name", ["hf-tiny-llama", "hf-tiny-gqa", "hf-tiny-bloom"])
+def test_export_hf_reloads_in_stock_transformers_without_aeflib(fresh_process, name):
+    base, expected, got = fresh_process
+    assert torch.equal(expected[name], got[name])
+    if name == "hf-tiny-gqa":
+        config = json.loads((base / name / "config.json").read_text())
+        assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (4, 2, 16)
+        assert config["intermediate_size"] == 120
+
+
+# ---- export to stock transformers: what cannot be exported -----------------------------------------------------
+def test_export_hf_baichuan_loads_with_aeflib_class(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    loaded = _tiny("tiny-baichuan")
+    _prune_uniform(loaded, 0.5)
+    folder = aio.export_hf(loaded.model, loaded.tokenizer, tmp_path / "hf", loaded.adapter)
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "baichuan"
+    back = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False).eval()
+    assert torch.equal(_logits(loaded.model), _logits(back))
+
+
+def test_export_hf_refuses_non_uniform_model(tmp_path):
+    loaded = _tiny("tiny-llama")
+    _prune_non_uniform(loaded)
+    with pytest.raises(aio.ExportError, match=r"layers \[0, 3\]: 4 heads / 4 kv heads / 128 channels; layers \[1\]: "
+                                              r"3 heads.*not uniform.*layers=range\(4\).*aeflib\.io\.save"):
+        aio.export_hf(loaded.model, loaded.tokenizer, tmp_path / "hf", loaded.adapter)
+    assert not (tmp_path / "hf").exists()
+
+
+def test_export_hf_refuses_head_counts_stock_config_rejects(tmp_path):
+    loaded = _tiny("tiny-llama")
+    _prune_uniform(loaded, 0.25)  # 3 heads of 16 dims; transformers requires hidden_size 64 % heads == 0
+    with pytest.raises(aio.ExportError, match=r"cannot export 3 query heads.*multiple of num_attention_heads.*"
+                                              r"legal uniform head counts: \[1, 2, 4\].*aeflib\.io\.save"):
+        aio.export_hf(loaded.model, loaded.tokenizer, tmp_path / "hf", loaded.adapter)
+
+
+def test_export_hf_refuses_pruned_bloom_naming_the_width(tmp_path):
+    loaded = _tiny("tiny-bloom")
+    _prune_uniform(loaded, 0.5)
+    with pytest.raises(aio.ExportError, match=r"implies other shapes.*\n  layer 0 transformer\.h\.0\.mlp\."
+                                              r"dense_4h_to_h\.weight: the model has \[64, 128\], expected \[64, "
+                                              r"256\](.|\n)*4 \* hidden_size(.|\n)*aeflib\.io\.save"):
+        aio.export_hf(loaded.model, loaded.tokenizer, tmp_path / "hf", loaded.adapter)
