@@ -77,3 +77,46 @@ def smollm2_tokenizer():
     except FileNotFoundError as err:
         pytest.skip(str(err))
     return AutoTokenizer.from_pretrained(folder)
+
+
+# --- zero-shot / efficiency fixtures (tests/test_zeroshot.py, tests/test_efficiency.py) ------------------------------
+def prune_nonuniform(loaded, seed: int = 0):
+    """Prune layer 1 at ratio 0.5, then layer 2 at 0.25 (random scores): every layout ends with unequal widths."""
+    import aeflib.pruning
+
+    model, _tokenizer, adapter = loaded
+    for layer, ratio in ((1, 0.5), (2, 0.25)):
+        scores = uniform_scores(model, adapter, seed=seed + layer)
+        the_plan = aeflib.pruning.plan(model, adapter, scores, pruning_ratio=ratio, layers=[layer])
+        aeflib.pruning.apply(model, adapter, the_plan)
+    return loaded
+
+
+@pytest.fixture
+def tiny_pruned(tiny):
+    """``tiny`` pruned to non-uniform per-layer widths (layer 1 at ratio 0.5, layer 2 at 0.25)."""
+    return prune_nonuniform(tiny)
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one thread for the test (timing-heavy tests: 2 shared cores thrash with OpenMP barriers)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- notebook / pipeline fixtures (tests/test_notebooks.py, tests/test_pipeline.py) ----------------------------------
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "notebooks: executes the stage notebooks with papermill (minutes; run after the library tests, "
+        "deselect with -m 'not notebooks')")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_run(tmp_path_factory):
+    """The whole notebook sequence (01-07) on tiny-llama, executed once per session with papermill (``aef run``)."""
+    from aeflib.pipeline import RunSettings, run
+
+    return run(RunSettings.tiny("tiny-llama"), name="tiny-llama", runs_root=tmp_path_factory.mktemp("runs"))

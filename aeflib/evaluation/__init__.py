@@ -1,0 +1,33 @@
+"""Metrics that carry their protocol: perplexity (more evaluation modules are re-exported here as they land)."""
+
+from __future__ import annotations
+
+from aeflib.evaluation.efficiency import BatchTiming, EfficiencyResult, analytic_macs, compare, counted_macs, efficiency
+from aeflib.evaluation.perplexity import PROTOCOLS, PerplexityProtocol, PerplexityResult, perplexity
+from aeflib.evaluation.zeroshot import (
+    TASK_SETS,
+    TaskScore,
+    ZeroShotResult,
+    ZeroShotUnavailableError,
+    write_table,
+    zeroshot,
+)
+
+__all__ = [
+    "PROTOCOLS",
+    "PerplexityProtocol",
+    "PerplexityResult",
+    "perplexity",
+    "BatchTiming",
+    "EfficiencyResult",
+    "analytic_macs",
+    "compare",
+    "counted_macs",
+    "efficiency",
+    "TASK_SETS",
+    "TaskScore",
+    "ZeroShotResult",
+    "ZeroShotUnavailableError",
+    "write_table",
+    "zeroshot",
+]

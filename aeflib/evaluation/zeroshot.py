@@ -1,0 +1,331 @@
+"""Zero-shot accuracy on lm-evaluation-harness, with the metric of every task named next to its number.
+
+Entry points::
+
+    zeroshot(model, tokenizer, tasks="local", limit=None, batch_size=8, seed=1234) -> ZeroShotResult
+    TASK_SETS                       # {"paper7": {task: metric}, "local": {task: metric}}
+    write_table(results, path)      # .csv / .md / .json; refuses a task without its metric
+
+The in-memory (possibly pruned, per-layer-width) model is wrapped in ``lm_eval.models.huggingface.HFLM`` and scored
+by ``lm_eval.simple_evaluate``; aeflib vendors no harness code. Two task sets:
+
+* ``paper7`` — BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e, ARC-c, OBQA from the Hugging Face hub, each under the
+  metric the paper reports (acc for BoolQ, PIQA, WinoGrande, ARC-e; acc_norm for HellaSwag, ARC-c, OBQA;
+  field-case 15: HellaSwag is 53 under acc and 68 under acc_norm for the same model), and their plain average.
+  Offline it fails within seconds, naming the missing datasets.
+* ``local`` — three offline tasks cut by ``data/prepare_tasks.py`` from the shipped corpora's test splits
+  (``data/tasks``): ``aef_continuation`` (HellaSwag-style), ``aef_cloze`` (LAMBADA-style), ``aef_qa`` (QA matching).
+
+Every result records the harness version, task, metric, items scored, limit, seed and the model checksum.
+
+Source: [paper] §4 zero-shot protocol (lm-eval-harness, seven tasks, plain average); [ours] the local task set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from aeflib.data import data_dir
+from aeflib.evaluation.zeroshot_results import TaskScore, ZeroShotResult, check_metric, write_table
+from aeflib.models.checksum import checksum
+
+__all__ = [
+    "CHANCE",
+    "HUB_DATASETS",
+    "TASK_SETS",
+    "TaskScore",
+    "ZeroShotResult",
+    "ZeroShotUnavailableError",
+    "local_task_configs",
+    "tasks_dir",
+    "write_table",
+    "zeroshot",
+]
+
+log = logging.getLogger(__name__)
+
+#: Task set name -> {lm-eval task: the metric reported for it (and averaged)}.
+TASK_SETS: dict[str, dict[str, str]] = {
+    # the paper's seven tasks; acc vs acc_norm inferred from its numbers (paper-notes.md, field-case 15)
+    "paper7": {
+        "boolq": "acc",
+        "piqa": "acc",
+        "hellaswag": "acc_norm",
+        "winogrande": "acc",
+        "arc_easy": "acc",
+        "arc_challenge": "acc_norm",
+        "openbookqa": "acc_norm",
+    },
+    # offline stand-ins built from the shipped corpora by data/prepare_tasks.py
+    "local": {
+        "aef_continuation": "acc_norm",  # as HellaSwag
+        "aef_cloze": "acc",  # as LAMBADA: greedy match of the last word
+        "aef_qa": "acc_norm",  # answers differ in length
+    },
+}
+
+#: Accuracy of a uniform random guess (ARC has a few 3- and 5-choice items; 0.25 is the usual figure).
+CHANCE: dict[str, float] = {
+    "boolq": 0.5, "piqa": 0.5, "hellaswag": 0.25, "winogrande": 0.5, "arc_easy": 0.25, "arc_challenge": 0.25,
+    "openbookqa": 0.25, "aef_continuation": 0.25, "aef_cloze": 0.0, "aef_qa": 0.25,
+}  # fmt: skip
+
+#: Hub datasets of the ``paper7`` tasks as lm-eval 0.4.13's YAMLs name them: task -> (dataset_path, dataset_name).
+HUB_DATASETS: dict[str, tuple[str, str | None]] = {
+    "boolq": ("aps/super_glue", "boolq"),
+    "piqa": ("baber/piqa", None),
+    "hellaswag": ("Rowan/hellaswag", None),
+    "winogrande": ("allenai/winogrande", "winogrande_xl"),
+    "arc_easy": ("allenai/ai2_arc", "ARC-Easy"),
+    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge"),
+    "openbookqa": ("allenai/openbookqa", "main"),
+}
+
+
+class ZeroShotUnavailableError(RuntimeError):
+    """Hub datasets a zero-shot task needs are neither cached nor reachable (offline)."""
+
+
+# ------------------------------------------------------------------------------------------------ task resolution
+def tasks_dir() -> Path:
+    """Folder of the local lm-eval task YAMLs and their data (``data/tasks``, or ``$AEFLIB_DATA_DIR/tasks``)."""
+    return data_dir() / "tasks"
+
+
+def local_task_configs(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Read local task YAMLs as lm-eval config dicts with absolute ``data_files``.
+
+    The YAMLs name their data files relative to their own folder; lm-eval would resolve them against the working
+    directory, so they are rewritten here and the configs are passed to lm-eval as dicts.
+
+    Args:
+        names: Task names (``<name>.yaml`` in :func:`tasks_dir`); None = every ``*.yaml`` there.
+
+    Returns:
+        One config dict per task, in the order of ``names``.
+
+    Raises:
+        ValueError: If a name has no YAML (the message lists the local tasks).
+        FileNotFoundError: If a task's data file is missing (regenerate with ``data/prepare_tasks.py``).
+    """
+    import yaml
+
+    folder = tasks_dir()
+    available = sorted(p.stem for p in folder.glob("*.yaml"))
+    configs = []
+    for name in available if names is None else names:
+        if name not in available:
+            raise ValueError(f"no local task {name!r} in {folder}; local tasks: {available}")
+        cfg = yaml.safe_load((folder / f"{name}.yaml").read_text(encoding="utf-8"))
+        files = cfg.get("dataset_kwargs", {}).get("data_files", {})
+        resolved = {split: str((folder / f).resolve()) for split, f in files.items()}
+        missing = [f for f in resolved.values() if not Path(f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"local task {name!r}: data {missing} missing; run `python data/prepare_tasks.py`")
+        cfg["dataset_kwargs"] = {**cfg.get("dataset_kwargs", {}), "data_files": resolved}
+        configs.append(cfg)
+    return configs
+
+
+def _local_names() -> set[str]:
+    """Names of the local task YAMLs (empty when aeflib runs without its data folder)."""
+    try:
+        return {p.stem for p in tasks_dir().glob("*.yaml")}
+    except FileNotFoundError:
+        return set()
+
+
+def _resolve_tasks(tasks: str | Sequence[str] | Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """Return (task-set name, {task: metric}) for a set name, a list of known task names or a {task: metric}."""
+    known = {t: m for table in TASK_SETS.values() for t, m in table.items()}
+    if isinstance(tasks, str):
+        if tasks not in TASK_SETS:
+            raise ValueError(f"unknown task set {tasks!r}; choose one of {sorted(TASK_SETS)}, or pass a list of tasks")
+        return tasks, dict(TASK_SETS[tasks])
+    if isinstance(tasks, Mapping):
+        table = {str(t): str(m) for t, m in tasks.items()}
+    else:
+        unknown = [t for t in tasks if t not in known]
+        if unknown:
+            raise ValueError(
+                f"tasks {unknown} have no metric in TASK_SETS (known: {sorted(known)}); pass a dict {{task: metric}}"
+            )
+        table = {t: known[t] for t in tasks}
+    if not table:
+        raise ValueError("no zero-shot tasks given")
+    name = next((n for n, t in TASK_SETS.items() if t == table), "custom")
+    return name, table
+
+
+def _truthy(var: str) -> bool:
+    return os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_unreachable_reason() -> str | None:
+    """Why hub datasets cannot be downloaded now, or None: offline env vars, else a 3 s TCP probe."""
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        if _truthy(var):
+            return f"{var}={os.environ[var]}"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # a proxy decides; let datasets try
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3.0).close()
+    except OSError as err:
+        return f"cannot connect to {host}: {err}"
+    return None
+
+
+def _hub_dataset_cached(repo: str) -> bool:
+    """True when ``repo`` has a hub snapshot or a datasets cache folder on this machine."""
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
+    hub = Path(os.environ.get("HF_HUB_CACHE", hf_home / "hub")).expanduser()
+    ds = Path(os.environ.get("HF_DATASETS_CACHE", hf_home / "datasets")).expanduser()
+    return (hub / f"datasets--{repo.replace('/', '--')}").is_dir() or (ds / repo.replace("/", "___")).is_dir()
+
+
+def _require_hub_datasets(task_set: str, names: Sequence[str]) -> None:
+    """Fail within seconds, before lm-eval is imported, when hub datasets are needed and cannot be had."""
+    missing = [t for t in names if t in HUB_DATASETS and not _hub_dataset_cached(HUB_DATASETS[t][0])]
+    if not missing:
+        return
+    reason = _hub_unreachable_reason()
+    if reason is None:
+        return
+    listed = ", ".join(
+        f"{t} ({HUB_DATASETS[t][0]}{' ' + HUB_DATASETS[t][1] if HUB_DATASETS[t][1] else ''})" for t in missing
+    )
+    raise ZeroShotUnavailableError(
+        f"zero-shot task set {task_set!r} needs Hugging Face hub datasets that are not cached and cannot be "
+        f"downloaded ({reason}): missing {listed}. Run where the hub is reachable (the datasets are cached after "
+        f"the first run), or use tasks='local' for the offline tasks built from the shipped corpora "
+        f"({', '.join(TASK_SETS['local'])})."
+    )
+
+
+# --------------------------------------------------------------------------------------------------- evaluation
+def zeroshot(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: str | Sequence[str] | Mapping[str, str] = "local",
+    limit: int | float | None = None,
+    batch_size: int = 8,
+    seed: int = 1234,
+    *,
+    log_samples: bool = False,
+    bootstrap_iters: int = 100_000,
+) -> ZeroShotResult:
+    """Score a causal LM zero-shot on lm-evaluation-harness tasks.
+
+    Args:
+        model: A transformers causal LM (dense or pruned, any per-layer widths) on any device; evaluated in eval
+            mode on the device of its parameters, its training flag restored afterwards. A pruned Bloom needs its
+            adapter's ``install_runtime`` (done by ``aeflib.models.load`` and ``aeflib.pruning.apply``).
+        tokenizer: Its tokenizer.
+        tasks: A key of ``TASK_SETS`` (``"local"``, ``"paper7"``), a list of task names from those tables, or a
+            ``{lm-eval task: metric}`` dict for other tasks.
+        limit: Score only the first ``limit`` items of each task (a float in (0, 1) = that share), as lm-eval's
+            ``limit``; None = all. Recorded in the result.
+        batch_size: Requests per forward pass (HFLM ``batch_size``).
+        seed: Seed for Python, NumPy, torch and few-shot sampling inside lm-eval.
+        log_samples: Keep per-item requests and log-likelihoods in ``result.samples`` (for checks).
+        bootstrap_iters: lm-eval's bootstrap draws for stderrs without a closed form (perplexity; lm-eval caps them
+            at 100); 0 skips every stderr (faster; ``TaskScore.stderr`` is then None).
+
+    Returns:
+        ``ZeroShotResult`` with one ``TaskScore`` per task and the plain ``average``.
+
+    Raises:
+        ValueError: For an unknown task set or task without a metric, or a metric the task does not report.
+        ZeroShotUnavailableError: If hub datasets are needed and the machine is offline (raised within seconds,
+            naming them and pointing to ``tasks="local"``).
+
+    Source: [paper] §4 zero-shot with lm-eval-harness; [ours] local tasks, result provenance.
+    """
+    task_set, table = _resolve_tasks(tasks)
+    local_names = _local_names()
+    _require_hub_datasets(task_set, [t for t in table if t not in local_names])
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    start = time.perf_counter()
+    local = [t for t in table if t in local_names]
+    harness = [t for t in table if t not in local_names]
+    manager = TaskManager(include_path=str(tasks_dir()), include_defaults=bool(harness))
+    loaded = manager.load([*local_task_configs(local), *harness])["tasks"]
+    for task, metric in table.items():
+        if task not in loaded:
+            raise ValueError(f"lm-eval did not load task {task!r}; loaded: {sorted(loaded)}")
+        reported = [m["metric"] for m in loaded[task].config.metric_list or []]
+        if reported and metric not in reported:
+            raise ValueError(f"task {task!r} reports metrics {reported}, not {metric!r}")
+
+    param = next(model.parameters())
+    was_training = model.training
+    try:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, softmax_dtype=torch.float32)
+        out = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=[loaded[t] for t in table],
+            task_manager=manager,
+            limit=limit,
+            log_samples=log_samples,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            bootstrap_iters=bootstrap_iters,
+        )
+    finally:
+        model.train(was_training)
+    wall = time.perf_counter() - start
+
+    scores = {}
+    for task, metric in table.items():
+        raw = out["results"][task]
+        metrics = {k.split(",")[0]: float(v) for k, v in raw.items() if k.endswith(",none") and "_stderr" not in k}
+        stderr = raw.get(f"{metric}_stderr,none")
+        check_metric(task, metric, metrics, metrics.get(metric))
+        n = out["n-samples"][task]
+        scores[task] = TaskScore(
+            task=task, metric=metric, value=metrics[metric],
+            stderr=float(stderr) if isinstance(stderr, int | float) and math.isfinite(stderr) else None,
+            n_items=int(n["effective"]), n_available=int(n["original"]), metrics=metrics,
+            chance=CHANCE.get(task), version=str(out["versions"].get(task)),
+        )  # fmt: skip
+    samples = None
+    if log_samples:
+        samples = {t: [_sample_record(s) for s in out["samples"][t]] for t in table}
+    result = ZeroShotResult(
+        task_set=task_set, scores=scores, harness=f"lm-eval {lm_eval.__version__}", limit=limit, seed=seed,
+        batch_size=batch_size, checksum=checksum(model), dtype=str(param.dtype).removeprefix("torch."),
+        wall_s=round(wall, 3), samples=samples,
+    )  # fmt: skip
+    log.info("%s", result)
+    return result
+
+
+def _sample_record(s: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of an lm-eval sample a check needs: requests, log-likelihoods, greedy flags, the target."""
+    resps = [r[0] for r in s["resps"]]  # one (loglikelihood, is_greedy) per request
+    return {
+        "doc_id": s["doc_id"],
+        "arguments": [tuple(a) for a in s["arguments"]],  # (context, continuation) per request
+        "loglikelihoods": [float(r[0]) for r in resps],
+        "is_greedy": [bool(r[1]) for r in resps],
+        "target": s["target"],
+    }

@@ -1,0 +1,179 @@
+"""Zero-shot results that name their metric per task, and the table writer that insists on it.
+
+``TaskScore`` (one task), ``ZeroShotResult`` (one model on a task set, with harness version, limit, seed and model
+checksum) and ``write_table(results, path)`` (.csv / .md / .json). A task without its metric, or one task reported
+under acc in one row and acc_norm in another, is refused (field-case 15: HellaSwag is 53 under acc and 68 under
+acc_norm for the same model).
+
+Source: [ours] after field-case 15.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TaskScore", "ZeroShotResult", "check_metric", "write_table"]
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """One task's score under its named metric, with every metric lm-eval reported for it."""
+
+    task: str
+    metric: str  # the reported (and averaged) metric, e.g. "acc_norm"
+    value: float  # metrics[metric]
+    stderr: float | None  # lm-eval's standard error of ``value``
+    n_items: int  # items scored (after ``limit``)
+    n_available: int  # items the task has
+    metrics: dict[str, float] = field(default_factory=dict)  # every metric, e.g. {"acc": .., "acc_norm": ..}
+    chance: float | None = None  # CHANCE[task] where known
+    version: str | None = None  # the task's config version
+
+
+@dataclass
+class ZeroShotResult:
+    """Zero-shot scores of one model on a task set, with how they were measured.
+
+    ``average`` is the plain mean of the per-task values under their named metrics (the paper's "Average").
+    """
+
+    task_set: str  # "paper7", "local" or "custom"
+    scores: dict[str, TaskScore]
+    harness: str  # "lm-eval 0.4.13"
+    limit: int | float | None
+    seed: int
+    batch_size: int
+    checksum: str  # aeflib.models.checksum(model)
+    dtype: str
+    wall_s: float
+    samples: dict[str, list[dict[str, Any]]] | None = field(default=None, repr=False)  # log_samples=True only
+
+    @property
+    def average(self) -> float:
+        """Plain mean of the task values."""
+        return sum(s.value for s in self.scores.values()) / len(self.scores)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict (samples left out).
+
+        Raises:
+            ValueError: If a task has no metric, or its metric is not among the metrics recorded for it.
+        """
+        for task, s in self.scores.items():
+            check_metric(task, s.metric, s.metrics, s.value)
+        return {
+            "task_set": self.task_set,
+            "harness": self.harness,
+            "limit": self.limit,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "checksum": self.checksum,
+            "dtype": self.dtype,
+            "wall_s": self.wall_s,
+            "average": self.average,
+            "tasks": {task: dataclasses.asdict(s) for task, s in self.scores.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ZeroShotResult:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: If a task entry lacks its ``metric`` (the message names the task).
+        """
+        scores = {}
+        for task, s in d["tasks"].items():
+            check_metric(task, s.get("metric"), s.get("metrics", {}), s.get("value"))
+            scores[task] = TaskScore(**{k: s.get(k) for k in (f.name for f in dataclasses.fields(TaskScore))})
+        keys = ("task_set", "harness", "limit", "seed", "batch_size", "checksum", "dtype", "wall_s")
+        return cls(scores=scores, **{k: d.get(k) for k in keys})
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{t} {s.metric} {s.value:.4f} (n={s.n_items})" for t, s in self.scores.items())
+        return (
+            f"zero-shot {self.task_set}: {parts}; average {self.average:.4f} "
+            f"[{self.harness}, limit={self.limit}, seed={self.seed}, model {self.checksum}]"
+        )
+
+
+def check_metric(task: str, metric: str | None, metrics: Mapping[str, float], value: float | None) -> None:
+    """Raise ``ValueError`` naming ``task`` unless it has a metric that was recorded with a value."""
+    if not metric:
+        raise ValueError(f"task {task!r} has no metric: every zero-shot number must name its metric (acc, acc_norm)")
+    if metric not in metrics or value is None:
+        raise ValueError(f"task {task!r}: metric {metric!r} was not recorded; recorded metrics: {sorted(metrics)}")
+
+
+def _cell(score: Mapping[str, Any]) -> str:
+    """Accuracies as percentages with two decimals (as the paper prints them); other metrics as they are."""
+    value = score["value"]
+    return f"{value * 100:.2f}" if score["metric"].startswith("acc") else f"{value:.4g}"
+
+
+def write_table(
+    results: ZeroShotResult | Mapping[str, Any] | Sequence[ZeroShotResult | Mapping[str, Any]]
+    | Mapping[str, ZeroShotResult | Mapping[str, Any]],
+    path: str | os.PathLike,
+) -> Path:
+    """Write zero-shot results as a table, one row per result, headers ``task (metric)``.
+
+    CSV and Markdown give accuracies (and their plain average) in percent with two decimals, as the paper does.
+
+    Args:
+        results: One result, a list of them, or ``{row label: result}`` (e.g. ``{"dense": r0, "AEF 20%": r1}``);
+            a result may be a ``ZeroShotResult`` or its ``to_dict()``.
+        path: ``.csv``, ``.md`` (Markdown) or ``.json`` (full ``to_dict`` per row).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: If a task has no metric (the message names it), a task appears under different metrics in two
+            rows (acc vs acc_norm, field-case 15), or the suffix is not one of .csv/.md/.json.
+    """
+    path = Path(path)
+    if path.suffix not in (".csv", ".md", ".json"):
+        raise ValueError(f"table path {path} must end in .csv, .md or .json")
+    if isinstance(results, ZeroShotResult) or (isinstance(results, Mapping) and "tasks" in results):
+        results = [results]
+    labelled = list(results.items()) if isinstance(results, Mapping) else [(None, r) for r in results]
+    rows = []
+    for i, (label, r) in enumerate(labelled):
+        res = r if isinstance(r, ZeroShotResult) else ZeroShotResult.from_dict(r)
+        rows.append((label or res.checksum or f"row {i}", res.to_dict()))  # to_dict checks the metrics
+    columns: dict[str, str] = {}
+    for label, d in rows:
+        for task, s in d["tasks"].items():
+            if columns.setdefault(task, s["metric"]) != s["metric"]:
+                raise ValueError(
+                    f"task {task!r} is reported as {columns[task]!r} in one row and {s['metric']!r} in row {label!r}"
+                )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        path.write_text(json.dumps({label: d for label, d in rows}, indent=2), encoding="utf-8")
+        return path
+    header = ["model", *(f"{t} ({m})" for t, m in columns.items()), "average", "n items", "harness", "limit", "seed",
+              "checksum"]  # fmt: skip
+    body = []
+    for label, d in rows:
+        cells = [_cell(d["tasks"][t]) if t in d["tasks"] else "" for t in columns]
+        n = "/".join(str(d["tasks"][t]["n_items"]) for t in columns if t in d["tasks"])
+        body.append([label, *cells, f"{d['average'] * 100:.2f}", n, d["harness"], str(d["limit"]), str(d["seed"]),
+                     d["checksum"]])  # fmt: skip
+    if path.suffix == ".csv":
+        buf = io.StringIO()
+        csv.writer(buf).writerows([header, *body])
+        path.write_text(buf.getvalue(), encoding="utf-8")
+    else:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
