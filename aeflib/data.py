@@ -86,6 +86,8 @@ class CorpusSpec:
 
 
 _WIKI_LICENCE = "CC BY-SA 3.0 (Wikipedia contributors)"
+# PTB and BookCorpus are script datasets on the hub; datasets >= 4 no longer runs scripts, so they are read from the
+# hub's automatic parquet export (branch refs/convert/parquet, one config each). Not checkable offline.
 CORPORA: dict[str, CorpusSpec] = {
     spec.name: spec
     for spec in (
@@ -106,9 +108,9 @@ CORPORA: dict[str, CorpusSpec] = {
             _WIKI_LICENCE, hub_id="Salesforce/wikitext", hub_config="wikitext-2-raw-v1",
         ),
         CorpusSpec(
-            "ptb", ("train", "validation", "test"), "hub: ptb-text-only/ptb_text_only penn_treebank",
-            "LDC Penn Treebank (research use)", hub_id="ptb-text-only/ptb_text_only", hub_config="penn_treebank",
-            field="sentence",
+            "ptb", ("train", "validation", "test"), "hub: ptb-text-only/ptb_text_only (parquet export)",
+            "LDC Penn Treebank (research use)", hub_id="ptb-text-only/ptb_text_only",
+            hub_revision="refs/convert/parquet", field="sentence",
         ),
         CorpusSpec(
             "bookcorpus", ("train",), "hub: bookcorpus/bookcorpus (parquet export)", "research use (BookCorpus)",
@@ -132,7 +134,8 @@ class Corpus:
 
     name: str
     split: str
-    documents: list[str] = field(repr=False)  # articles / lines / rows, in source order
+    documents: Sequence[str] = field(repr=False)  # articles / lines / rows, in source order; a list, or a
+    # read-only lazy view for hub splits over ``_MATERIALISE_MAX_ROWS`` rows (BookCorpus: 74 M rows)
     source: str
     licence: str
 
@@ -144,8 +147,8 @@ class Corpus:
         return len(self.documents)
 
     def __repr__(self) -> str:
-        chars = sum(map(len, self.documents))
-        return f"Corpus(name={self.name!r}, split={self.split!r}, documents={len(self)}, chars={chars})"
+        chars = f", chars={sum(map(len, self.documents))}" if isinstance(self.documents, list) else ", lazy"
+        return f"Corpus(name={self.name!r}, split={self.split!r}, documents={len(self)}{chars})"
 
 
 # ----------------------------------------------------------------------------------------------------- locations
@@ -274,7 +277,8 @@ def _read_hub(spec: CorpusSpec, split: str, data_files: DataFiles | None) -> tup
         ds = datasets.load_dataset(
             spec.hub_id, spec.hub_config, split=split, data_files=hub_files, revision=spec.hub_revision
         )
-    except (OSError, ConnectionError, datasets.exceptions.DatasetsError) as err:  # offline, refused, not found
+    # offline, refused, not found, or a script dataset that datasets >= 4 no longer runs (RuntimeError)
+    except (OSError, ConnectionError, RuntimeError, datasets.exceptions.DatasetsError) as err:
         hint = " (HF_DATASETS_OFFLINE is set and the dataset is not in the local cache)" if offline else ""
         raise _unavailable(spec, split, f"{type(err).__name__}: {err}{hint}") from err
     return ds, spec.field, spec.source
@@ -294,6 +298,31 @@ def _instruction_document(row: Mapping[str, Any]) -> str:
     return "\n".join(str(row[k]) for k in ("instruction", "input", "output") if row.get(k))
 
 
+_MATERIALISE_MAX_ROWS = 2_000_000  # larger hub splits stay in the Arrow table (BookCorpus would take ~10 GB as str)
+
+
+class _LazyColumn(Sequence[str]):
+    """Read-only view of one text column of a ``datasets.Dataset``: random access without loading every row."""
+
+    def __init__(self, dataset: Any, column: str) -> None:
+        self._dataset, self._column = dataset, column
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def __getitem__(self, index):  # int -> str, slice -> list[str]
+        if isinstance(index, slice):
+            return [str(t) for t in self._dataset[index][self._column]]
+        n = len(self)
+        if not -n <= index < n:  # IndexError ends Sequence iteration
+            raise IndexError(f"document index {index} out of range for {n} documents")
+        return str(self._dataset[index % n][self._column])
+
+    def __iter__(self):
+        for batch in self._dataset.iter(batch_size=10_000):
+            yield from (str(t) for t in batch[self._column])
+
+
 # ------------------------------------------------------------------------------------------------ public loaders
 def load_corpus(name: str, split: str, *, data_files: DataFiles | None = None) -> Corpus:
     r"""Load one split of a registered corpus as a list of documents.
@@ -309,7 +338,7 @@ def load_corpus(name: str, split: str, *, data_files: DataFiles | None = None) -
 
     Returns:
         ``Corpus``: shipped Wikipedia gives one document per article (opening with its `` = Title = `` line),
-        Lee news one per news document, QA and Alpaca one per record ("instruction\\ninput\\noutput"), hub text
+        Lee news one per news document, QA and Alpaca one per record ("instruction\ninput\noutput"), hub text
         corpora one per dataset row (WikiText-2 rows are lines, empty ones kept, as LLM-Pruner joins them).
 
     Raises:
@@ -327,7 +356,12 @@ def load_corpus(name: str, split: str, *, data_files: DataFiles | None = None) -
         columns = list(rows.column_names) if hasattr(rows, "column_names") else ["text"]
         if column not in columns:
             raise ValueError(f"corpus {name!r} split {split!r} from {source} has no column {column!r}; has {columns}")
-        documents = [str(t) for t in (rows[column] if hasattr(rows, "column_names") else (r["text"] for r in rows))]
+        if not hasattr(rows, "column_names"):
+            documents = [r["text"] for r in rows]
+        elif len(rows) > _MATERIALISE_MAX_ROWS:
+            documents = _LazyColumn(rows, column)
+        else:
+            documents = [str(t) for t in rows[column]]
     if not any(doc.strip() for doc in documents):
         raise ValueError(f"corpus {name!r} split {split!r} from {source} is empty ({len(documents)} blank documents)")
     log.info("loaded corpus %s/%s: %d documents from %s", name, split, len(documents), source)
