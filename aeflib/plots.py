@@ -1,0 +1,216 @@
+"""Every figure the notebooks and reports show; each sets a title, axis labels with units, and its protocol.
+
+All functions build a ``matplotlib.figure.Figure`` without pyplot (no global state, nothing shown twice) and return
+it: a notebook displays the returned figure, ``RunDir.save_figure`` writes it as PNG.
+
+| function                | shows                                                           | stage |
+|-------------------------|-----------------------------------------------------------------|-------|
+| structure               | parameters per decoder layer: heads, channels, the rest         | 01    |
+| importance_per_layer    | summed importance per layer, one line per criterion (log scale) | 02    |
+| importance_scatter      | rank of each group under two criteria, one group set            | 02    |
+| agreement               | Spearman / Kendall / removal overlap per layer                  | 02 03 |
+| fusion_weights          | α_fine per layer for heads and channels                         | 03    |
+| plan_widths             | heads and channels kept per layer                               | 04    |
+| loss_curve              | LoRA training loss and validation loss before/after             | 05    |
+| metric_bars             | one metric across models/settings (perplexity, accuracy, speed) | 06    |
+| comparison              | methods of one sweep: perplexity vs parameter reduction         | aef compare |
+
+Source: [ours].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+__all__ = ["agreement", "comparison", "fusion_weights", "importance_per_layer", "importance_scatter", "loss_curve",
+           "metric_bars", "plan_widths", "structure"]
+
+_KIND_LABEL = {"head": "attention heads", "channel": "MLP channels"}
+
+
+def _figure(ncols: int = 1, width: float = 6.4, height: float = 3.6, integer_x: bool = True):
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    if integer_x:                                  # layers and steps are whole numbers
+        for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig, axes
+
+
+def structure(table, model: str = "") -> Figure:
+    """Stacked bars of parameters per decoder layer (from :func:`aeflib.analysis.structure_table`)."""
+    fig, (ax,) = _figure()
+    layers = table["layer"].tolist()
+    bottom = [0.0] * len(layers)
+    for column, label in (("head_params", "attention head groups"), ("channel_params", "MLP channel groups"),
+                          ("other_params", "not prunable (norms, shared k/v)")):
+        values = (table[column] / 1e6).tolist()
+        ax.bar(layers, values, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_title(f"Parameters per decoder layer{f' — {model}' if model else ''}")
+    ax.set_xlabel("decoder layer (0-based)")
+    ax.set_ylabel("parameters (millions)")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def importance_per_layer(scores, criteria: Sequence[str], protocol: str = "") -> Figure:
+    """Summed importance of each layer's groups per criterion; heads and channels side by side, log scale.
+
+    Args:
+        scores: :class:`~aeflib.scores.Scores`.
+        criteria: Criterion names to draw.
+        protocol: Calibration description for the title (e.g. ``"10 x 64 tokens, wikipedia, seed 42"``).
+    """
+    fig, axes = _figure(2)
+    for ax, kind in zip(axes, ("head", "channel"), strict=True):
+        keys = [k for k in scores.keys if k.endswith("." + kind)]
+        layers = [int(k.split(".")[0]) for k in keys]
+        for c in criteria:
+            ax.plot(layers, [max(scores[c][k].sum().item(), 1e-30) for k in keys], marker="o", ms=3, label=c)
+        ax.set_yscale("log")
+        ax.set_title(f"{_KIND_LABEL[kind]}")
+        ax.set_xlabel("decoder layer (0-based)")
+        ax.set_ylabel("summed importance (criterion units, log)")
+        ax.legend(fontsize="small")
+    fig.suptitle(f"Importance per layer{f' — calibration {protocol}' if protocol else ''}")
+    return fig
+
+
+def importance_scatter(scores, a: str, b: str, key: str) -> Figure:
+    """Rank of every group of one set under criteria ``a`` (x) and ``b`` (y); the diagonal is full agreement."""
+    from aeflib.fusion import normalize
+
+    fig, (ax,) = _figure(width=4.8, height=4.2, integer_x=False)
+    x, y = normalize(scores[a][key], "rank"), normalize(scores[b][key], "rank")
+    ax.scatter(x.tolist(), y.tolist(), s=8, alpha=0.6)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    layer, kind = key.split(".")
+    ax.set_title(f"Ranks of layer {layer} {_KIND_LABEL[kind]}: {a} vs {b}")
+    ax.set_xlabel(f"rank under {a} (0 = least important, 1 = most)")
+    ax.set_ylabel(f"rank under {b} (0 = least important, 1 = most)")
+    return fig
+
+
+def agreement(table, a: str, b: str, pruning_ratio: float) -> Figure:
+    """Spearman, Kendall and removal-set overlap per layer (from :func:`aeflib.analysis.agreement`)."""
+    fig, axes = _figure(2)
+    for ax, kind in zip(axes, ("head", "channel"), strict=True):
+        part = table[table["kind"] == kind]
+        for column, label in (("spearman", "Spearman ρ"), ("kendall", "Kendall τ-b"),
+                              ("overlap", f"overlap of removal sets at ratio {pruning_ratio:.2f}")):
+            ax.plot(part["layer"], part[column], marker="o", ms=3, label=label)
+        ax.set_ylim(-1.05, 1.05)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_title(_KIND_LABEL[kind])
+        ax.set_xlabel("decoder layer (0-based)")
+        ax.set_ylabel("correlation / share of removed groups")
+        ax.legend(fontsize="small", loc="lower left")
+    fig.suptitle(f"Agreement of {a} and {b} per layer")
+    return fig
+
+
+def fusion_weights(table, method: str = "") -> Figure:
+    """α_fine per layer for heads and channels (from :func:`aeflib.analysis.fusion_table`); α_coarse = 1 − α_fine."""
+    fig, (ax,) = _figure()
+    for kind in ("head", "channel"):
+        part = table[table["kind"] == kind]
+        ax.plot(part["layer"], part["alpha_fine"], marker="o", ms=3, label=_KIND_LABEL[kind])
+    ax.axhline(0.5, color="grey", lw=0.6, ls="--")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"Fusion weights per layer{f' ({method})' if method else ''}")
+    ax.set_xlabel("decoder layer (0-based)")
+    ax.set_ylabel("α_fine (weight of the fine estimate, 0-1)")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plan_widths(the_plan, title: str = "") -> Figure:
+    """Heads and channels kept (and removed) per pruned layer of a :class:`~aeflib.pruning.PruningPlan`."""
+    fig, axes = _figure(2)
+    for ax, kind, keep, before in ((axes[0], "head", the_plan.keep_heads, the_plan.n_heads),
+                                   (axes[1], "channel", the_plan.keep_channels, the_plan.n_channels)):
+        layers = sorted(keep)
+        kept = [len(keep[i]) for i in layers]
+        removed = [before[i] - len(keep[i]) for i in layers]
+        ax.bar(layers, kept, label="kept")
+        ax.bar(layers, removed, bottom=kept, label="removed", color="lightgrey")
+        ax.set_title(_KIND_LABEL[kind])
+        ax.set_xlabel("decoder layer (0-based)")
+        unit = the_plan.head_unit if kind == "head" else "channel"
+        ax.set_ylabel(f"{unit}s (count)")
+        ax.legend(fontsize="small")
+    reduction = the_plan.param_reduction if the_plan.param_reduction is not None else the_plan.expected_param_reduction
+    fig.suptitle(title or (f"Plan by {the_plan.criterion}: pruning ratio {the_plan.pruning_ratio:.3f}, "
+                           f"parameter reduction {100 * reduction:.1f} %"))
+    return fig
+
+
+def loss_curve(train_loss: Sequence[float], val_before: float | None = None, val_after: float | None = None,
+               protocol: str = "") -> Figure:
+    """LoRA training loss per optimizer step, with the validation loss before and after recovery."""
+    fig, (ax,) = _figure()
+    ax.plot(range(1, len(train_loss) + 1), list(train_loss), label="training loss (per step)")
+    for value, label, style in ((val_before, "validation before", "--"), (val_after, "validation after", ":")):
+        if value is not None and math.isfinite(value):
+            ax.axhline(value, ls=style, color="grey" if style == "--" else "black", label=f"{label}: {value:.3f}")
+    ax.set_title(f"LoRA recovery{f' — {protocol}' if protocol else ''}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats per token)")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def metric_bars(rows, metric: str, ylabel: str, title: str, tasks: Sequence[str] | None = None) -> Figure:
+    """Grouped bars of one metric: x = task, one bar per setting (dense / pruned / recovered).
+
+    Args:
+        rows: Long rows (dicts or a DataFrame) with ``setting, metric, task, value`` (see
+            :func:`aeflib.analysis.evaluation_rows`).
+        metric: Which metric to draw (``"perplexity"``, ``"acc"``...); a prefix match (``"acc"`` takes
+            ``acc_norm`` too).
+        ylabel: Axis label with the unit.
+        title: Title with the protocol.
+        tasks: Restrict to these tasks (default: all tasks of the metric, in first-seen order).
+    """
+    records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
+    picked = [r for r in records if str(r["metric"]).startswith(metric) and (tasks is None or r["task"] in tasks)]
+    task_names = list(dict.fromkeys(r["task"] for r in picked))
+    settings = list(dict.fromkeys(r["setting"] for r in picked))
+    fig, (ax,) = _figure(width=max(4.8, 1.6 * len(task_names) + 2), integer_x=False)
+    width = 0.8 / max(len(settings), 1)
+    for j, setting in enumerate(settings):
+        values = {r["task"]: r["value"] for r in picked if r["setting"] == setting}
+        xs = [i + (j - (len(settings) - 1) / 2) * width for i in range(len(task_names))]
+        ax.bar(xs, [values.get(t, float("nan")) for t in task_names], width=width, label=setting)
+    metric_of = {r["task"]: r["metric"] for r in picked}
+    ax.set_xticks(range(len(task_names)), [f"{t}\n({metric_of[t]})" for t in task_names])  # acc vs acc_norm named
+    ax.set_title(title)
+    ax.set_xlabel("task (metric)")
+    ax.set_ylabel(ylabel)
+    if settings:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def comparison(table, protocol: str = "") -> Figure:
+    """Perplexity of each pruned method against its parameter reduction (``aef compare``), dense as a line."""
+    fig, (ax,) = _figure(integer_x=False)
+    records = table.to_dict("records") if hasattr(table, "to_dict") else list(table)
+    for r in records:
+        if r["method"] == "dense":
+            ax.axhline(r["perplexity"], color="grey", ls="--", label=f"dense: {r['perplexity']:.2f}")
+            continue
+        ax.scatter([100 * r["param_reduction"]], [r["perplexity"]], s=30)
+        ax.annotate(r["method"], (100 * r["param_reduction"], r["perplexity"]), fontsize="small",
+                    xytext=(4, 2), textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_title(f"Pruning criteria compared{f' — {protocol}' if protocol else ''}")
+    ax.set_xlabel("parameter reduction (%)")
+    ax.set_ylabel("perplexity (log scale)")
+    ax.legend(fontsize="small")
+    return fig

@@ -1,0 +1,83 @@
+"""data/paper_results.csv and its loader: every published number, round-trips, the notebook-07 tables."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from aeflib import paper
+
+NOTES = Path(__file__).resolve().parents[2] / "shared" / "paper-notes.md"
+
+
+def value(frame, **where):
+    rows = frame
+    for k, v in where.items():
+        rows = rows[rows[k] == v]
+    assert len(rows) == 1, f"{where} matched {len(rows)} rows"
+    return rows["value"].item()
+
+
+def test_load_paper_results_round_trips_published_values():
+    frame = paper.load_paper_results()
+    assert value(frame, model="llama-7b", setting="dense", metric="perplexity", task="wikitext2") == 12.62
+    assert value(frame, model="llama-7b", setting="no-tune", method="element1", task="average") == 56.69
+    assert value(frame, model="llama-7b", setting="lora", method="element2", task="ptb") == 30.39
+    assert value(frame, model="vicuna-7b", setting="no-tune", method="random", task="hellaswag") == 54.67
+    assert value(frame, model="bloom-7b1", setting="dense", task="arc_challenge") == 33.45
+    assert value(frame, model="baichuan-7b", setting="claim", task="average") == 2.0
+
+
+def test_load_paper_results_names_metric_and_protocol_per_task():
+    frame = paper.load_paper_results(model="llama-7b")
+    metric = dict(zip(frame["task"], frame["metric"], strict=False))
+    assert metric["hellaswag"] == "acc_norm" and metric["boolq"] == "acc" and metric["wikitext2"] == "perplexity"
+    assert (frame["protocol"] != "").all() and (frame["source"] != "").all()
+    assert frame["protocol"][frame["metric"] == "perplexity"].str.contains("128-token").all()
+
+
+def test_load_paper_results_rejects_unknown_model_listing_models():
+    with pytest.raises(ValueError, match=r"no published rows for model 'llama-13b'.*llama-7b"):
+        paper.load_paper_results(model="llama-13b")
+
+
+def test_load_paper_results_rejects_wrong_header(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("model,value\nx,1\n")
+    with pytest.raises(ValueError, match="expected"):
+        paper.load_paper_results(bad)
+
+
+@pytest.mark.skipif(not NOTES.is_file(), reason="paper-notes.md is not beside the project")
+def test_csv_holds_every_number_of_the_notes_tables():
+    section = NOTES.read_text().split("## 5.")[1]
+    numbers = re.findall(r"\|\s*(\d+\.\d+)\s*(?=\|)", section)
+    published = {f"{v:.2f}" for v in paper.load_paper_results()["value"]}
+    assert len(numbers) == 170
+    assert sorted(set(numbers) - published) == []
+
+
+def test_paper_table_has_the_papers_layout():
+    table = paper.paper_table(paper.load_paper_results(model="llama-7b"))
+    assert table.shape == (11, 10)          # 9 LLM-Pruner rows + the FLAP and Wanda-sp anchors
+    assert list(table.columns[:3]) == ["wikitext2 (perplexity)", "ptb (perplexity)", "boolq (acc)"]
+    assert table.loc[("llama-7b", "no-tune", "element1"), "average (mean)"] == 56.69
+
+
+def test_side_by_side_puts_run_rows_beside_published_ones():
+    run_metrics = {"evaluation": {"rows": [
+        {"model": "smollm2-135m", "setting": "dense", "method": "dense", "metric": "perplexity",
+         "task": "wikipedia", "value": 30.1, "protocol": "llm-pruner-128: 128-token windows, 48 of 900 windows"},
+        {"model": "smollm2-135m", "setting": "no-tune", "method": "aef", "metric": "perplexity",
+         "task": "wikipedia", "value": 45.0, "protocol": "llm-pruner-128: 128-token windows, 48 of 900 windows"}]}}
+    ours = paper.run_results(run_metrics, source="this run")
+    table = paper.side_by_side(ours, paper.load_paper_results(model="llama-7b"))
+    block = table[(table["setting"] == "dense") & (table["metric"] == "perplexity")]
+    assert block.iloc[0]["model"] == "smollm2-135m" and block.iloc[0]["source"] == "this run"
+    assert list(block["task"][1:]) == ["ptb", "wikitext2"]
+    assert (table["source"] != "").all()
+    rel = paper.relative_to_dense(table)
+    ours_rel = rel[rel["model"] == "smollm2-135m"]
+    assert ours_rel["change_percent"].item() == pytest.approx(100 * (45.0 / 30.1 - 1), abs=0.01)

