@@ -10,6 +10,7 @@ Source: [ours].
 
 from __future__ import annotations
 
+import copy
 import logging
 
 from torch import nn
@@ -73,8 +74,11 @@ def plan_explorer(model: nn.Module, adapter, scores, *, criterion: str | None = 
         p = make(pruning_ratio, criterion)
         return plots.plan_widths(p, title=_describe(p))
 
+    # The notebook prunes `model` in place right after showing the explorer; plans must keep describing the dense
+    # model the scores belong to, so the live widget works on its own copy.
+    model = copy.deepcopy(model)
     slider = w.FloatSlider(value=min(pruning_ratio, 0.9), min=0.0, max=0.9, step=0.05, description="pruning ratio",
-                           continuous_update=False, readout_format=".2f")
+                           continuous_update=False, readout_format=".2f", style={"description_width": "initial"})
     dropdown = w.Dropdown(options=criteria, value=criterion, description="criterion")
     label = w.HTML()
     out = w.Output()
