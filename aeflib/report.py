@@ -96,13 +96,27 @@ def _section_recovery(m: dict) -> list[str]:
             "not the paper's 2 epochs of Alpaca-cleaned.", ""]
 
 
+def _recorded(run_dir: Path) -> list:
+    """Stage records rebuilt from the markers of finished stages (when the report is rewritten later)."""
+    from aeflib.pipeline import STAGES, StageRecord
+
+    records = []
+    for stage in STAGES:
+        marker = run_dir / ".aef" / f"{stage}.json"
+        if marker.is_file():
+            m = json.loads(marker.read_text())
+            records.append(StageRecord(stage, "finished", m["seconds"], run_dir / "notebooks" / f"{stage}.ipynb",
+                                       m.get("cpu_seconds")))
+    return records
+
+
 def write_report(run_dir: str | Path, settings=None, records=None, seconds: float | None = None) -> Path:
     """Write ``report.md`` in ``run_dir`` from its ``metrics.json``, stage markers and figures.
 
     Args:
         run_dir: The run folder.
         settings: The :class:`~aeflib.pipeline.RunSettings` of the run (its parameters are listed).
-        records: This invocation's :class:`~aeflib.pipeline.StageRecord` list (statuses); default: markers.
+        records: This invocation's :class:`~aeflib.pipeline.StageRecord` list; default: rebuilt from the markers.
         seconds: Wall time of this invocation.
 
     Returns:
@@ -111,10 +125,16 @@ def write_report(run_dir: str | Path, settings=None, records=None, seconds: floa
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     model = metrics.get("model", {})
+    method = getattr(settings, "method", None) or metrics.get("pruning", {}).get("criterion", "?")
     out = [f"# aef run `{run_dir.name}`", "",
            f"Model **{model.get('name', getattr(settings, 'model', '?'))}** ({_fmt(model.get('parameters'))} "
            f"parameters, {model.get('n_layers', '?')} layers, {model.get('dtype', '?')}), method "
-           f"**{getattr(settings, 'method', '?')}**. Written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+           f"**{method}**. Written {time.strftime('%Y-%m-%d %H:%M')}.", "",
+           "What happened: every attention head and MLP channel of the pruned layers was scored on a small "
+           "calibration set (notebook 02), the coarse and fine scores were fused (03), the lowest-scored groups "
+           "were cut out of the weights (04), a short LoRA fine-tune recovered part of the loss (05), and the "
+           "dense, pruned and recovered models were measured the same way (06). The columns below are those three "
+           "models; each executed notebook is linked under *Stages*.", ""]
     rows = metrics.get("evaluation", {}).get("rows", [])
     if rows:
         ev = metrics["evaluation"].get("settings", {})
@@ -129,8 +149,10 @@ def write_report(run_dir: str | Path, settings=None, records=None, seconds: floa
     if figures:
         out += ["## Figures", ""] + [f"- [{p.stem}](figures/{p.name})" for p in figures] + [""]
         out += [f"![{p.stem}](figures/{p.name})" for p in figures if p.stem in ("04_plan", "06_perplexity")] + [""]
+    if records is None:
+        records = _recorded(run_dir)
     stage_rows = []
-    for r in records or []:
+    for r in records:
         stage_rows.append([r.stage, r.status, _fmt(r.seconds, 1), _fmt(r.cpu_seconds, 1),
                            f"[notebook](notebooks/{r.notebook.name})"])
     if stage_rows:

@@ -42,6 +42,10 @@ def write_json(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def time_dtypes(model, tok, adapter, args) -> dict:
     """Wall and CPU seconds per optimizer step of the same 2-step run in fp32 and in bf16 autocast (on copies)."""
     out = {}
@@ -61,7 +65,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--target", type=float, default=0.2, help="share of all parameters to remove")
     ap.add_argument("--dataset", default="qa", help="recovery data: qa, wikipedia, lee-news (alpaca-cleaned online)")
-    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--micro-batch-size", type=int, default=4)
     ap.add_argument("--cutoff", type=int, default=128)
@@ -69,11 +73,15 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", help="float32 or bfloat16 (autocast); see --time-dtypes")
     ap.add_argument("--val-size", type=int, default=16)
     ap.add_argument("--max-windows", type=int, default=32, help="128-token windows per perplexity (first ones)")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default); 1 is "
+                    "faster on a shared machine, where 2 OpenMP threads stall each other")
     ap.add_argument("--time-dtypes", action="store_true", help="first time one step in fp32 and in bf16")
     ap.add_argument("--out", default="benchmarks/results/recovery_smollm2.json")
     ap.add_argument("--plan", default="benchmarks/results/recovery_smollm2_plan_t{target}.json",
                     help="pruning plan cache: read if present, else computed (importance + AEF) and written")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     t_all, cpu_all = time.perf_counter(), time.process_time()
     model, tok, adapter = load(args.model)
@@ -115,7 +123,7 @@ def main() -> None:
     print(f"recovery: {args.dataset}, {res.settings['steps']} steps x {args.batch_size} seqs (cutoff {args.cutoff}), "
           f"lr {args.lr}, {res.settings['compute_dtype']}: {res.seconds:.0f} s wall, {cpu_rec:.0f} s CPU; train loss "
           f"{res.train_loss[0]:.3f} -> {sum(res.train_loss[-3:]) / 3:.3f} (last 3); val loss "
-          f"{res.val_loss_before:.3f} -> {res.val_loss_after:.3f}")
+          f"{fmt(res.val_loss_before)} -> {fmt(res.val_loss_after)}")
     print(f"perplexity, shipped Wikipedia test, llm-pruner-128, first {args.max_windows} windows:")
     print(f"  dense {dense:.2f} | pruned {pruned:.2f} | recovered {recovered:.2f}")
     print(f"  recovered / pruned = {recovered / pruned:.3f}; pruned / dense = {pruned / dense:.3f}; recovered / dense "
