@@ -26,7 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-CRITERIA = {"first-order": ["vector", "element1"], "with-fisher": ["vector", "element1", "element2"]}
+from _common import write_json  # benchmarks/ is on sys.path: scripts run as files
+
+#: criteria sets: "all" is every criterion aeflib estimates (one set of backward passes feeds them all)
+CRITERIA = {"first-order": ["vector", "element1"], "with-fisher": ["vector", "element1", "element2"],
+            "all": ["random", "l1", "l2", "vector", "element1", "element2"]}
 
 
 def _child(spec: dict) -> dict:
@@ -56,11 +60,12 @@ def _child(spec: dict) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     importance.estimate(model, adapter, calib, criteria=CRITERIA[spec["criteria"]], layers=layers,
                         path=spec["path"])
-    seconds = time.perf_counter() - t
-    out = {**spec, "seconds": seconds, "weight_bytes": weight_bytes}
+    seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
+    out = {**spec, "seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
+           "weight_bytes": weight_bytes}
     if spec["device"].startswith("cuda"):
         torch.cuda.synchronize()
         out["peak_bytes"] = torch.cuda.max_memory_allocated()
@@ -99,7 +104,7 @@ def main() -> None:
                       device=args.device, dtype=args.dtype) for p in ("bounded", "naive")]
     else:
         cases = []
-        for crit in CRITERIA:
+        for crit in ("first-order", "all"):
             for path in ("bounded", "naive"):
                 cases.append(dict(model="smollm2-135m", layers=0, n=10, seq_len=64, path=path, criteria=crit,
                                   device=args.device, dtype=args.dtype))
@@ -116,7 +121,7 @@ def main() -> None:
         row = _run(spec)
         rows.append(row)
         print(f"{row['model']:>14} L={row['layers']:<2} {row['criteria']:<12} {row['path']:<8} "
-              f"{row['seconds']:8.1f} s  peak {row['peak_bytes'] / 2**30:6.2f} GiB  "
+              f"{row['seconds']:8.1f} s ({row['cpu_seconds']:7.1f} s CPU)  peak {row['peak_bytes'] / 2**30:6.2f} GiB  "
               f"above weights {row['peak_above_weights_bytes'] / 2**30:6.2f} GiB  "
               f"peak/weights {row['peak_bytes'] / row['weight_bytes']:5.2f}", flush=True)
     print("\nnaive / bounded, same run:")
@@ -139,9 +144,9 @@ def main() -> None:
                   f"{projection[path] / 2**30:.1f} GiB  (peak(k={k}) + (32-k)·Δ, Δ = {delta / 2**30:.2f} GiB/layer)")
     out = Path(args.out)
     if not args.smoke:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-                                   "rows": rows, "projection_7b_bytes": projection}, indent=1))
+        write_json({"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                "load_average": os.getloadavg()},
+                    "rows": rows, "projection_7b_bytes": projection}, out)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import write_json  # benchmarks/ is on sys.path: scripts run as files
 
 import aeflib
 from aeflib import data, fusion, importance, pruning
@@ -49,14 +50,6 @@ VARIANTS = ["aef-layer", "aef-element", "aef-learned"]
 @torch.no_grad()
 def calib_loss(model, windows: torch.Tensor) -> float:
     return model(input_ids=windows, labels=windows, use_cache=False).loss.item()
-
-
-def write_json(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def main() -> None:

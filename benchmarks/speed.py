@@ -1,0 +1,246 @@
+"""Speed of pruned vs dense models: parameters, MACs per token, prefill latency and decode speed, as pruned / dense.
+
+What is measured, for each model dense and pruned:
+
+* parameters (every tensor once; tied embeddings once) and analytic MACs per token at ``--seq-len`` (all
+  ``nn.Linear`` layers incl. ``lm_head``, plus the attention scores/values term of each layer's own head count);
+* prefill latency: one forward over ``[batch, --seq-len]`` tokens, at each of ``--batch-sizes`` (default 1 and 8);
+* decode speed: ``--decode-tokens`` greedy steps with the KV cache after an (untimed) prefill, at
+  ``--decode-batch-sizes`` (default batch 1).
+
+How: :func:`aeflib.evaluation.efficiency` does all of it (one warm-up run, then the median of ``--repeats`` runs,
+``torch.inference_mode``; see its module docstring for the counting conventions); :func:`~aeflib.evaluation.compare`
+gives the ratios. Dense and pruned models are measured back to back in this one process, so machine load drifts
+less between them than between separate runs; the load average is recorded with the results.
+
+Models:
+
+1. The embedded SmolLM2-135M, pruned by ``--targets`` (20 % and 50 %) of all its parameters with
+   ``aeflib.pruning.plan(target_params=...)`` on LLM-Pruner's layer range (4..27). Scores are ``l2`` weight
+   magnitudes (no calibration pass): for speed only the widths a plan leaves matter, not which heads survive.
+2. A random-weight model with LLaMA-7B's widths (hidden 4096, 32 heads, MLP 11008, vocab 32000, fp32) but only
+   ``--layers`` decoder layers, pruned on all its layers at the same per-structure ratios the SmolLM2 targets needed.
+   Its embedding and ``lm_head`` (2 x 131 M parameters) weigh much more than 2 layers (2 x 202 M): the time ratios
+   of a full 32-layer model would be closer to the per-layer ratios.
+
+Ratios (all pruned / dense of a *cost*, so < 1 = cheaper / faster):
+
+* ``params``: the parameter reduction the plan achieved (the reference the time ratios are read against: if time
+  scaled with the weights, every time ratio would equal it);
+* ``MACs``: the compute per token the pruned model does (compute-bound reference);
+* ``prefill@bsB``: prefill seconds; ``decode@bs1``: seconds per generated token (= dense tok/s / pruned tok/s).
+
+Commands:
+
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/speed.py                  # ~10 min on 2 idle cores
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/speed.py --threads 1      # on a busy shared machine
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/speed.py --device cuda --layers 32   # GPU, full 7B shape
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/speed.py --smoke          # seconds, tiny models (CI)
+
+Writes ``benchmarks/results/speed_smollm2.json`` (``--out``): machine, settings, every ``EfficiencyResult`` and its
+ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from _common import machine, write_json  # noqa: E402  (benchmarks/ is on sys.path: scripts run as files)
+
+import aeflib.models  # noqa: E402
+from aeflib import importance, pruning  # noqa: E402
+from aeflib.evaluation import EfficiencyResult, compare, efficiency  # noqa: E402
+
+LLAMA7B = {"hidden": 4096, "heads": 32, "mlp": 11008, "vocab": 32000}
+SMOKE_WIDE = {"hidden": 128, "heads": 4, "mlp": 344, "vocab": 1000}  # --smoke: the same layout, seconds to time
+
+
+def l2_plan(model, adapter, *, target: float | None = None, ratio: float | None = None, layers=None):
+    """A plan from ``l2`` weight-magnitude scores (no forward or backward pass) at a parameter target or a ratio."""
+    dummy = torch.zeros(1, 8, dtype=torch.long)  # l2 reads weights only; estimate() still wants a [N, L] batch
+    scores = importance.estimate(model, adapter, dummy, criteria=["l2"], layers=layers)["l2"]
+    return pruning.plan(
+        model, adapter, scores, target_params=target, pruning_ratio=ratio, layers=layers, criterion="l2"
+    )
+
+
+def llama_wide(layers: int, widths: dict, dtype: torch.dtype):
+    """Random-weight LLaMA with the given widths and ``layers`` decoder layers (seeded), and its adapter."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=widths["vocab"],
+        hidden_size=widths["hidden"],
+        intermediate_size=widths["mlp"],
+        num_hidden_layers=layers,
+        num_attention_heads=widths["heads"],
+        num_key_value_heads=widths["heads"],
+        max_position_embeddings=2048,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    return model, aeflib.models.adapter_for(model)
+
+
+def measure(model, tokenizer, args) -> EfficiencyResult:
+    """``efficiency()`` with decoding at ``--decode-batch-sizes`` and prefill only at the other batch sizes.
+
+    Two calls (one per kind of batch size), their timings merged into the first result; MACs and parameters are
+    the same in both.
+    """
+    with_decode = [b for b in args.batch_sizes if b in args.decode_batch_sizes]
+    prefill_only = [b for b in args.batch_sizes if b not in args.decode_batch_sizes]
+    common = dict(seq_len=args.seq_len, repeats=args.repeats, device=args.device)
+    first = efficiency(
+        model,
+        tokenizer,
+        batch_sizes=with_decode or prefill_only,
+        decode_tokens=args.decode_tokens if with_decode else 0,
+        **common,
+    )
+    if with_decode and prefill_only:
+        first.timings.update(efficiency(model, tokenizer, batch_sizes=prefill_only, decode_tokens=0, **common).timings)
+    return first
+
+
+def ratios(dense: EfficiencyResult, pruned: EfficiencyResult) -> dict[str, float]:
+    """``compare()``'s pruned / dense ratios (undefined ones dropped) plus decode seconds per token ratios."""
+    out = {k: v for k, v in compare(dense, pruned).items() if not math.isnan(v)}
+    for key in [k for k in out if k.startswith("decode_tokens_per_s@")]:
+        out["decode_s_per_token@" + key.split("@")[1]] = 1 / out[key] if out[key] else float("nan")
+    return out
+
+
+def bench_model(name: str, dense, tokenizer, adapter, plans: list[tuple[dict, pruning.PruningPlan]], args) -> dict:
+    """Measure ``dense`` and a pruned copy per plan; print one line each; return the JSON record."""
+    record = {"model": name, "dense": None, "pruned": []}
+    t = time.perf_counter()
+    base = measure(dense, tokenizer, args)
+    record["dense"] = base.to_dict()
+    print(f"{name} dense: {base}  [{time.perf_counter() - t:.0f} s]", flush=True)
+    for label, the_plan in plans:
+        model = copy.deepcopy(dense)
+        pruning.apply(model, adapter, the_plan)
+        t = time.perf_counter()
+        res = measure(model, tokenizer, args)
+        what = f"ratio {label['pruning_ratio']:.3f}" + (
+            f" (target {label['target_params']})" if label["target_params"] else ""
+        )
+        print(f"{name} pruned, {what}: {res}  [{time.perf_counter() - t:.0f} s]", flush=True)
+        record["pruned"].append(
+            {**label, "plan": the_plan.summary(), "efficiency": res.to_dict(), "ratios": ratios(base, res)}
+        )
+        del model
+    return record
+
+
+def print_table(records: list[dict], args) -> None:
+    cols = [("params", "params_total"), ("MACs/tok", "macs_per_token")]
+    cols += [(f"prefill@bs{b}", f"prefill_s@bs{b}") for b in args.batch_sizes]
+    cols += [(f"decode@bs{b}", f"decode_s_per_token@bs{b}") for b in args.decode_batch_sizes]
+    print(
+        f"\npruned / dense, measured in the same run (cost ratios: < 1 = cheaper / faster; prefill = seconds for "
+        f"[batch, {args.seq_len}] tokens, decode = seconds per token over {args.decode_tokens} greedy steps; "
+        f"medians of {args.repeats} runs)"
+    )
+    print(f"{'model':<28} {'target':>6} {'ratio':>6} " + " ".join(f"{c:>12}" for c, _ in cols))
+    for rec in records:
+        for p in rec["pruned"]:
+            target = "-" if p.get("target_params") is None else f"{p['target_params']:.2f}"
+            cells = " ".join(f"{p['ratios'].get(key, float('nan')):12.3f}" for _, key in cols)
+            print(f"{rec['model']:<28} {target:>6} {p['pruning_ratio']:6.3f} {cells}")
+    print(
+        "(params = the parameter-reduction reference: the time ratio if time scaled with the weights; "
+        "MACs = the compute reference)"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m", help="the real model (a key of aeflib.models.MODELS)")
+    ap.add_argument("--targets", default="0.2,0.5", help="shares of all parameters to remove, comma-separated")
+    ap.add_argument("--ratios", default=None, help="per-structure pruning ratios instead of --targets")
+    ap.add_argument("--layers", type=int, default=2, help="decoder layers of the LLaMA-7B-width model (0 = skip it)")
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--batch-sizes", default="1,8", help="prefill batch sizes")
+    ap.add_argument("--decode-batch-sizes", default="1", help="batch sizes also timed decoding (subset of the above)")
+    ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per quantity after one warm-up (median)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    ap.add_argument("--out", default="benchmarks/results/speed_smollm2.json")
+    ap.add_argument("--smoke", action="store_true", help="tiny models, 1 repeat, short sequences, temp output")
+    args = ap.parse_args()
+    wide = LLAMA7B
+    if args.smoke:  # tiny-llama cannot reach a parameter target (almost all its parameters are embeddings): ratios
+        args.model, args.ratios, args.layers, args.seq_len = "tiny-llama", "0.2,0.5", 1, 16
+        args.batch_sizes, args.decode_tokens, args.repeats = "1,2", 4, 1
+        args.out = str(Path(tempfile.mkdtemp(prefix="aeflib-speed-smoke-")) / "speed.json")
+        wide = SMOKE_WIDE
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    args.decode_batch_sizes = [int(b) for b in args.decode_batch_sizes.split(",") if int(b) in args.batch_sizes]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = aeflib.models.resolve_dtype(args.dtype)
+    info = machine()
+    print(f"machine: {info}", flush=True)
+    t_all = time.perf_counter()
+
+    # 1. the real model: a plan per target (its per-structure ratio is then reused for the wide model)
+    dense, tokenizer, adapter = aeflib.models.load(args.model, dtype=dtype)
+    if args.ratios:
+        plans = [
+            ({"target_params": None, "pruning_ratio": r}, l2_plan(dense, adapter, ratio=r))
+            for r in map(float, args.ratios.split(","))
+        ]
+    else:
+        plans = []
+        for target in map(float, args.targets.split(",")):
+            the_plan = l2_plan(dense, adapter, target=target)
+            plans.append(({"target_params": target, "pruning_ratio": the_plan.pruning_ratio}, the_plan))
+    records = [bench_model(args.model, dense, tokenizer, adapter, plans, args)]
+    del dense
+
+    # 2. LLaMA-7B widths, few layers, all pruned at the same per-structure ratios
+    if args.layers > 0:
+        name = f"llama7b-width-L{args.layers}" if wide is LLAMA7B else f"llama-wide-smoke-L{args.layers}"
+        model, wide_adapter = llama_wide(args.layers, wide, dtype)
+        wide_plans = [
+            (label, l2_plan(model, wide_adapter, ratio=label["pruning_ratio"], layers=range(args.layers)))
+            for label, _ in plans
+        ]
+        records.append(bench_model(name, model, None, wide_adapter, wide_plans, args))
+        records[-1]["widths"] = {**wide, "layers": args.layers}
+        del model
+
+    print_table(records, args)
+    seconds = time.perf_counter() - t_all
+    print(f"total {seconds:.0f} s; load average now {os.getloadavg()[0]:.1f} (at start {info['load_average'][0]})")
+    write_json(
+        {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "machine": info,
+            "machine_at_end": {"load_average": [round(x, 2) for x in os.getloadavg()]},
+            "settings": {k: v for k, v in vars(args).items()},
+            "models": records,
+            "seconds": seconds,
+        },
+        args.out,
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

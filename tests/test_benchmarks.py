@@ -1,0 +1,219 @@
+"""Benchmark scripts: each ``benchmarks/<x>.py --smoke`` exits 0 and prints (and writes) the numbers it promises.
+
+The smoke runs are subprocesses (the scripts are run as files, as their docstrings say), started together by a
+module fixture so that their start-up (importing torch and transformers, loading the tiny model) overlaps: the file
+takes about as long as its slowest script instead of their sum. Each gets ``OMP_NUM_THREADS=1``, the offline hub
+variables and its own ``TMPDIR`` (where its ``--smoke`` output lands). ``pipeline.py`` runs only stage 01 here: the
+whole tiny notebook sequence already runs once in test_pipeline.py (``tiny_llama_run``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+TIMEOUT = 600  # seconds per script, generous: the 2-core machine may be busy
+
+SMOKES = {  # script -> extra arguments after --smoke
+    "quality.py": [],
+    "estimation_cost.py": [],
+    "speed.py": [],
+    "pipeline.py": ["--stages", "01"],
+    "io_roundtrip.py": [],
+    "recovery_smollm2.py": [],
+}
+
+
+class _Smoke:
+    """One script's finished smoke run: exit code, output (stdout + stderr) and its TMPDIR."""
+
+    def __init__(self, proc: subprocess.Popen, log: Path, tmp: Path):
+        self.proc, self.log, self.tmp, self._done = proc, log, tmp, False
+
+    def wait(self) -> _Smoke:
+        if not self._done:
+            try:
+                self.proc.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self._done = True
+        return self
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def json(self, name: str) -> dict:
+        found = sorted(self.tmp.rglob(name))
+        assert found, f"no {name} under {self.tmp}; output:\n{self.output[-3000:]}"
+        return json.loads(found[0].read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke(request, tmp_path_factory):
+    """Start every selected script's ``--smoke`` run at once; ``smoke(script)`` waits for that one."""
+    selected = []
+    for item in request.session.items:
+        spec = getattr(item, "callspec", None)
+        if item.module is request.module and spec is not None and "script" in spec.params:
+            selected.append(spec.params["script"])
+    runs: dict[str, _Smoke] = {}
+    for script in dict.fromkeys(selected):
+        tmp = tmp_path_factory.mktemp(script.removesuffix(".py"))
+        log = tmp / "output.txt"
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "TMPDIR": str(tmp),
+            "PYTHONUNBUFFERED": "1",
+        }
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, str(BENCH / script), "--smoke", *SMOKES[script]],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        runs[script] = _Smoke(proc, log, tmp)
+    yield lambda script: runs[script].wait()
+    for run in runs.values():
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
+
+
+def _ok(run: _Smoke) -> str:
+    assert run.proc.returncode == 0, f"exit {run.proc.returncode}:\n{run.output[-4000:]}"
+    return run.output
+
+
+@pytest.mark.parametrize("script", ["quality.py"])
+def test_quality_smoke_prints_every_method_against_dense(smoke, script):
+    out = _ok(smoke(script))
+    assert "ratio = pruned / dense" in out
+    for method in ["random", "l2", "vector", "element1", "element2", "aef-layer", "aef-element", "aef-learned"]:
+        assert re.search(rf"^\s+\S+ {re.escape(method)}\s+1\s", out, re.M), f"no table row for {method}"
+    assert re.search(r"^aef = aef-\w+ \(aeflib\.fusion\.DEFAULT_METHOD\)", out, re.M)
+
+
+@pytest.mark.parametrize("script", ["estimation_cost.py"])
+def test_estimation_cost_smoke_prints_naive_over_bounded(smoke, script):
+    out = _ok(smoke(script))
+    assert "naive / bounded, same run:" in out
+    assert re.search(r"memory above weights \d+\.\d+x, time \d+\.\d+x", out)
+
+
+@pytest.mark.parametrize("script", ["speed.py"])
+def test_speed_smoke_prints_and_writes_pruned_over_dense(smoke, script):
+    run = smoke(script)
+    out = _ok(run)
+    assert "pruned / dense, measured in the same run" in out and "machine:" in out
+    assert re.search(r"^model\s+target\s+ratio\s+params\s+MACs/tok\s+prefill@bs1\s+prefill@bs2\s+decode@bs1", out, re.M)
+    result = run.json("speed.json")
+    assert [m["model"] for m in result["models"]] == ["tiny-llama", "llama-wide-smoke-L1"]
+    for model in result["models"]:
+        pruned = model["pruned"]
+        assert [p["pruning_ratio"] for p in pruned] == [0.2, 0.5]
+        for p in pruned:
+            r = p["ratios"]
+            assert 0 < r["params_total"] < 1 and 0 < r["macs_per_token"] < 1
+            for key in ("prefill_s@bs1", "prefill_s@bs2", "decode_s_per_token@bs1"):
+                assert math.isfinite(r[key]) and r[key] > 0, key
+        assert pruned[1]["ratios"]["macs_per_token"] < pruned[0]["ratios"]["macs_per_token"]
+        assert model["dense"]["params_total"] > pruned[0]["efficiency"]["params_total"]
+    assert result["machine"]["cpus"] == os.cpu_count()
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("script", ["pipeline.py"])
+def test_pipeline_smoke_tabulates_stage_times_and_budget_share(smoke, script):
+    run = smoke(script)
+    out = _ok(run)
+    assert re.search(r"^stage\s+status\s+wall s\s+CPU s\s+CPU/wall\s+share$", out, re.M)
+    assert re.search(r"^01_model_and_structures\s+ran\s+\d+\.\d", out, re.M)
+    assert re.search(r"^budget: total wall \d+ s / 900 s = \d+\.\d%", out, re.M)
+    result = run.json("pipeline.json")
+    assert [s["stage"] for s in result["stages"]] == ["01_model_and_structures"]
+    assert result["stages"][0]["status"] == "ran" and result["stages"][0]["cpu_seconds"] > 0
+    assert result["total_wall_s"] >= result["stages_wall_s"] > 0 and result["failed"] is None
+    assert result["budget_share_wall"] == pytest.approx(result["total_wall_s"] / 900)
+
+
+@pytest.mark.parametrize("script", ["io_roundtrip.py"])
+def test_io_roundtrip_smoke_reloads_equal_logits(smoke, script):
+    run = smoke(script)
+    _ok(run)
+    report = run.json("io_roundtrip.json")["report"]
+    saved = next(v for k, v in report.items() if k.startswith("aeflib.save"))
+    exported = next(v for k, v in report.items() if k.startswith("export_hf"))
+    assert saved["logits equal (same process)"] and saved["logits equal (fresh process)"]
+    assert exported["logits equal"] and exported["stock reload"] == "ok"
+
+
+@pytest.mark.parametrize("script", ["recovery_smollm2.py"])
+def test_recovery_smoke_prints_recovered_over_pruned(smoke, script):
+    run = smoke(script)
+    out = _ok(run)
+    assert re.search(r"recovered / pruned = \d+\.\d{3}; pruned / dense = \d+\.\d{3}", out)
+    result = run.json("recovery.json")
+    assert result["model"] == "tiny-llama" and result["recovery"]["settings"]["steps"] == 2
+    assert result["pruning"]["params_after"] < result["pruning"]["params_before"]
+    assert all(math.isfinite(v) and v > 0 for v in result["ratios"].values())
+
+
+# ---- the shared helpers ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def common(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import _common
+
+    return _common
+
+
+def test_write_json_replaces_atomically_and_leaves_no_temp_file(common, tmp_path):
+    path = tmp_path / "new" / "r.json"
+    common.write_json({"a": 1, "p": Path("x")}, path)
+    common.write_json({"a": 2}, path)
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+
+    class Boom:
+        def __str__(self):
+            raise RuntimeError("cannot encode")
+
+    with pytest.raises(RuntimeError):
+        common.write_json({"a": Boom()}, path)
+    assert json.loads(path.read_text()) == {"a": 2}, "a failed write must leave the old file intact"
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+
+
+def test_median_seconds_warms_up_then_takes_the_median(common, monkeypatch):
+    calls = []
+    clock = iter([0.0, 1.0, 10.0, 10.5, 20.0, 29.0])  # durations 1.0, 0.5, 9.0 -> median 1.0
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+    assert common.median_seconds(lambda: calls.append(1), repeats=3, warmup=2) == 1.0
+    assert len(calls) == 5
+    with pytest.raises(ValueError, match="repeats=0"):
+        common.median_seconds(lambda: None, repeats=0)
+
+
+def test_machine_describes_cores_versions_and_load(common):
+    import torch
+
+    info = common.machine()
+    assert info["cpus"] == os.cpu_count() and info["torch"] == torch.__version__
+    assert info["torch_threads"] == torch.get_num_threads() and len(info["load_average"]) == 3
+    assert "aeflib" in info and "gpu" in info
