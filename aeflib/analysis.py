@@ -1,9 +1,12 @@
 """Tables the notebooks show: model structure, estimator agreement, fusion weights, plans, evaluation rows.
 
 Each function takes aeflib objects and returns a ``pandas.DataFrame`` (or a plain dict) so that a notebook cell is
-one call and a display. The statistics are computed here, never in a cell:
+one call and a display; tables a notebook shows are indexed by something meaningful (layer, quantity), never 0..n.
+The statistics are computed here, never in a cell:
 
 * :func:`structure_table` — per decoder layer: head and channel groups and the parameters they own;
+* :func:`parameter_table` — where the parameters are (all, decoder layers, outside them, prunable), with shares;
+* :func:`as_table` — any ``{name: value}`` mapping (settings, results) as a two-column table instead of a dict;
 * :func:`agreement` — per (layer, kind): Spearman and Kendall rank correlation of two criteria and the overlap of
   the groups each would remove at a pruning ratio;
 * :func:`fusion_table` — the fusion weights (α_fine, α_coarse) per (layer, kind) and the method's evidence;
@@ -25,8 +28,9 @@ from torch import nn
 from aeflib.fusion import normalize
 from aeflib.pruning import PruningPlan, count_parameters, plan
 
-__all__ = ["agreement", "agreement_summary", "evaluation_rows", "evaluation_table", "fusion_table", "generate",
-           "kendall", "parameter_summary", "plan_summary", "plan_table", "score_table", "spearman", "structure_table"]
+__all__ = ["agreement", "agreement_summary", "as_table", "evaluation_rows", "evaluation_table", "fusion_table",
+           "generate", "kendall", "parameter_summary", "parameter_table", "plan_summary", "plan_table", "score_table",
+           "spearman", "structure_table"]
 
 
 # ---- structure -----------------------------------------------------------------------------------------------------
@@ -34,8 +38,9 @@ def structure_table(model: nn.Module, adapter):
     """Per decoder layer: head groups, channel groups and the parameters each kind owns.
 
     Returns:
-        ``pandas.DataFrame`` with columns ``layer, heads, head_unit, head_params, channels, channel_params,
-        other_params`` (norms, and k/v under GQA ``query-heads`` grouping, which pruning leaves as they are).
+        ``pandas.DataFrame`` indexed by ``layer`` with columns ``heads, head_unit, head_params, channels,
+        channel_params, other_params`` (norms, and k/v under GQA ``query-heads`` grouping, which pruning leaves as
+        they are).
     """
     import pandas as pd
 
@@ -48,7 +53,7 @@ def structure_table(model: nn.Module, adapter):
         rows.append({"layer": i, "heads": heads.n, "head_unit": heads.unit, "head_params": head_params,
                      "channels": channels.n, "channel_params": channel_params,
                      "other_params": total - head_params - channel_params})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).set_index("layer")
 
 
 def parameter_summary(model: nn.Module, adapter, layers: range | None = None) -> dict[str, Any]:
@@ -69,6 +74,57 @@ def parameter_summary(model: nn.Module, adapter, layers: range | None = None) ->
     return {"total": total, "in_decoder_layers": in_layers, "outside_layers": total - in_layers,
             "prunable_in_pruned_layers": prunable, "pruned_layers": f"{layers.start}..{layers.stop - 1}",
             "prunable_share": round(prunable / total, 4), "outside_share": round((total - in_layers) / total, 4)}
+
+
+def parameter_table(model: nn.Module, adapter, layers: range | None = None):
+    """:func:`parameter_summary` as a table a learner reads: one row per place, its parameters and share of all.
+
+    Args:
+        model: Any supported model.
+        adapter: Its structure adapter.
+        layers: Layers that will be pruned (default: the adapter's range).
+
+    Returns:
+        ``pandas.DataFrame`` indexed by ``where`` with ``parameters`` (int) and ``share of all (%)``.
+    """
+    import pandas as pd
+
+    s = parameter_summary(model, adapter, layers)
+    places = {"all parameters": s["total"], "in the decoder layers": s["in_decoder_layers"],
+              "outside them (embeddings, final norm, LM head)": s["outside_layers"],
+              f"prunable groups of layers {s['pruned_layers']}": s["prunable_in_pruned_layers"]}
+    return pd.DataFrame({"parameters": list(places.values()),
+                         "share of all (%)": [round(100 * v / s["total"], 2) for v in places.values()]},
+                        index=pd.Index(list(places), name="where"))
+
+
+def as_table(mapping: dict[str, Any], *, index: str = "quantity", column: str = "value", digits: int = 4):
+    """A ``{name: value}`` mapping as a table (one row per name) — what a notebook shows instead of a raw dict.
+
+    Args:
+        mapping: Names and values (settings, results); floats are rounded to ``digits``, ``None`` shows as "—",
+            lists and tuples as comma-separated text.
+        index: Name of the index (the names).
+        column: Name of the value column.
+        digits: Decimal places kept for floats.
+
+    Returns:
+        ``pandas.DataFrame`` indexed by ``index`` with the single column ``column``.
+    """
+    import pandas as pd
+
+    def shown(v: Any) -> Any:
+        if v is None:
+            return "—"
+        if isinstance(v, float):
+            return round(v, digits)
+        if isinstance(v, list | tuple):
+            return ", ".join("/".join(map(str, x)) if isinstance(x, list | tuple) else str(shown(x)) for x in v)
+        return v
+
+    # object dtype: each value keeps its own form (an all-float column would print every value with 4 decimals)
+    return pd.DataFrame({column: [shown(v) for v in mapping.values()]},
+                        index=pd.Index([str(k) for k in mapping], name=index), dtype=object)
 
 
 # ---- rank statistics -------------------------------------------------------------------------------------------------
@@ -130,13 +186,13 @@ def agreement_summary(tables: dict[str, Any]):
         tables: ``{"<a> vs <b>": agreement table}`` from :func:`agreement`.
 
     Returns:
-        ``pandas.DataFrame`` with ``pair, kind, spearman, kendall, overlap`` (means over layers).
+        ``pandas.DataFrame`` indexed by ``(pair, kind)`` with ``spearman, kendall, overlap`` (means over layers).
     """
     import pandas as pd
 
     parts = [t.groupby("kind", sort=False)[["spearman", "kendall", "overlap"]].mean().round(4).reset_index()
              .assign(pair=pair) for pair, t in tables.items()]
-    return pd.concat(parts, ignore_index=True)[["pair", "kind", "spearman", "kendall", "overlap"]]
+    return pd.concat(parts, ignore_index=True).set_index(["pair", "kind"])[["spearman", "kendall", "overlap"]]
 
 
 def score_table(scores, key: str, criteria: list[str] | None = None):
@@ -179,7 +235,7 @@ def plan_table(the_plan: PruningPlan):
     """Per pruned layer: heads and channels before and kept.
 
     Returns:
-        ``pandas.DataFrame`` with ``layer, heads_before, heads_kept, channels_before, channels_kept``.
+        ``pandas.DataFrame`` indexed by ``layer`` with ``heads_before, heads_kept, channels_before, channels_kept``.
     """
     import pandas as pd
 
@@ -187,18 +243,35 @@ def plan_table(the_plan: PruningPlan):
                           len(the_plan.keep_heads.get(i, [])) if i in the_plan.keep_heads else None,
                           "channels_before": the_plan.n_channels.get(i), "channels_kept":
                           len(the_plan.keep_channels[i]) if i in the_plan.keep_channels else None}
-                         for i in the_plan.layers])
+                         for i in the_plan.layers]).set_index("layer")
+
+
+#: what each quantity of :meth:`aeflib.pruning.PruningPlan.summary` means (shown beside it; under 50 characters,
+#: the width at which pandas cuts a cell)
+_SUMMARY_MEANING = {
+    "criterion": "criterion that ranked the groups",
+    "layers": "decoder layers pruned",
+    "pruning_ratio_requested": "ratio asked for (— with a target)",
+    "pruning_ratio_used": "share of groups removed per pruned layer",
+    "head_ratio_achieved": "share of head groups removed (after rounding)",
+    "channel_ratio_achieved": "share of MLP channels removed",
+    "target_param_reduction": "share of ALL parameters asked for",
+    "expected_param_reduction": "share of all parameters the plan removes",
+    "param_reduction": "the same, measured by apply",
+    "params_before": "parameters of the dense model",
+    "params_after": "parameters after pruning",
+}
 
 
 def plan_summary(the_plan: PruningPlan):
     """Requested vs achieved, one row per quantity (pruning ratio and parameter reduction are both reported).
 
     Returns:
-        ``pandas.DataFrame`` with ``quantity, value``.
+        ``pandas.DataFrame`` indexed by ``quantity`` (the keys of ``PruningPlan.summary()``) with ``value`` and
+        ``meaning``; ``None`` shows as "—".
     """
-    import pandas as pd
-
-    return pd.DataFrame([{"quantity": k, "value": v} for k, v in the_plan.summary().items()])
+    table = as_table(the_plan.summary())
+    return table.assign(meaning=[_SUMMARY_MEANING.get(k, "") for k in table.index])
 
 
 # ---- generation --------------------------------------------------------------------------------------------------
@@ -263,13 +336,27 @@ def _zeroshot_rows(base: dict, d: dict) -> list[dict]:
 
 
 def evaluation_table(rows):
-    """Pivot long evaluation rows: one row per (metric, task), one column per setting (dense, no-tune, lora)."""
+    """Pivot long evaluation rows: one row per (metric, task), one column per setting (dense, no-tune, lora).
+
+    The rows mix scales (perplexity ~10⁴ on a random model, accuracy in %, MACs ~10⁹), which pandas would print in
+    scientific notation for the whole column; values are shown instead as plain numbers: whole ones as integers,
+    the others rounded to 4 decimals (object dtype — a table to read; compute on the rows).
+    """
     import pandas as pd
 
     frame = pd.DataFrame(rows)
     order = list(dict.fromkeys(frame["setting"]))
     table = frame.pivot_table(index=["metric", "task"], columns="setting", values="value", aggfunc="first", sort=False)
-    return table[[s for s in order if s in table.columns]]
+    table = table[[s for s in order if s in table.columns]]
+
+    def shown(v):
+        if v is None or math.isnan(v):
+            return "—"
+        return int(v) if float(v).is_integer() else round(float(v), 4)
+
+    # built cell by cell: DataFrame.map would infer float64 again, and pandas prints a float column as 6.4e+06
+    return pd.DataFrame([[shown(v) for v in row] for row in table.to_numpy(dtype=float)], index=table.index,
+                        columns=table.columns, dtype=object)
 
 
 def _efficiency_rows(base: dict, d: dict) -> list[dict]:

@@ -3,6 +3,10 @@
 All functions build a ``matplotlib.figure.Figure`` without pyplot (no global state, nothing shown twice) and return
 it: a notebook displays the returned figure, ``RunDir.save_figure`` writes it as PNG.
 
+Layout rules, so that a figure reads at JupyterLab's cell width (about 10 inches at 100 dpi): at most 10 inches
+wide, text at 10 pt or more, integer ticks on axes that count things (layers, steps, heads), and legends outside the
+axes (below them) so that they never cover data.
+
 | function                | shows                                                           | stage |
 |-------------------------|-----------------------------------------------------------------|-------|
 | structure               | parameters per decoder layer: heads, channels, the rest         | 01    |
@@ -20,20 +24,37 @@ Source: [ours].
 
 from __future__ import annotations
 
+import functools
 import math
+import textwrap
 from collections.abc import Sequence
 
+import matplotlib as mpl
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator
 
 __all__ = ["agreement", "comparison", "fusion_weights", "importance_per_layer", "importance_scatter", "loss_curve",
            "metric_bars", "plan_widths", "structure"]
 
 _KIND_LABEL = {"head": "attention heads", "channel": "MLP channels"}
+MAX_WIDTH = 10.0                     # inches: JupyterLab's cell width at 100 dpi; wider figures get scaled down
+# point sizes, none under 10 (matplotlib's "small" legend is 8.3 pt)
+_RC = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
+       "legend.fontsize": 10, "figure.titlesize": 13}
+
+
+def _styled(draw):
+    """Build the figure under :data:`_RC` (text sizes are fixed when an artist is created; rcParams are restored)."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with mpl.rc_context(_RC):
+            return draw(*args, **kwargs)
+    return wrapper
 
 
 def _figure(ncols: int = 1, width: float = 6.4, height: float = 3.6, integer_x: bool = True):
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    """A constrained-layout figure of ``ncols`` axes in one row, ``width`` inches wide in all (at most MAX_WIDTH)."""
+    fig = Figure(figsize=(min(width, MAX_WIDTH), height), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     if integer_x:                                  # layers and steps are whole numbers
         for ax in axes:
@@ -41,23 +62,53 @@ def _figure(ncols: int = 1, width: float = 6.4, height: float = 3.6, integer_x: 
     return fig, axes
 
 
+def _legend(fig: Figure, axes, ncol: int | None = None) -> None:
+    """One legend for the whole figure, centred below the axes (never over data); entries deduplicated by label."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center", frameon=False,
+                   ncol=ncol or min(len(entries), 4))
+
+
+def _title(text: str, width: int = 80) -> str:
+    """Wrap a long title onto lines of at most ``width`` characters."""
+    return textwrap.fill(text, width) if len(text) > width else text
+
+
+def _layer_ticks(ax, layers: Sequence[int]) -> None:
+    """Tick every layer when there are few, else let MaxNLocator pick whole numbers."""
+    if 0 < len(layers) <= 16:
+        ax.set_xticks(list(layers))
+
+
+@_styled
 def structure(table, model: str = "") -> Figure:
-    """Stacked bars of parameters per decoder layer (from :func:`aeflib.analysis.structure_table`)."""
+    """Stacked bars of parameters per decoder layer (from :func:`aeflib.analysis.structure_table`).
+
+    The unit follows the size: millions for real models, thousands for the tiny test models.
+    """
     fig, (ax,) = _figure()
-    layers = table["layer"].tolist()
+    layers = table["layer"].tolist() if "layer" in table.columns else table.index.tolist()
+    biggest = float((table["head_params"] + table["channel_params"] + table["other_params"]).max())
+    scale, unit = (1e6, "millions") if biggest >= 1e6 else (1e3, "thousands")
     bottom = [0.0] * len(layers)
     for column, label in (("head_params", "attention head groups"), ("channel_params", "MLP channel groups"),
                           ("other_params", "not prunable (norms, shared k/v)")):
-        values = (table[column] / 1e6).tolist()
+        values = (table[column] / scale).tolist()
         ax.bar(layers, values, bottom=bottom, label=label)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set_title(f"Parameters per decoder layer{f' — {model}' if model else ''}")
+    _layer_ticks(ax, layers)
+    ax.set_title(_title(f"Parameters per decoder layer{f' — {model}' if model else ''}", 60))
     ax.set_xlabel("decoder layer (0-based)")
-    ax.set_ylabel("parameters (millions)")
-    ax.legend(fontsize="small")
+    ax.set_ylabel(f"parameters ({unit})")
+    _legend(fig, [ax], ncol=2)
     return fig
 
 
+@_styled
 def importance_per_layer(scores, criteria: Sequence[str], protocol: str = "") -> Figure:
     """Summed importance of each layer's groups per criterion; heads and channels side by side, log scale.
 
@@ -66,72 +117,83 @@ def importance_per_layer(scores, criteria: Sequence[str], protocol: str = "") ->
         criteria: Criterion names to draw.
         protocol: Calibration description for the title (e.g. ``"10 x 64 tokens, wikipedia, seed 42"``).
     """
-    fig, axes = _figure(2)
+    fig, axes = _figure(2, width=9.6, height=3.8)
     for ax, kind in zip(axes, ("head", "channel"), strict=True):
         keys = [k for k in scores.keys if k.endswith("." + kind)]
         layers = [int(k.split(".")[0]) for k in keys]
         for c in criteria:
-            ax.plot(layers, [max(scores[c][k].sum().item(), 1e-30) for k in keys], marker="o", ms=3, label=c)
+            ax.plot(layers, [max(scores[c][k].sum().item(), 1e-30) for k in keys], marker="o", ms=4, label=c)
         ax.set_yscale("log")
+        _layer_ticks(ax, layers)
         ax.set_title(f"{_KIND_LABEL[kind]}")
         ax.set_xlabel("decoder layer (0-based)")
-        ax.set_ylabel("summed importance (criterion units, log)")
-        ax.legend(fontsize="small")
-    fig.suptitle(f"Importance per layer{f' — calibration {protocol}' if protocol else ''}")
+        ax.set_ylabel("summed importance (log scale)")
+    _legend(fig, axes, ncol=min(len(criteria), 5))
+    fig.suptitle(_title(f"Importance per layer{f' — calibration {protocol}' if protocol else ''}"))
     return fig
 
 
+@_styled
 def importance_scatter(scores, a: str, b: str, key: str) -> Figure:
     """Rank of every group of one set under criteria ``a`` (x) and ``b`` (y); the diagonal is full agreement."""
     from aeflib.fusion import normalize
 
-    fig, (ax,) = _figure(width=4.8, height=4.2, integer_x=False)
+    fig, (ax,) = _figure(width=5.2, height=4.6, integer_x=False)
     x, y = normalize(scores[a][key], "rank"), normalize(scores[b][key], "rank")
-    ax.scatter(x.tolist(), y.tolist(), s=8, alpha=0.6)
+    ax.scatter(x.tolist(), y.tolist(), s=10, alpha=0.6)
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_aspect("equal")
     layer, kind = key.split(".")
-    ax.set_title(f"Ranks of layer {layer} {_KIND_LABEL[kind]}: {a} vs {b}")
-    ax.set_xlabel(f"rank under {a} (0 = least important, 1 = most)")
-    ax.set_ylabel(f"rank under {b} (0 = least important, 1 = most)")
+    ax.set_title(f"Ranks of layer {layer} {_KIND_LABEL[kind]}:\n{a} vs {b}")
+    ax.set_xlabel(f"rank under {a} (0 = least important)")
+    ax.set_ylabel(f"rank under {b} (0 = least important)")
     return fig
 
 
+@_styled
 def agreement(table, a: str, b: str, pruning_ratio: float) -> Figure:
     """Spearman, Kendall and removal-set overlap per layer (from :func:`aeflib.analysis.agreement`)."""
-    fig, axes = _figure(2)
+    fig, axes = _figure(2, width=9.6, height=3.8)
     for ax, kind in zip(axes, ("head", "channel"), strict=True):
         part = table[table["kind"] == kind]
         for column, label in (("spearman", "Spearman ρ"), ("kendall", "Kendall τ-b"),
                               ("overlap", f"overlap of removal sets at ratio {pruning_ratio:.2f}")):
-            ax.plot(part["layer"], part[column], marker="o", ms=3, label=label)
+            ax.plot(part["layer"], part[column], marker="o", ms=4, label=label)
         ax.set_ylim(-1.05, 1.05)
         ax.axhline(0, color="grey", lw=0.6)
+        _layer_ticks(ax, part["layer"].tolist())
         ax.set_title(_KIND_LABEL[kind])
         ax.set_xlabel("decoder layer (0-based)")
-        ax.set_ylabel("correlation / share of removed groups")
-        ax.legend(fontsize="small", loc="lower left")
-    fig.suptitle(f"Agreement of {a} and {b} per layer")
+        ax.set_ylabel("correlation or share (−1 to 1)")
+    _legend(fig, axes, ncol=3)
+    fig.suptitle(_title(f"Agreement of {a} and {b} per layer"))
     return fig
 
 
+@_styled
 def fusion_weights(table, method: str = "") -> Figure:
     """α_fine per layer for heads and channels (from :func:`aeflib.analysis.fusion_table`); α_coarse = 1 − α_fine."""
     fig, (ax,) = _figure()
     for kind in ("head", "channel"):
         part = table[table["kind"] == kind]
-        ax.plot(part["layer"], part["alpha_fine"], marker="o", ms=3, label=_KIND_LABEL[kind])
-    ax.axhline(0.5, color="grey", lw=0.6, ls="--")
+        ax.plot(part["layer"], part["alpha_fine"], marker="o", ms=4, label=_KIND_LABEL[kind])
+    ax.axhline(0.5, color="grey", lw=0.6, ls="--", label="equal weights (0.5)")
+    _layer_ticks(ax, sorted(set(table["layer"].tolist())))
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"Fusion weights per layer{f' ({method})' if method else ''}")
     ax.set_xlabel("decoder layer (0-based)")
-    ax.set_ylabel("α_fine (weight of the fine estimate, 0-1)")
-    ax.legend(fontsize="small")
+    ax.set_ylabel("α_fine (weight of fine estimate)")
+    _legend(fig, [ax], ncol=3)
     return fig
 
 
+@_styled
 def plan_widths(the_plan, title: str = "") -> Figure:
-    """Heads and channels kept (and removed) per pruned layer of a :class:`~aeflib.pruning.PruningPlan`."""
-    fig, axes = _figure(2)
+    """Heads and channels kept (and removed) per pruned layer of a :class:`~aeflib.pruning.PruningPlan`.
+
+    The y axes count groups (integer ticks) and say how many each layer had, e.g. ``query heads kept (of 9)``.
+    """
+    fig, axes = _figure(2, width=9.6, height=3.8)
     for ax, kind, keep, before in ((axes[0], "head", the_plan.keep_heads, the_plan.n_heads),
                                    (axes[1], "channel", the_plan.keep_channels, the_plan.n_channels)):
         layers = sorted(keep)
@@ -139,32 +201,38 @@ def plan_widths(the_plan, title: str = "") -> Figure:
         removed = [before[i] - len(keep[i]) for i in layers]
         ax.bar(layers, kept, label="kept")
         ax.bar(layers, removed, bottom=kept, label="removed", color="lightgrey")
+        _layer_ticks(ax, layers)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))  # 0, 25, 50... not 15s
         ax.set_title(_KIND_LABEL[kind])
         ax.set_xlabel("decoder layer (0-based)")
-        unit = the_plan.head_unit if kind == "head" else "channel"
-        ax.set_ylabel(f"{unit}s (count)")
-        ax.legend(fontsize="small")
+        unit = the_plan.head_unit if kind == "head" else "MLP channel"
+        sizes = {before[i] for i in layers}
+        ax.set_ylabel(f"{unit}s kept (of {sizes.pop()})" if len(sizes) == 1 else f"{unit}s kept (count)")
+    _legend(fig, axes, ncol=2)
     reduction = the_plan.param_reduction if the_plan.param_reduction is not None else the_plan.expected_param_reduction
-    fig.suptitle(title or (f"Plan by {the_plan.criterion}: pruning ratio {the_plan.pruning_ratio:.3f}, "
-                           f"parameter reduction {100 * reduction:.1f} %"))
+    fig.suptitle(_title(title or (f"Plan by {the_plan.criterion}: pruning ratio {the_plan.pruning_ratio:.3f}, "
+                                  f"parameter reduction {100 * reduction:.1f} %")))
     return fig
 
 
+@_styled
 def loss_curve(train_loss: Sequence[float], val_before: float | None = None, val_after: float | None = None,
                protocol: str = "") -> Figure:
     """LoRA training loss per optimizer step, with the validation loss before and after recovery."""
     fig, (ax,) = _figure()
-    ax.plot(range(1, len(train_loss) + 1), list(train_loss), label="training loss (per step)")
+    ax.plot(range(1, len(train_loss) + 1), list(train_loss), marker="o" if len(train_loss) <= 20 else None, ms=4,
+            label="training loss (per step)")
     for value, label, style in ((val_before, "validation before", "--"), (val_after, "validation after", ":")):
         if value is not None and math.isfinite(value):
             ax.axhline(value, ls=style, color="grey" if style == "--" else "black", label=f"{label}: {value:.3f}")
-    ax.set_title(f"LoRA recovery{f' — {protocol}' if protocol else ''}")
+    ax.set_title(_title(f"LoRA recovery{f' — {protocol}' if protocol else ''}", 60))
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (nats per token)")
-    ax.legend(fontsize="small")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    _legend(fig, [ax], ncol=3)
     return fig
 
 
+@_styled
 def metric_bars(rows, metric: str, ylabel: str, title: str, tasks: Sequence[str] | None = None) -> Figure:
     """Grouped bars of one metric: x = task, one bar per setting (dense / pruned / recovered).
 
@@ -181,7 +249,7 @@ def metric_bars(rows, metric: str, ylabel: str, title: str, tasks: Sequence[str]
     picked = [r for r in records if str(r["metric"]).startswith(metric) and (tasks is None or r["task"] in tasks)]
     task_names = list(dict.fromkeys(r["task"] for r in picked))
     settings = list(dict.fromkeys(r["setting"] for r in picked))
-    fig, (ax,) = _figure(width=max(4.8, 1.6 * len(task_names) + 2), integer_x=False)
+    fig, (ax,) = _figure(width=max(5.6, 1.6 * len(task_names) + 2), integer_x=False)
     width = 0.8 / max(len(settings), 1)
     for j, setting in enumerate(settings):
         values = {r["task"]: r["value"] for r in picked if r["setting"] == setting}
@@ -189,14 +257,14 @@ def metric_bars(rows, metric: str, ylabel: str, title: str, tasks: Sequence[str]
         ax.bar(xs, [values.get(t, float("nan")) for t in task_names], width=width, label=setting)
     metric_of = {r["task"]: r["metric"] for r in picked}
     ax.set_xticks(range(len(task_names)), [f"{t}\n({metric_of[t]})" for t in task_names])  # acc vs acc_norm named
-    ax.set_title(title)
+    ax.set_title(_title(title, 60))
     ax.set_xlabel("task (metric)")
     ax.set_ylabel(ylabel)
-    if settings:
-        ax.legend(fontsize="small")
+    _legend(fig, [ax])
     return fig
 
 
+@_styled
 def comparison(table, protocol: str = "") -> Figure:
     """Perplexity of each pruned method against its parameter reduction (``aef compare``), dense as a line."""
     fig, (ax,) = _figure(integer_x=False)
@@ -206,11 +274,14 @@ def comparison(table, protocol: str = "") -> Figure:
             ax.axhline(r["perplexity"], color="grey", ls="--", label=f"dense: {r['perplexity']:.2f}")
             continue
         ax.scatter([100 * r["param_reduction"]], [r["perplexity"]], s=30)
-        ax.annotate(r["method"], (100 * r["param_reduction"], r["perplexity"]), fontsize="small",
+        ax.annotate(r["method"], (100 * r["param_reduction"], r["perplexity"]), fontsize=10,
                     xytext=(4, 2), textcoords="offset points")
     ax.set_yscale("log")
-    ax.set_title(f"Pruning criteria compared{f' — {protocol}' if protocol else ''}")
+    ax.yaxis.set_major_formatter(LogFormatter())                   # 30, 40, 50 rather than 3 x 10^1
+    ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(2, 0.5)))
+    ax.margins(y=0.12)                                             # room for the labels of the top points
+    ax.set_title(_title(f"Pruning criteria compared{f' — {protocol}' if protocol else ''}", 60))
     ax.set_xlabel("parameter reduction (%)")
     ax.set_ylabel("perplexity (log scale)")
-    ax.legend(fontsize="small")
+    _legend(fig, [ax])
     return fig

@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--target", type=float, default=0.2, help="share of all parameters to remove")
     ap.add_argument("--ratio", type=float, default=None, help="per-structure pruning ratio instead of --target")
+    ap.add_argument("--method", default="aef", help="aef (the default fusion) or a baseline criterion, e.g. element1")
     ap.add_argument("--dataset", default="qa", help="recovery data: qa, wikipedia, lee-news (alpaca-cleaned online)")
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -70,8 +71,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default); 1 is "
                     "faster on a shared machine, where 2 OpenMP threads stall each other")
     ap.add_argument("--time-dtypes", action="store_true", help="first time one step in fp32 and in bf16")
-    ap.add_argument("--out", default="benchmarks/results/recovery_smollm2.json")
-    ap.add_argument("--plan", default="benchmarks/results/recovery_smollm2_plan_t{target}.json",
+    ap.add_argument("--out", default="benchmarks/results/recovery_smollm2_{method}.json")
+    ap.add_argument("--plan", default="benchmarks/results/recovery_smollm2_plan_{method}_t{target}.json",
                     help="pruning plan cache: read if present, else computed (importance + AEF) and written")
     ap.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, temp output: checks the script runs")
     args = ap.parse_args()
@@ -79,13 +80,15 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="aeflib-recovery-smoke-"))
         args.model, args.ratio, args.steps, args.batch_size, args.micro_batch_size = "tiny-llama", 0.25, 2, 2, 2
         args.cutoff, args.val_size, args.max_windows = 64, 4, 2
-        args.out, args.plan = str(work / "recovery.json"), str(work / "plan_{target}.json")
+        args.out, args.plan = str(work / "recovery.json"), str(work / "plan_{method}_{target}.json")
     if args.threads:
         torch.set_num_threads(args.threads)
 
     t_all, cpu_all = time.perf_counter(), time.process_time()
     model, tok, adapter = load(args.model)
-    plan_path = Path(args.plan.format(target=round(args.target * 100) if args.ratio is None else f"r{args.ratio}"))
+    args.out = args.out.format(method=args.method)
+    plan_path = Path(args.plan.format(method=args.method,
+                                      target=round(args.target * 100) if args.ratio is None else f"r{args.ratio}"))
     t0 = time.perf_counter()
     if plan_path.is_file():  # importance + AEF fusion take minutes on 2 cores; the plan is deterministic (seed 42)
         the_plan = pruning.PruningPlan.load(plan_path)
@@ -93,12 +96,17 @@ def main() -> None:
         print(f"plan read from {plan_path}", flush=True)
     else:
         calib = data.calibration(tok)  # [10, 64], shipped Wikipedia train, seed 42
-        scores = importance.estimate(model, adapter, calib, criteria=["vector", "element2"])
+        criteria = ["vector", "element2"] if args.method == "aef" else [args.method]
+        scores = importance.estimate(model, adapter, calib, criteria=criteria)
         ratio = args.ratio if args.ratio is not None else \
-            pruning.plan(model, adapter, scores["vector"], target_params=args.target).pruning_ratio
-        fused = fusion.fuse(scores, "aef", model=model, adapter=adapter, calibration=calib, pruning_ratio=ratio)
-        the_plan = pruning.plan(model, adapter, fused.fused, pruning_ratio=ratio, criterion=fused.name)
-        fusion_info = the_plan.extra["fusion"] = fused.to_dict()
+            pruning.plan(model, adapter, scores[criteria[0]], target_params=args.target).pruning_ratio
+        if args.method == "aef":
+            fused = fusion.fuse(scores, "aef", model=model, adapter=adapter, calibration=calib, pruning_ratio=ratio)
+            the_plan = pruning.plan(model, adapter, fused.fused, pruning_ratio=ratio, criterion=fused.name)
+            fusion_info = the_plan.extra["fusion"] = fused.to_dict()
+        else:
+            the_plan = pruning.plan(model, adapter, scores[args.method], pruning_ratio=ratio, criterion=args.method)
+            fusion_info = None
         the_plan.save(plan_path)
     t_prune = time.perf_counter() - t0
 

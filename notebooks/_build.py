@@ -4,8 +4,10 @@ Usage: python notebooks/_build.py        (then commit the .ipynb files; CI check
 
 Each notebook: a title cell, a markdown cell before every code cell, a ``parameters``-tagged first code cell of plain
 literals (papermill overrides them; ``aef run`` passes the same values to every stage), and code cells that are a
-few aeflib calls and a display. Tags: ``nbval-check-output`` on cells whose output must reproduce exactly (group
-counts, shapes, parameter counts, plans), ``nbval-ignore-output`` on cells whose output varies (timings, paths).
+few aeflib calls and a display: no line over 90 characters (JupyterLab's cell width; ``build`` refuses longer
+ones), tables indexed by something meaningful, mappings shown as tables rather than raw dicts. Tags:
+``nbval-check-output`` on cells whose output must reproduce exactly (group counts, shapes, parameter counts, plans),
+``nbval-ignore-output`` on cells whose output varies (timings, paths).
 """
 
 # ruff: noqa: E501  (markdown tables in the prose cells are kept on one line each)
@@ -17,25 +19,27 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CHECK, IGNORE = "nbval-check-output", "nbval-ignore-output"
+MAX_CODE_LINE = 90     # characters; longer code lines overflow a JupyterLab cell beside the file browser
 
 # ---- parameters shared by every stage (aef run passes the same values to all) ---------------------------------
-COMMON = '''# --- what to prune ----------------------------------------------------------------------------
-model = "smollm2-135m"        # a name listed by `aef models` (tiny-*: random test models), or a folder
-run_dir = "../runs/notebooks" # the stages read earlier artifacts here and write their own
-layers = None                 # decoder layers to prune, [start, stop); None: adapter default (4..n-2)
-method = "aef"                # random, l1, l2, vector, element1, element2, aef, aef-layer/-element/-learned
-target_params = 0.2           # share of ALL parameters to remove (a ratio is solved for); None: pruning_ratio
-pruning_ratio = None          # share of heads and channels removed per pruned layer (if target_params is None)
-# --- calibration set (paper: 10 BookCorpus windows of 64 tokens, seed 42) ------------------------
-calib_corpus = "wikipedia"    # shipped Wikipedia text offline; "bookcorpus" needs the hub
+COMMON = '''# --- what to prune ---------------------------------------------------------------------
+model = "smollm2-135m"         # name from `aef models` (tiny-*: test models) or a folder
+run_dir = "../runs/notebooks"  # the stages read earlier artifacts here, write their own
+layers = None                  # layers to prune, [start, stop); None: default (4..n-2)
+# method: random, l1, l2, vector, element1, element2, aef, aef-layer/-element/-learned
+method = "aef"
+target_params = 0.2            # share of ALL parameters to remove (a ratio is solved for)
+pruning_ratio = None           # share of heads/channels removed per layer (if no target)
+# --- calibration set (paper: 10 BookCorpus windows of 64 tokens, seed 42) --------------
+calib_corpus = "wikipedia"     # shipped Wikipedia text; "bookcorpus" needs the hub
 calib_n = 10
 calib_seq_len = 64
 seed = 42
-# --- runtime ---------------------------------------------------------------------------------------
-device = "cpu"                # "cpu", "cuda", or "auto" (shard a large model with accelerate)
-dtype = "float32"             # "float32", "bfloat16" or "float16"
-progress = True               # progress bars (aef run sets False)
-interactive = True            # live widgets (aef run sets False: static figures instead)'''
+# --- runtime ---------------------------------------------------------------------------
+device = "cpu"                 # "cpu", "cuda", or "auto" (shard a big model, accelerate)
+dtype = "float32"              # "float32", "bfloat16" or "float16"
+progress = True                # progress bars (aef run sets False)
+interactive = True             # live widgets (aef run sets False: static figures)'''
 
 SETUP_MD = """## Setup
 `setup_notebook` makes figures display inline and keeps the output readable (no loading bars; no progress bars
@@ -60,13 +64,24 @@ LOAD = '''m, tokenizer, adapter = aeflib.models.load(model, dtype=dtype, device=
 layer_range = artifacts.pruned_layers(adapter, m, layers)
 adapter.family, adapter.n_layers(m), layer_range'''
 
+CALIB = """calib = aeflib.data.calibration(
+    tokenizer, corpus=calib_corpus, n=calib_n, seq_len=calib_seq_len, seed=seed
+)"""
+
+RATIO = """ratio = stages.solve_ratio(
+    m, adapter, scores, pruning_ratio=pruning_ratio, target_params=target_params,
+    layers=layer_range,
+)"""
+
+PROVENANCE = 'provenance = {"base_model": model, "method": method, "seed": seed}'
+
 LABELS = """*How to read the labels:* **[paper]** = stated by the AEF paper (arXiv 2403.10799) or LLM-Pruner;
 **[LLM-Pruner code]** = read in LLM-Pruner's code; **[ours]** = aeflib's reconstruction where the paper is silent
 (the AEF fusion formula is not public — see `aeflib/fusion.py` and paper-notes.md §1/§3)."""
 
 
 def params(extra: str = "") -> str:
-    return COMMON + ("\n# --- this stage " + "-" * 83 + "\n" + extra.strip() if extra else "")
+    return COMMON + ("\n# --- this stage " + "-" * 72 + "\n" + extra.strip() if extra else "")
 
 
 # ---- 01 ----------------------------------------------------------------------------------------------------------
@@ -102,7 +117,7 @@ you run the notebook yourself, edit it here — and use the same values in all s
 channels removed inside the pruned layers; the reduction is the share of *all* parameters removed. Embeddings,
 norms, the first layers and the last two layers (LLM-Pruner's default range) are never pruned, so the same ratio
 removes a smaller share of the whole model — on SmolLM2 the tied embedding alone is a fifth of it."""),
-    ("code", "analysis.parameter_summary(m, adapter, layer_range)", (CHECK,)),
+    ("code", "analysis.parameter_table(m, adapter, layer_range)", (CHECK,)),
     ("md", """## Groups per layer
 A **group** is the set of weight slices removed together. An attention *head* group is the head's rows of the
 query (and, without GQA, key and value) projection plus its columns of the output projection; an MLP *channel*
@@ -148,35 +163,36 @@ all criteria in one pass with gradients turned into scores inside backward hooks
 stays near the model's size **[ours]** (the naive path is kept as the test oracle)."""),
     ("md", "## Parameters\nThe same values as in notebook 01, plus the criteria to compute and which two to compare."),
     ("params", params('criteria = ["random", "l2", "vector", "element1", "element2"]\n'
-                      'fine = "element2"             # the fine-grained estimate fused in 03 [paper]: Taylor + Fisher\n'
-                      'coarse = "vector"             # the coarse-grained estimate [paper]')),
+                      'fine = "element2"              # fine estimate fused in 03 [paper]: Taylor + Fisher\n'
+                      'coarse = "vector"              # the coarse-grained estimate [paper]')),
     ("md", SETUP_MD), ("code", SETUP + "\nimport aeflib.data\nimport aeflib.importance", ()),
     ("md", LOAD_MD), ("code", LOAD, (CHECK,)),
     ("md", """## The calibration set
 LLM-Pruner draws 10 random windows of 64 tokens from distinct BookCorpus documents with seed 42 **[LLM-Pruner
 code]**. Offline, aeflib draws them from the shipped Wikipedia text the same way **[ours]**. The shape is
 [N windows, L tokens]."""),
-    ("code", "calib = aeflib.data.calibration(tokenizer, corpus=calib_corpus, n=calib_n, seq_len=calib_seq_len, "
-             "seed=seed)\ncalib.shape", (CHECK,)),
+    ("code", CALIB + "\ncalib.shape", (CHECK,)),
     ("md", "The first window, decoded — real text, not random tokens:"),
     ("code", "tokenizer.decode(calib[0])", ()),
     ("md", """## Estimate every criterion at once
 One `estimate` call scores every head and channel group of the pruned layers under each criterion. `element2`
 needs the diagonal Fisher, accumulated from one backward pass per window, in fp32 whatever the model's dtype."""),
-    ("code", 'scores = aeflib.importance.estimate(m, adapter, calib, criteria=criteria, layers=layer_range)\n'
+    ("code", "scores = aeflib.importance.estimate(\n"
+             "    m, adapter, calib, criteria=criteria, layers=layer_range\n)\n"
              'scores.save(run / "scores.safetensors")\nscores.criteria, len(scores.keys)', (CHECK,)),
     ("md", """The scores of the first pruned layer's heads: larger = more important. The criteria live on very different
 scales — orders of magnitude apart — which is why fusion normalises them first **[paper: LLM-Pruner issue #23]**."""),
     ("code", 'analysis.score_table(scores, f"{layer_range.start}.head")', ()),
     ("md", "## Importance per layer\nThe summed importance of each layer's groups, per criterion (log scale)."),
-    ("code", 'fig = plots.importance_per_layer(scores, criteria[1:], f"{calib_n} x {calib_seq_len} tokens of '
-             '{calib_corpus}, seed {seed}")\nrun.save_figure(fig, "02_importance_per_layer")\nfig', ()),
+    ("code", 'calibration = f"{calib_n} x {calib_seq_len} tokens of {calib_corpus}, seed {seed}"\n'
+             "fig = plots.importance_per_layer(scores, criteria[1:], calibration)\n"
+             'run.save_figure(fig, "02_importance_per_layer")\nfig', ()),
     ("md", """## Do the coarse and the fine estimate agree?
 Per layer and kind: Spearman's ρ and Kendall's τ-b between the two rankings, and the *overlap* — the share of the
 groups the fine estimate would remove that the coarse one removes too, at the pruning ratio this run will use
 (solved from `target_params` when that is given). Overlap 1 means the same pruning decision."""),
-    ("code", "ratio = stages.solve_ratio(m, adapter, scores, pruning_ratio=pruning_ratio, target_params=target_params,"
-             " layers=layer_range)\nagree = analysis.agreement(m, adapter, scores, fine, coarse, ratio)\nagree", ()),
+    ("code", RATIO + "\nagree = analysis.agreement(m, adapter, scores, fine, coarse, ratio)\n"
+             'agree.set_index(["layer", "kind"])', ()),
     ("md", "Averaged over the pruned layers, per kind:"),
     ("code", 'analysis.agreement_summary({f"{fine} vs {coarse}": agree})', ()),
     ("md", "The same per layer, as a figure:"),
@@ -219,22 +235,22 @@ or (0, 1) the fusion reproduces the element-wise or the vector-wise ranking exac
     ("md", """## The measurement the gates need
 `aef-layer` (and `aef-learned`) judge a removal by the calibration loss it causes, at the ratio this run prunes
 with. The calibration windows are drawn again with the same seed — the same windows as in 02."""),
-    ("code", "calib = aeflib.data.calibration(tokenizer, corpus=calib_corpus, n=calib_n, seq_len=calib_seq_len, "
-             "seed=seed)\nratio = stages.solve_ratio(m, adapter, scores, pruning_ratio=pruning_ratio, "
-             "target_params=target_params, layers=layer_range)\nstages.fusion_method(method), round(ratio, 4)",
-     (CHECK,)),
+    ("code", CALIB + "\n" + RATIO + "\nstages.fusion_method(method), round(ratio, 4)", (CHECK,)),
     ("md", """## Fuse
 The fused criterion is added to the scores (named after the method) and saved back to `scores.safetensors`; the
 weights and the evidence behind them go to `fusion.json`. The model's weights are not changed."""),
-    ("code", "result = aeflib.fusion.fuse(scores, stages.fusion_method(method), fine=fine, coarse=coarse, "
-             "temperature=temperature, model=m, adapter=adapter, calibration=calib, pruning_ratio=ratio)\n"
+    ("code", "result = aeflib.fusion.fuse(\n"
+             "    scores, stages.fusion_method(method), fine=fine, coarse=coarse,\n"
+             "    temperature=temperature, model=m, adapter=adapter, calibration=calib,\n"
+             "    pruning_ratio=ratio,\n)\n"
              'result.scores.save(run / "scores.safetensors")\nrun.save_json("fusion.json", result.to_dict())\n'
-             "result.name, result.method, result.settings", ()),
+             'analysis.as_table({"fused criterion": result.name, "method": result.method,\n'
+             "                   **result.settings})", ()),
     ("md", """## Fusion weights per layer and kind
 α_fine is the weight of the fine estimate (α_coarse = 1 − α_fine). For `aef-layer` the table also shows the
 measured calibration-loss increase (nats per token) of pruning the set by each estimate alone: the estimate whose
 choice hurts less gets the larger weight."""),
-    ("code", "weights = analysis.fusion_table(result)\nweights", ()),
+    ("code", 'weights = analysis.fusion_table(result)\nweights.set_index(["layer", "kind"])', ()),
     ("md", "The weights per layer: heads and channels can lean to different estimates, and so can layers."),
     ("code", 'fig = plots.fusion_weights(weights, result.method)\nrun.save_figure(fig, "03_fusion_weights")\nfig', ()),
     ("md", """## The fused ranking against each estimate
@@ -242,8 +258,9 @@ How close is the fused ranking to the fine and to the coarse one? Where a gate i
 follows one estimate; in between it mixes both."""),
     ("code", "versus_fine = analysis.agreement(m, adapter, result.scores, result.name, fine, ratio)\n"
              "versus_coarse = analysis.agreement(m, adapter, result.scores, result.name, coarse, ratio)\n"
-             'analysis.agreement_summary({f"{result.name} vs {fine}": versus_fine, '
-             'f"{result.name} vs {coarse}": versus_coarse})', ()),
+             "analysis.agreement_summary({\n"
+             '    f"{result.name} vs {fine}": versus_fine,\n'
+             '    f"{result.name} vs {coarse}": versus_coarse,\n})', ()),
     ("md", "Per layer, fused against the fine estimate:"),
     ("code", 'fig = plots.agreement(versus_fine, result.name, fine, ratio)\nrun.save_figure(fig, "03_fused_vs_fine")\n'
              "fig", ()),
@@ -251,8 +268,8 @@ follows one estimate; in between it mixes both."""),
     ("code", 'fig = plots.agreement(versus_coarse, result.name, coarse, ratio)\n'
              'run.save_figure(fig, "03_fused_vs_coarse")\nfig', ()),
     ("md", "## Record\nThe fusion section of `metrics.json`: method, settings, mean weights, agreement."),
-    ("code", 'run.merge_metrics("fusion", stages.fusion_section(result, {fine: versus_fine, coarse: versus_coarse}))'
-             "\nrun.listing()", (IGNORE,)),
+    ("code", "agreements = {fine: versus_fine, coarse: versus_coarse}\n"
+             'run.merge_metrics("fusion", stages.fusion_section(result, agreements))\nrun.listing()', (IGNORE,)),
 ]
 
 # ---- 04 ----------------------------------------------------------------------------------------------------------
@@ -276,13 +293,13 @@ the same forward code."""),
 Move the slider and switch the criterion: the per-layer plan and the parameter count are recomputed from the saved
 scores in milliseconds — no gradients, the model is not touched. (Run by `aef run`, this shows the static figure of
 this run's ratio instead.)"""),
-    ("code", "ratio = stages.solve_ratio(m, adapter, scores, pruning_ratio=pruning_ratio, target_params=target_params, "
-             "layers=layer_range)\nwidgets.plan_explorer(m, adapter, scores, criterion=criterion, pruning_ratio=ratio, "
-             "interactive=interactive)", ()),
+    ("code", RATIO + "\nwidgets.plan_explorer(\n"
+             "    m, adapter, scores, criterion=criterion, pruning_ratio=ratio, interactive=interactive\n)", ()),
     ("md", """## The plan
 Heads and channels kept per layer, from the run's criterion and target."""),
-    ("code", "the_plan = aeflib.pruning.plan(m, adapter, scores[criterion], pruning_ratio=pruning_ratio, "
-             "target_params=target_params, layers=layer_range, criterion=criterion)\n"
+    ("code", "the_plan = aeflib.pruning.plan(\n"
+             "    m, adapter, scores[criterion], pruning_ratio=pruning_ratio,\n"
+             "    target_params=target_params, layers=layer_range, criterion=criterion,\n)\n"
              'the_plan.save(run / "plan.json")\nanalysis.plan_table(the_plan)', (CHECK,)),
     ("md", "A text sample from the dense model (greedy decoding, so it is repeatable):"),
     ("code", "before = analysis.generate(m, tokenizer, prompt, max_new_tokens)\nbefore", (IGNORE,)),
@@ -295,15 +312,16 @@ attribute against the weights, and measures the parameters left. Requested and a
     ("code", 'fig = plots.plan_widths(the_plan)\nrun.save_figure(fig, "04_plan")\nfig', ()),
     ("md", """The same prompt after pruning, before any recovery. A real model usually still writes text, if worse; the
 tiny test models write noise either way."""),
-    ("code", 'after = analysis.generate(m, tokenizer, prompt, max_new_tokens)\n{"before": before, "after": after}',
-     (IGNORE,)),
+    ("code", "after = analysis.generate(m, tokenizer, prompt, max_new_tokens)\n"
+             'print(f"prompt:         {prompt!r}")\nprint(f"before pruning: {before!r}")\n'
+             'print(f"after pruning:  {after!r}")', (IGNORE,)),
     ("md", """## Save
 `aeflib.io.save` writes a self-describing folder (safetensors + JSON with every layer's widths): it reloads in a
 fresh process without this notebook, the plan or pickle."""),
-    ("code", 'aeflib.io.save(m, tokenizer, run / "pruned", adapter=adapter, plan=the_plan, overwrite=True, '
-             'provenance={"base_model": model, "method": method, "seed": seed})\n'
-             'run.merge_metrics("pruning", {**the_plan.summary(), "sample_before": before, "sample_after": after})\n'
-             "run.listing()", (IGNORE,)),
+    ("code", PROVENANCE + '\naeflib.io.save(m, tokenizer, run / "pruned", adapter=adapter, plan=the_plan,\n'
+             "               overwrite=True, provenance=provenance)\n"
+             'samples = {"sample_before": before, "sample_after": after}\n'
+             'run.merge_metrics("pruning", {**the_plan.summary(), **samples})\nrun.listing()', (IGNORE,)),
 ]
 
 # ---- 05 ----------------------------------------------------------------------------------------------------------
@@ -332,18 +350,23 @@ Loaded from the folder notebook 04 wrote — the folder alone is enough."""),
     ("md", """## Train
 `lora` wraps the projections with rank-8 adapters, trains them for the step budget (AdamW, warmup and decay,
 gradient clipping), merges them and returns the per-step loss and the validation loss before and after."""),
-    ("code", "result = aeflib.recovery.lora(m, tokenizer, adapter, dataset=recovery_dataset, steps=recovery_steps, "
-             "batch_size=recovery_batch_size, micro_batch_size=recovery_micro_batch_size, lr=recovery_lr, "
-             "cutoff=recovery_cutoff, val_size=recovery_val_size, seed=seed, progress=progress)\n"
-             '{"val_loss_before": result.val_loss_before, "val_loss_after": result.val_loss_after, '
-             '"seconds": round(result.seconds, 1)}', (IGNORE,)),
+    ("code", "result = aeflib.recovery.lora(\n"
+             "    m, tokenizer, adapter, dataset=recovery_dataset, steps=recovery_steps,\n"
+             "    batch_size=recovery_batch_size, micro_batch_size=recovery_micro_batch_size,\n"
+             "    lr=recovery_lr, cutoff=recovery_cutoff, val_size=recovery_val_size, seed=seed,\n"
+             "    progress=progress,\n)\n"
+             "analysis.as_table({\n"
+             '    "validation loss before (nats/token)": result.val_loss_before,\n'
+             '    "validation loss after (nats/token)": result.val_loss_after,\n'
+             '    "training time (s)": round(result.seconds, 1),\n})', (IGNORE,)),
     ("md", "## The loss curve"),
-    ("code", 'fig = plots.loss_curve(result.train_loss, result.val_loss_before, result.val_loss_after, '
-             'f"{recovery_dataset}, {len(result.train_loss)} steps of {recovery_batch_size} sequences, '
-             'lr {recovery_lr}")\nrun.save_figure(fig, "05_loss_curve")\nfig', ()),
+    ("code", 'protocol = (f"{recovery_dataset}, {len(result.train_loss)} steps of "\n'
+             '            f"{recovery_batch_size} sequences, lr {recovery_lr}")\n'
+             "fig = plots.loss_curve(result.train_loss, result.val_loss_before, result.val_loss_after,\n"
+             '                       protocol)\nrun.save_figure(fig, "05_loss_curve")\nfig', ()),
     ("md", "## Save\nThe recovered model (LoRA merged) goes to `recovered/`; its shapes are the pruned ones."),
-    ("code", 'aeflib.io.save(result.model, tokenizer, run / "recovered", adapter=adapter, plan=the_plan, '
-             'overwrite=True, provenance={"base_model": model, "method": method, "seed": seed})\n'
+    ("code", PROVENANCE + '\naeflib.io.save(result.model, tokenizer, run / "recovered", adapter=adapter,\n'
+             "               plan=the_plan, overwrite=True, provenance=provenance)\n"
              'run.merge_metrics("recovery", result.to_dict())\nrun.listing()', (IGNORE,)),
 ]
 
@@ -361,8 +384,8 @@ Three measurements, each carrying its protocol:
   runs three local tasks cut from the shipped text (continuation, cloze, QA) **[ours]**, each under a named metric.
 * **Efficiency** — parameters, and the latency of a forward pass and of decoding, on this machine **[ours]**."""),
     ("md", "## Parameters\nThe same values as before, plus the evaluation sizes."),
-    ("params", params('ppl_datasets = [["wikipedia", "test"]]   # [corpus, split] pairs; the paper: wikitext2/test, '
-                      'ptb/validation\nppl_protocol = "llm-pruner-128"\n'
+    ("params", params("# [corpus, split] pairs; the paper: wikitext2/test and ptb/validation (hub)\n"
+                      'ppl_datasets = [["wikipedia", "test"]]\nppl_protocol = "llm-pruner-128"\n'
                       "ppl_max_windows = 48          # windows per corpus (None: the whole split)\n"
                       'zeroshot_tasks = "local"      # "local" offline; the paper: "paper7" (hub)\n'
                       "zeroshot_limit = 20           # items per task (None: all)\n"
@@ -371,37 +394,49 @@ Three measurements, each carrying its protocol:
                       "eval_batch_size = 4")),
     ("md", SETUP_MD), ("code", SETUP + "\nimport aeflib.evaluation\nimport aeflib.io", ()),
     ("md", "Every model is evaluated with the same settings:"),
-    ("code", "settings = dict(ppl_datasets=ppl_datasets, ppl_protocol=ppl_protocol, ppl_max_windows=ppl_max_windows, "
-             "zeroshot_tasks=zeroshot_tasks, zeroshot_limit=zeroshot_limit, efficiency_seq_len=efficiency_seq_len, "
-             "efficiency_decode_tokens=efficiency_decode_tokens, efficiency_repeats=efficiency_repeats, "
-             "batch_size=eval_batch_size, progress=progress)\nsettings", ()),
+    ("code", "settings = dict(\n"
+             "    ppl_datasets=ppl_datasets, ppl_protocol=ppl_protocol, ppl_max_windows=ppl_max_windows,\n"
+             "    zeroshot_tasks=zeroshot_tasks, zeroshot_limit=zeroshot_limit,\n"
+             "    efficiency_seq_len=efficiency_seq_len, efficiency_repeats=efficiency_repeats,\n"
+             "    efficiency_decode_tokens=efficiency_decode_tokens, batch_size=eval_batch_size,\n"
+             "    progress=progress,\n)\n"
+             'analysis.as_table(settings, index="parameter")', ()),
     ("md", "## Dense\nThe model as loaded, before any pruning."),
     ("code", "dense, tokenizer, _ = aeflib.models.load(model, dtype=dtype, device=device)\n"
-             'dense_eval = stages.evaluate(dense, tokenizer, name=model, setting="dense", method="dense", **settings)\n'
+             "dense_eval = stages.evaluate(\n"
+             '    dense, tokenizer, name=model, setting="dense", method="dense", **settings\n)\n'
              "analysis.evaluation_table(dense_eval.rows)", (IGNORE,)),
     ("md", "## Pruned\nThe folder notebook 04 wrote, without recovery (the paper's \"no tune\" rows)."),
     ("code", 'pruned, _, _ = aeflib.io.load(run.require("pruned"), dtype=dtype, device=device)\n'
-             'pruned_eval = stages.evaluate(pruned, tokenizer, name=model, setting="no-tune", method=method, '
-             "**settings)\nanalysis.evaluation_table(pruned_eval.rows)", (IGNORE,)),
+             "pruned_eval = stages.evaluate(\n"
+             '    pruned, tokenizer, name=model, setting="no-tune", method=method, **settings\n)\n'
+             "analysis.evaluation_table(pruned_eval.rows)", (IGNORE,)),
     ("md", "## Recovered\nThe folder notebook 05 wrote (the paper's \"LoRA\" rows)."),
     ("code", 'recovered, _, _ = aeflib.io.load(run.require("recovered"), dtype=dtype, device=device)\n'
-             'recovered_eval = stages.evaluate(recovered, tokenizer, name=model, setting="lora", method=method, '
-             "**settings)\nanalysis.evaluation_table(recovered_eval.rows)", (IGNORE,)),
+             "recovered_eval = stages.evaluate(\n"
+             '    recovered, tokenizer, name=model, setting="lora", method=method, **settings\n)\n'
+             "analysis.evaluation_table(recovered_eval.rows)", (IGNORE,)),
     ("md", "## Side by side"),
     ("code", "rows = dense_eval.rows + pruned_eval.rows + recovered_eval.rows\nanalysis.evaluation_table(rows)",
      (IGNORE,)),
     ("md", "Perplexity (lower is better):"),
-    ("code", 'fig = plots.metric_bars(rows, "perplexity", "perplexity (exp of mean token loss)", '
-             'f"Perplexity, {ppl_protocol}, max_windows={ppl_max_windows}")\n'
+    ("code", "fig = plots.metric_bars(\n"
+             '    rows, "perplexity", "perplexity (exp of mean token loss)",\n'
+             '    f"Perplexity, {ppl_protocol}, max_windows={ppl_max_windows}",\n)\n'
              'run.save_figure(fig, "06_perplexity")\nfig', ()),
     ("md", "Zero-shot accuracy per task (higher is better; each task under its named metric):"),
-    ("code", 'fig = plots.metric_bars(rows, "acc", "accuracy (%)", f"Zero-shot accuracy, {zeroshot_tasks} tasks, '
-             'limit={zeroshot_limit}")\nrun.save_figure(fig, "06_zeroshot")\nfig', ()),
+    ("code", "fig = plots.metric_bars(\n"
+             '    rows, "acc", "accuracy (%)",\n'
+             '    f"Zero-shot accuracy, {zeroshot_tasks} tasks, limit={zeroshot_limit}",\n)\n'
+             'run.save_figure(fig, "06_zeroshot")\nfig', ()),
     ("md", "## Efficiency\nThe pruned model's cost relative to the dense one (ratios below 1 = smaller / faster)."),
-    ("code", "aeflib.evaluation.compare(dense_eval.efficiency, pruned_eval.efficiency)", (IGNORE,)),
+    ("code", "ratios = aeflib.evaluation.compare(dense_eval.efficiency, pruned_eval.efficiency)\n"
+             'analysis.as_table(ratios, column="pruned / dense", digits=3)', (IGNORE,)),
     ("md", "## Record\nAll rows and raw results go to the evaluation section of `metrics.json` (read by 07)."),
-    ("code", 'run.merge_metrics("evaluation", {"rows": rows, "settings": settings, "dense": dense_eval.to_dict(), '
-             '"pruned": pruned_eval.to_dict(), "recovered": recovered_eval.to_dict()})\nrun.listing()', (IGNORE,)),
+    ("code", 'run.merge_metrics("evaluation", {\n'
+             '    "rows": rows, "settings": settings, "dense": dense_eval.to_dict(),\n'
+             '    "pruned": pruned_eval.to_dict(), "recovered": recovered_eval.to_dict(),\n})\n'
+             "run.listing()", (IGNORE,)),
 ]
 
 # ---- 07 ----------------------------------------------------------------------------------------------------------
@@ -427,8 +462,8 @@ are **[paper]**.
     ("md", """## The published table
 LLM-Pruner's table for the chosen model, as the paper prints it: perplexity (llm-pruner-128) on WikiText-2 and PTB,
 accuracy (%) on seven tasks, their plain mean."""),
-    ("code", "published = aeflib.paper.load_paper_results(model=paper_model)\naeflib.paper.paper_table(published)",
-     (CHECK,)),
+    ("code", "published = aeflib.paper.load_paper_results(model=paper_model)\n"
+             "aeflib.paper.paper_table(published)", (CHECK,)),
     ("md", "## This run, same columns\nFrom the evaluation section of this run's `metrics.json` (notebook 06)."),
     ("code", 'ours = aeflib.paper.run_results(run.metrics(), source=f"this run ({run.root.name})")\n'
              "aeflib.paper.paper_table(ours)", (IGNORE,)),
@@ -436,16 +471,19 @@ accuracy (%) on seven tasks, their plain mean."""),
 The headline numbers — perplexity and the mean zero-shot accuracy — sorted by setting and metric, this run's rows
 first in each block. Compare within a setting (dense, no-tune, LoRA), never across models as if they were the same
 experiment. Every metric (each task's accuracy too) goes to `paper_comparison.csv`."""),
-    ("code", 'aeflib.paper.side_by_side(ours, published).to_csv(run / "paper_comparison.csv", index=False)\n'
-             'headline = aeflib.paper.side_by_side(ours, published, metrics=("perplexity", "mean"))\nheadline',
-     (IGNORE,)),
+    ("code", "every_metric = aeflib.paper.side_by_side(ours, published)\n"
+             'every_metric.to_csv(run / "paper_comparison.csv", index=False)\n'
+             'headline = aeflib.paper.side_by_side(ours, published, metrics=("perplexity", "mean"))\n'
+             'headline.set_index(["setting", "metric", "task", "model", "method"])', (IGNORE,)),
     ("md", """## What the AEF paper claims
 The only AEF-specific numbers public: average zero-shot gains over the best baseline, in points."""),
-    ("code", 'aeflib.paper.load_paper_results(setting="claim")', (CHECK,)),
+    ("code", 'claims = aeflib.paper.load_paper_results(setting="claim")\n'
+             'claims.set_index("model")[["method", "metric", "value", "source"]]', (CHECK,)),
     ("md", """## Relative change, the comparable quantity
 Perplexity and accuracy of the pruned and recovered models relative to the dense one, for this run and for the
 published rows of the same methods — the shape of the result rather than its absolute level."""),
-    ("code", "aeflib.paper.relative_to_dense(headline)", (IGNORE,)),
+    ("code", "relative = aeflib.paper.relative_to_dense(headline)\n"
+             'relative.set_index(["setting", "metric", "task", "model", "method"])', (IGNORE,)),
 ]
 
 NOTEBOOKS = {
@@ -472,6 +510,10 @@ def build(name: str, cells: list) -> dict:
         if kind == "md":
             out.append({"cell_type": "markdown", "id": cid, "metadata": {}, "source": _source(text)})
             continue
+        too_long = [line for line in text.split("\n") if len(line) > MAX_CODE_LINE]
+        if too_long:
+            raise ValueError(f"{name} cell {i}: {len(too_long[0])} characters (at most {MAX_CODE_LINE}): "
+                             f"{too_long[0]!r}; break the call over lines or move the logic into aeflib")
         tags = ["parameters"] if kind == "params" else list(cell[2])
         out.append({"cell_type": "code", "execution_count": None, "id": cid,
                     "metadata": {"tags": tags} if tags else {}, "outputs": [], "source": _source(text)})
@@ -482,9 +524,10 @@ def build(name: str, cells: list) -> dict:
 
 def main(check: bool = False) -> int:
     stale = []
-    for name, cells in NOTEBOOKS.items():
+    texts = {name: json.dumps(build(name, cells), indent=1, ensure_ascii=False) + "\n"   # all built before any
+             for name, cells in NOTEBOOKS.items()}                                       # is written
+    for name, text in texts.items():
         path = HERE / f"{name}.ipynb"
-        text = json.dumps(build(name, cells), indent=1, ensure_ascii=False) + "\n"
         if check:
             if not path.is_file() or path.read_text() != text:
                 stale.append(path.name)

@@ -52,6 +52,22 @@ def test_structure_table_counts_match_the_model(gqa):
     summary = analysis.parameter_summary(model, adapter)
     assert summary["total"] == aeflib.pruning.count_parameters(model)
     assert summary["pruned_layers"] == "1..2"
+    assert table.index.name == "layer" and table.index.tolist() == [0, 1, 2, 3]
+    shown = analysis.parameter_table(model, adapter)
+    assert shown.loc["all parameters", "parameters"] == summary["total"]
+    assert shown.loc["prunable groups of layers 1..2", "share of all (%)"] == pytest.approx(
+        100 * summary["prunable_in_pruned_layers"] / summary["total"], abs=0.01)
+
+
+def test_mappings_and_plans_show_as_tables_with_meaningful_indexes(gqa):
+    model, _, adapter = gqa
+    table = analysis.as_table({"loss": 10.818893, "steps": 3, "datasets": [["wikipedia", "test"]], "target": None})
+    assert table["value"].tolist() == [10.8189, 3, "wikipedia/test", "—"] and table.index.name == "quantity"
+    the_plan = aeflib.pruning.plan(model, adapter, uniform_scores(model, adapter), pruning_ratio=0.5)
+    assert analysis.plan_table(the_plan).index.name == "layer"
+    summary = analysis.plan_summary(the_plan)
+    assert summary.index.name == "quantity" and summary.loc["params_before", "value"] == the_plan.params_before
+    assert (summary["meaning"].str.len().between(1, 49)).all()       # pandas cuts cells at 50 characters
 
 
 def test_method_names_resolve_and_unknown_ones_list_the_choices():
@@ -78,6 +94,7 @@ def test_evaluation_rows_carry_protocol_and_percentages():
     assert rows[-1]["task"] == "average" and rows[-1]["value"] == 50.0
     table = analysis.evaluation_table(rows + analysis.evaluation_rows("m", "no-tune", "aef", zeroshot=zs))
     assert list(table.columns) == ["dense", "no-tune"]
+    assert "e+" not in table.to_string() and table.loc[("acc_norm", "aef_qa"), "dense"] == 50   # no 5.0e+01
 
 
 def test_run_dir_names_the_missing_stage_and_merges_sections(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import uniform_scores
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 import aeflib.models
 import aeflib.pruning
@@ -38,7 +39,8 @@ def assert_labelled(fig: Figure) -> None:
         assert ax.get_xlabel() and ax.get_ylabel(), f"axes {ax.get_title()!r} lack a label"
 
 
-def test_every_plot_returns_a_labelled_figure(llama, scores):
+@pytest.fixture(scope="module")
+def figures(llama, scores):
     model, _, adapter = llama
     agree = analysis.agreement(model, adapter, scores, "element2", "vector", 0.25)
     weights = analysis.fusion_table({"weights": {k: (0.7, 0.3) for k in scores.keys}, "details": {}})
@@ -62,8 +64,23 @@ def test_every_plot_returns_a_labelled_figure(llama, scores):
         plots.comparison(compare, "llm-pruner-128, wikipedia"),
         widgets.plan_explorer(model, adapter, scores, interactive=False),
     ]
+    return figures
+
+
+def test_every_plot_returns_a_labelled_figure(figures):
     for fig in figures:
         assert_labelled(fig)
+
+
+def test_every_plot_reads_at_notebook_width(figures):
+    """At most 10 inches wide, no text under 10 pt, and no legend drawn inside the axes (over the data)."""
+    for fig in figures:
+        fig.draw_without_rendering()                       # creates the tick labels
+        name = titled(fig)[:50]
+        assert fig.get_figwidth() <= plots.MAX_WIDTH, f"{name}: {fig.get_figwidth()} in wide"
+        small = {t.get_text(): t.get_fontsize() for t in fig.findobj(Text) if t.get_text() and t.get_fontsize() < 10}
+        assert not small, f"{name}: text under 10 pt {small}"
+        assert all(ax.get_legend() is None for ax in fig.axes), f"{name}: legend inside the axes"
 
 
 def test_units_and_protocol_appear_in_labels(llama, scores):
@@ -83,6 +100,9 @@ def test_plan_widths_bars_equal_kept_and_removed_counts(llama, scores):
     layers = sorted(the_plan.keep_heads)
     assert heights[:len(layers)] == [len(the_plan.keep_heads[i]) for i in layers]
     assert heights[len(layers):] == [the_plan.n_heads[i] - len(the_plan.keep_heads[i]) for i in layers]
+    fig.draw_without_rendering()
+    assert all(float(t).is_integer() for t in heads_ax.get_yticks()), heads_ax.get_yticks()   # no "2.5 heads"
+    assert heads_ax.get_ylabel() == "heads kept (of 4)" and "(of 128)" in fig.axes[1].get_ylabel()
 
 
 def test_plan_explorer_widget_redraws_without_recomputing_scores(llama, scores):
