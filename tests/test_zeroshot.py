@@ -62,9 +62,11 @@ def test_zeroshot_loglikelihoods_equal_plain_forward_on_nonuniform_pruned_model(
     assert result.checksum == aeflib.models.checksum(model)
 
 
-def test_zeroshot_local_set_scores_every_task_with_its_metric(tokenizer):
+def test_zeroshot_local_set_scores_every_task_with_its_metric(tokenizer, tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)  # outside any git checkout, as a notebook run folder under /tmp
     model = aeflib.models.load("tiny-llama").model
     result = zeroshot(model, tokenizer, tasks="local", limit=1, batch_size=8, bootstrap_iters=0)
+    assert "not a git repository" not in capfd.readouterr().err  # lm-eval's git lookup stays quiet
     assert result.task_set == "local"
     assert {t: s.metric for t, s in result.scores.items()} == TASK_SETS["local"]
     assert set(result.scores["aef_cloze"].metrics) == {"acc", "perplexity"}

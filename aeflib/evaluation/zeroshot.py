@@ -27,10 +27,12 @@ import logging
 import math
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from urllib.parse import urlparse
 
 import torch
@@ -214,6 +216,19 @@ def _require_hub_datasets(task_set: str, names: Sequence[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- evaluation
+def _quiet_git_hash() -> str | None:
+    """lm-eval's ``get_git_commit_hash`` without git's "fatal: not a git repository" on stderr.
+
+    lm-eval records the git hash of the working directory in its results; outside a checkout (a notebook run folder
+    under /tmp) git prints a red error into the notebook. aeflib records its own provenance (version, checksum).
+    """
+    try:
+        out = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return None
+    return out.stdout.strip() or None
+
+
 def zeroshot(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -278,18 +293,19 @@ def zeroshot(
     was_training = model.training
     try:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, softmax_dtype=torch.float32)
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=[loaded[t] for t in table],
-            task_manager=manager,
-            limit=limit,
-            log_samples=log_samples,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-            bootstrap_iters=bootstrap_iters,
-        )
+        with mock.patch("lm_eval.evaluator.get_git_commit_hash", _quiet_git_hash):
+            out = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=[loaded[t] for t in table],
+                task_manager=manager,
+                limit=limit,
+                log_samples=log_samples,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+                bootstrap_iters=bootstrap_iters,
+            )
     finally:
         model.train(was_training)
     wall = time.perf_counter() - start
