@@ -64,10 +64,12 @@ def main() -> None:
                     help="items per offline zero-shot task (0 = no zero-shot; lm-eval is the slow part)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     ap.add_argument("--summarize", nargs="+", metavar="JSON", help="only print the table of these result files")
+    ap.add_argument("--markdown", action="store_true", help="with --summarize: a Markdown table (for the README)")
     ap.add_argument("--smoke", action="store_true", help="tiny model, 1 seed, 2 windows: checks the script runs")
     args = ap.parse_args()
     if args.summarize:
-        summarize(merge([json.loads(Path(f).read_text()) for f in args.summarize]))
+        merged = merge([json.loads(Path(f).read_text()) for f in args.summarize])
+        markdown(merged) if args.markdown else summarize(merged)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -226,6 +228,31 @@ def summarize(results: dict) -> None:
     print(f"aef = {fusion.DEFAULT_METHOD} (aeflib.fusion.DEFAULT_METHOD)")
     m = results.get("machine", {})
     print(f"machine: {m.get('platform')}, {m.get('cpus')} CPUs, torch {m.get('torch')}, threads {m.get('threads')}")
+
+
+def markdown(results: dict) -> None:
+    """The summary as a Markdown table: mean ± half the min..max spread over seeds, and the ratio to dense."""
+    dense, rows = results["dense"], results["rows"]
+    cols = [("calib_loss", "held-out calib. loss", ".3f"), ("ppl_wikipedia", "PPL Wikipedia", ".2f"),
+            ("ppl_lee_news", "PPL Lee news", ".2f")]
+    print("| target | method | seeds | params removed | " + " | ".join(
+        f"{name} | ratio" if key != "calib_loss" else name for key, name, _ in cols) + " |")
+    print("|---" * (4 + 2 * len(cols) - 1) + "|")
+    print("| – | dense | – | – | " + " | ".join(
+        f"{dense[k]:{f}} | 1.00" if k != "calib_loss" else f"{dense[k]:{f}}" for k, _, f in cols) + " |")
+    keys = sorted({(r["target_params"] or 0, r["method"]) for r in rows}, key=lambda k: (k[0], _order(k[1])))
+    for target, method in keys:
+        sel = [r for r in rows if (r["target_params"] or 0) == target and r["method"] == method]
+        cells = []
+        for key, _, fmt in cols:
+            vals = [r[key] for r in sel]
+            mean, half = statistics.mean(vals), (max(vals) - min(vals)) / 2
+            cells.append(f"{mean:{fmt}} ± {half:{fmt}}")
+            if key != "calib_loss":
+                cells.append(f"{mean / dense[key]:.2f}")
+        name = f"{method} (= `aef`)" if method == fusion.DEFAULT_METHOD else method
+        print(f"| {100 * target:.0f} % | {name} | {len(sel)} | "
+              f"{100 * statistics.mean(r['param_reduction'] for r in sel):.2f} % | " + " | ".join(cells) + " |")
 
 
 def _order(method: str) -> int:
