@@ -223,8 +223,10 @@ important pruned.
 | `aef-element` | per-group attention softmax([f̂_i, ĉ_i] / τ) on rank-scaled scores |
 | `aef-learned` | gate logits trained for a few Adam steps through a soft mask of the groups to remove |
 
-`aef` is an alias of the variant chosen on calibration data only (`aeflib.fusion.DEFAULT_METHOD`). With α = (1, 0)
-or (0, 1) the fusion reproduces the element-wise or the vector-wise ranking exactly (a test holds it)."""),
+`aef` is an alias of the variant chosen on calibration data only (`aeflib.fusion.DEFAULT_METHOD`): pruning
+SmolLM2-135M by 20 % with each variant, `aef-layer` left the lowest loss on held-out *calibration* windows over three
+seeds (4.742 nats/token vs 4.780 for `aef-learned` and 4.792 for `aef-element`; `benchmarks/quality.py`). With
+α = (1, 0) or (0, 1) the fusion reproduces the element-wise or the vector-wise ranking exactly (a test holds it)."""),
     ("md", "## Parameters\nThe same values as before, plus the two estimates to fuse and the gate temperature."),
     ("params", params('fine = "element2"\ncoarse = "vector"\ntemperature = 1.0             # softmax temperature of the '
                       'gates')),
