@@ -189,15 +189,15 @@ def summarize(results: dict) -> None:
           "windows of each test split" + (f"; zero-shot: average of the local tasks, first "
                                           f"{results.get('zeroshot_limit')} items each" if zs else "")
           + "; mean [min..max] over the n calibration seeds; ratio = pruned / dense")
-    head = (f"{'target':>6} {'method':<12} {'n':>2} {'params -%':>9} {'calib loss':>20} {'PPL wiki':>22} {'ratio':>6} "
+    head = (f"{'target':>11} {'method':<12} {'n':>2} {'params -%':>9} {'calib loss':>20} {'PPL wiki':>22} {'ratio':>6} "
             f"{'PPL news':>22} {'ratio':>6}")
     print(head + (f" {'zero-shot avg':>20} {'ratio':>6}" if zs else ""))
-    line = (f"{'':>6} {'dense':<12} {'':>2} {'':>9} {dense['calib_loss']:20.3f} {dense['ppl_wikipedia']:22.2f} "
+    line = (f"{'':>11} {'dense':<12} {'':>2} {'':>9} {dense['calib_loss']:20.3f} {dense['ppl_wikipedia']:22.2f} "
             f"{1:6.2f} {dense['ppl_lee_news']:22.2f} {1:6.2f}")
     print(line + (f" {dense['zeroshot_avg']:20.3f} {1:6.2f}" if zs else ""))
-    keys = sorted({(r["target_params"] or 0, r["method"]) for r in rows}, key=lambda k: (k[0], _order(k[1])))
+    keys = sorted({(_amount(r), r["method"]) for r in rows}, key=lambda k: (k[0], _order(k[1])))
     for target, method in keys:
-        sel = [r for r in rows if (r["target_params"] or 0) == target and r["method"] == method]
+        sel = [r for r in rows if _amount(r) == target and r["method"] == method]
 
         def cell(metric: str, fmt: str, sel=sel) -> str:
             vals = [r[metric] for r in sel if metric in r]
@@ -209,7 +209,7 @@ def summarize(results: dict) -> None:
             vals = [r[metric] for r in sel if metric in r]
             return f"{statistics.mean(vals) / dense[metric]:6.2f}" if vals else f"{'n/a':>6}"
 
-        line = (f"{target:6.2f} {method:<12} {len(sel):2d} "
+        line = (f"{target:>11} {method:<12} {len(sel):2d} "
                 f"{100 * statistics.mean(r['param_reduction'] for r in sel):9.2f} {cell('calib_loss', '.3f'):>20} "
                 f"{cell('ppl_wikipedia', '.2f'):>22} {ratio('ppl_wikipedia')} {cell('ppl_lee_news', '.2f'):>22} "
                 f"{ratio('ppl_lee_news')}")
@@ -218,12 +218,12 @@ def summarize(results: dict) -> None:
             line += f" {cell('zeroshot_avg', '.3f'):>20} {ratio('zeroshot_avg')}" + ("" if n_zs == len(sel) else
                                                                                    f" (n={n_zs})")
         print(line)
-    for target in sorted({r["target_params"] or 0 for r in rows}):
+    for target in sorted({_amount(r) for r in rows}):
         variants = [(statistics.mean(r["calib_loss"] for r in rows if r["method"] == v and
-                                     (r["target_params"] or 0) == target), v)
-                    for v in VARIANTS if any(r["method"] == v and (r["target_params"] or 0) == target for r in rows)]
+                                     _amount(r) == target), v)
+                    for v in VARIANTS if any(r["method"] == v and _amount(r) == target for r in rows)]
         if variants:
-            print(f"target {target:.2f}: fusion variant with the lowest held-out calibration loss: {min(variants)[1]} "
+            print(f"{target}: fusion variant with the lowest held-out calibration loss: {min(variants)[1]} "
                   "(how aeflib.fusion.DEFAULT_METHOD is chosen; evaluation data not consulted)")
     print(f"aef = {fusion.DEFAULT_METHOD} (aeflib.fusion.DEFAULT_METHOD)")
     m = results.get("machine", {})
@@ -240,9 +240,9 @@ def markdown(results: dict) -> None:
     print("|---" * (4 + 2 * len(cols) - 1) + "|")
     print("| – | dense | – | – | " + " | ".join(
         f"{dense[k]:{f}} | 1.00" if k != "calib_loss" else f"{dense[k]:{f}}" for k, _, f in cols) + " |")
-    keys = sorted({(r["target_params"] or 0, r["method"]) for r in rows}, key=lambda k: (k[0], _order(k[1])))
+    keys = sorted({(_amount(r), r["method"]) for r in rows}, key=lambda k: (k[0], _order(k[1])))
     for target, method in keys:
-        sel = [r for r in rows if (r["target_params"] or 0) == target and r["method"] == method]
+        sel = [r for r in rows if _amount(r) == target and r["method"] == method]
         cells = []
         for key, _, fmt in cols:
             vals = [r[key] for r in sel]
@@ -251,8 +251,14 @@ def markdown(results: dict) -> None:
             if key != "calib_loss":
                 cells.append(f"{mean / dense[key]:.2f}")
         name = f"{method} (= `aef`)" if method == fusion.DEFAULT_METHOD else method
-        print(f"| {100 * target:.0f} % | {name} | {len(sel)} | "
+        print(f"| {target} | {name} | {len(sel)} | "
               f"{100 * statistics.mean(r['param_reduction'] for r in sel):.2f} % | " + " | ".join(cells) + " |")
+
+
+def _amount(row: dict) -> str:
+    """How much a row prunes: its parameter target (``20 %``) or, in ratio mode, its per-structure ratio."""
+    t = row["target_params"]
+    return f"{100 * t:.0f} %" if t is not None else f"ratio {row['pruning_ratio']:.2f}"
 
 
 def _order(method: str) -> int:
