@@ -4,11 +4,11 @@ The stages, one module each (see ``design.md``)::
 
     aeflib.models.load(name)          -> Loaded(model, tokenizer, adapter)
     aeflib.data.calibration(...)      -> LongTensor [N, L] token windows
-    adapter.groups(model)             -> list[GroupSet]   (heads, MLP channels)
+    adapter.all_group_sets(model)     -> list[GroupSet]   (heads, MLP channels per layer)
     aeflib.importance.estimate(...)   -> Scores
     aeflib.fusion.fuse(scores, ...)   -> FusionResult (fused Scores + fusion weights)
-    aeflib.pruning.plan(scores, ...)  -> PruningPlan
-    aeflib.pruning.apply(model, plan) -> the same model object, physically smaller
+    aeflib.pruning.plan(model, adapter, scores["<criterion>"], ...) -> PruningPlan
+    aeflib.pruning.apply(model, adapter, plan) -> the same model object, physically smaller
     aeflib.recovery.lora(...)         -> recovered model
     aeflib.evaluation.*               -> metrics that carry their protocol
 """

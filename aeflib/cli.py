@@ -25,10 +25,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 Model = Annotated[str, typer.Option(help="Registry name (see `aef models`) or a local checkpoint folder.")]
 Method = Annotated[str, typer.Option(help="Ranking criterion: random, l1, l2, vector, element1, element2, aef, "
                                           "aef-layer, aef-element, aef-learned.")]
-Target = Annotated[float | None, typer.Option(help="Share of ALL parameters to remove, solved for a ratio "
-                                                   "[default: 0.2; tiny-* models: --pruning-ratio 0.25].")]
-Ratio = Annotated[float | None, typer.Option(help="Share of heads/channels removed per pruned layer; "
-                                                  "overrides --target-params.")]
+Target = Annotated[float | None, typer.Option(help="Share of ALL parameters to remove, in (0, 1), solved for a "
+                                                   "ratio (default: 0.2; tiny-* models use --pruning-ratio 0.25 "
+                                                   "instead).")]
+Ratio = Annotated[float | None, typer.Option(help="Share of heads/channels removed per pruned layer, in (0, 1); "
+                                                  "instead of --target-params (give one of the two).")]
 Runs = Annotated[str, typer.Option(help="Parent folder of run folders.")]
 
 
@@ -41,9 +42,33 @@ def _stage_line(record) -> None:
     _echo(f"  {record.stage:<26} {record.status:<8} {record.seconds:7.1f} s{cpu}")
 
 
+def _bad(err: Exception) -> None:
+    """Bad arguments: one line on stderr, exit code 2."""
+    _echo(f"error: {err}", err=True)
+    raise typer.Exit(2) from None
+
+
+def _layers(text: str | None) -> list[int] | None:
+    """``START:STOP`` → ``[start, stop]``; raises ValueError naming the text otherwise."""
+    if text is None:
+        return None
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or int(parts[0]) >= int(parts[1]):
+        raise ValueError(f"--layers {text!r}: give START:STOP with integers 0 <= START < STOP, e.g. 4:30")
+    return [int(p) for p in parts]
+
+
 def _settings(model: str, method: str, target_params: float | None, pruning_ratio: float | None, **fields):
+    """RunSettings for the CLI options (tiny-* models start from :meth:`RunSettings.tiny`), validated.
+
+    Raises:
+        ValueError: Both amounts given, or a value :meth:`RunSettings.validate` rejects.
+    """
     from aeflib.pipeline import RunSettings
 
+    if pruning_ratio is not None and target_params is not None:
+        raise ValueError(f"give either --pruning-ratio ({pruning_ratio}) or --target-params ({target_params}), "
+                         "not both")
     base = RunSettings.tiny(model) if model.startswith("tiny-") else RunSettings(model=model)
     values = {**{k: v for k, v in fields.items() if v is not None}, "method": method}
     if pruning_ratio is not None:
@@ -52,7 +77,7 @@ def _settings(model: str, method: str, target_params: float | None, pruning_rati
         values.update(pruning_ratio=None, target_params=target_params)
     for key, value in values.items():
         setattr(base, key, value)
-    return base
+    return base.validate()
 
 
 def _fail_stage(err) -> None:
@@ -84,14 +109,17 @@ def run(
     progress: Annotated[bool, typer.Option("--progress", help="Progress bars inside the notebooks.")] = False,
 ) -> None:
     """Prune one model: run notebooks 01-07 with papermill into RUNS_ROOT/NAME and write report.md."""
-    from aeflib.pipeline import StageFailed
+    from aeflib.pipeline import StageFailed, _select
     from aeflib.pipeline import run as run_pipeline
 
-    span = None if layers is None else [int(x) for x in layers.split(":")]
-    settings = _settings(model, method, target_params, pruning_ratio, layers=span, calib_n=calib_n,
-                         recovery_steps=recovery_steps, ppl_max_windows=ppl_max_windows,
-                         zeroshot_limit=zeroshot_limit, device=device, dtype=dtype)
-    chosen = None if stages is None else stages.split(",")
+    chosen = None if stages is None else [s.strip() for s in stages.split(",") if s.strip()]
+    try:
+        settings = _settings(model, method, target_params, pruning_ratio, layers=_layers(layers), calib_n=calib_n,
+                             recovery_steps=recovery_steps, ppl_max_windows=ppl_max_windows,
+                             zeroshot_limit=zeroshot_limit, device=device, dtype=dtype)
+        _select(chosen)
+    except ValueError as err:
+        _bad(err)
     _echo(f"aef run: {settings.model}, method {settings.method} → {runs_root}/{name or settings.default_name()}")
     try:
         outcome = run_pipeline(settings, name=name, runs_root=runs_root, force=force, stages=chosen,
@@ -99,8 +127,7 @@ def run(
     except StageFailed as err:
         _fail_stage(err)
     except (ValueError, FileNotFoundError) as err:
-        _echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        _bad(err)
     _echo(f"done in {outcome.seconds:.0f} s; report: {outcome.report}")
 
 
@@ -118,15 +145,22 @@ def compare(
     force: Annotated[bool, typer.Option("--force", help="Re-estimate the scores.")] = False,
 ) -> None:
     """Prune one model with each criterion at the same target; write comparison.csv/.md and a figure."""
+    from aeflib.stages import criterion_for
     from aeflib.sweep import compare as run_compare
 
-    settings = _settings(model, "aef", target_params, pruning_ratio, ppl_max_windows=ppl_max_windows)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
     try:
-        result = run_compare(settings, [m.strip() for m in methods.split(",") if m.strip()], name=name,
-                             runs_root=runs_root, zeroshot=zeroshot, force=force)
+        settings = _settings(model, "aef", target_params, pruning_ratio, ppl_max_windows=ppl_max_windows)
+        if not chosen:
+            raise ValueError(f"--methods {methods!r}: give at least one method")
+        for m in chosen:
+            criterion_for(m)                      # ValueError naming the method and the choices
+    except ValueError as err:
+        _bad(err)
+    try:
+        result = run_compare(settings, chosen, name=name, runs_root=runs_root, zeroshot=zeroshot, force=force)
     except (ValueError, FileNotFoundError) as err:
-        _echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        _bad(err)
     _echo(result.table.to_string(index=False))
     _echo(f"\n{result.csv}\n{result.markdown}\n{result.figure}\n({result.seconds:.0f} s)")
 
@@ -143,18 +177,24 @@ def reproduce(
     force: Annotated[bool, typer.Option("--force", help="Re-run finished stages.")] = False,
 ) -> None:
     """Run the paper's protocol per model (ratio 0.25, layers 4..n-2, WikiText-2/PTB, seven tasks, LoRA)."""
-    from aeflib.pipeline import StageFailed
+    from aeflib.pipeline import RunSettings, StageFailed
     from aeflib.sweep import reproduce as run_reproduce
 
     names = [m.strip() for m in models.split(",") if m.strip()]
+    try:
+        if not names:
+            raise ValueError(f"--models {models!r}: give at least one model")
+        for m in names:
+            RunSettings.paper(m, method=method, device=device, dtype=dtype).validate()
+    except ValueError as err:
+        _bad(err)
     try:
         outcomes = run_reproduce(names, runs_root=runs_root, force=force, on_stage=_stage_line, method=method,
                                  device=device, dtype=dtype)
     except StageFailed as err:
         _fail_stage(err)
-    except RuntimeError as err:
-        _echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    except (RuntimeError, ValueError, FileNotFoundError) as err:
+        _bad(err)
     for outcome in outcomes:
         _echo(f"{outcome.run_dir.name}: report {outcome.report}")
 

@@ -197,7 +197,7 @@ def estimate(
         model: Any supported causal LM, any float dtype, on any device; its weights and dtype are unchanged.
         adapter: Its structure adapter.
         calibration: LongTensor [N, L] of token windows (``aeflib.data.calibration``), moved to the model's device.
-        criteria: Names from :data:`ESTIMATORS`.
+        criteria: Names from :data:`ESTIMATORS`, or one name as a string.
         layers: Decoder layers to score (default: the adapter's pruned range).
         reduction: How a group's slice scores are combined, a key of :data:`REDUCTIONS`.
         chunk_size: Windows per backward pass (default: all N in one pass). Smaller bounds activation memory.
@@ -214,7 +214,7 @@ def estimate(
     Source: [paper] coarse vector-wise + fine element-wise Taylor estimates; [LLM-Pruner code] formulas, Fisher
     from single-sample passes, ``group_reduction``; the hook path [ours] (field-case 12).
     """
-    criteria = list(dict.fromkeys(criteria))
+    criteria = list(dict.fromkeys([criteria] if isinstance(criteria, str) else criteria))
     unknown = [c for c in criteria if c not in ESTIMATORS]
     if unknown or not criteria:
         raise ValueError(f"unknown criteria {unknown or criteria}; choose from {sorted(ESTIMATORS)}")

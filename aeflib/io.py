@@ -309,8 +309,16 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     Raises:
         CheckpointError: Missing or invalid JSON, a ``format_version`` newer than :data:`FORMAT_VERSION`, or
             missing fields, naming the file.
+        FileNotFoundError: ``folder`` does not exist.
+        NotADirectoryError: ``folder`` is a file.
     """
-    path = Path(folder).expanduser() / MANIFEST
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder; give the checkpoint folder written by "
+                                 "aeflib.io.save")
+    path = folder / MANIFEST
     manifest = _read_json(path)
     version = manifest.get("format_version")
     if manifest.get("format") != _FORMAT or not isinstance(version, int) or version < 1:
@@ -347,6 +355,8 @@ def load(folder: str | os.PathLike, dtype: torch.dtype | str | None = None, devi
         was saved. The model equals the saved one bit for bit (checksum verified).
 
     Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        NotADirectoryError: ``folder`` is a file, not a folder.
         CheckpointError: Corrupt or missing JSON, truncated or unreadable weights, a newer ``format_version``,
             weights that do not match the recorded widths, or a checksum mismatch; the message names the file.
 

@@ -113,8 +113,65 @@ class RunSettings:
         return cls(**{**base, **overrides})
 
     def parameters(self) -> dict[str, Any]:
-        """All fields as plain JSON values."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """All fields as plain JSON values; ``criteria`` gains ``method`` when it is a single criterion not listed.
+
+        So ``method="l1"`` ranks by scores that stage 02 computed, whatever ``criteria`` says.
+        """
+        from aeflib.importance import ESTIMATORS
+
+        values = json.loads(json.dumps(dataclasses.asdict(self)))
+        if self.method in ESTIMATORS and isinstance(values["criteria"], list) and \
+                self.method not in values["criteria"]:
+            values["criteria"] = [*values["criteria"], self.method]
+        return values
+
+    def validate(self) -> RunSettings:
+        """Check the values a run would otherwise reject only inside a notebook kernel, without loading weights.
+
+        Returns:
+            ``self``, unchanged.
+
+        Raises:
+            ValueError: Naming the bad value and the valid choices: an unknown model (neither a registry name nor
+                an existing folder), method, criterion or dtype; neither or both of ``pruning_ratio`` and
+                ``target_params``, or one outside (0, 1); ``layers`` not ``None`` or ``[start, stop]`` with
+                ``0 <= start < stop``.
+
+        Source: [ours].
+        """
+        from aeflib.importance import ESTIMATORS
+        from aeflib.models import MODELS
+        from aeflib.models.registry import DTYPES
+        from aeflib.stages import METHODS
+
+        if self.model not in MODELS and not Path(str(self.model)).expanduser().is_dir():
+            raise ValueError(f"unknown model {self.model!r}: not a registry name ({', '.join(MODELS)}) and not an "
+                             "existing folder")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
+        if isinstance(self.criteria, str) or not self.criteria:
+            raise ValueError(f"criteria={self.criteria!r}: give a non-empty list of names from {list(ESTIMATORS)}")
+        for name, value in [*(("criteria", c) for c in self.criteria), ("fine", self.fine), ("coarse", self.coarse)]:
+            if value not in ESTIMATORS:
+                raise ValueError(f"unknown {name} criterion {value!r}; choose from {list(ESTIMATORS)}")
+        if (self.pruning_ratio is None) == (self.target_params is None):
+            raise ValueError("give exactly one of pruning_ratio (share of heads/channels per pruned layer) or "
+                             f"target_params (share of all parameters); got pruning_ratio={self.pruning_ratio}, "
+                             f"target_params={self.target_params}")
+        for name in ("pruning_ratio", "target_params"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 < value < 1):
+                raise ValueError(f"{name}={value!r}: give a number strictly between 0 and 1 (e.g. 0.2)")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unsupported dtype {self.dtype!r}; choose one of {list(DTYPES)}")
+        layers = self.layers
+        if layers is not None and not (isinstance(layers, (list, tuple)) and len(layers) == 2
+                                       and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)
+                                       and 0 <= layers[0] < layers[1]):
+            raise ValueError(f"layers={layers!r}: give None (the model's default) or [start, stop] with "
+                             "0 <= start < stop, e.g. [4, 30]")
+        return self
 
     def default_name(self) -> str:
         """``<model>-<method>-<amount>``, e.g. ``smollm2-135m-aef-p20`` (p = parameters, r = ratio, in %)."""
@@ -248,14 +305,16 @@ def run(settings: RunSettings | None = None, *, name: str | None = None, runs_ro
 
     Raises:
         StageFailed: A notebook raised; the report is still written with the stages done so far.
-        ValueError: Unknown stage names.
+        ValueError: Unknown stage names, or settings :meth:`RunSettings.validate` rejects; raised before the run
+            folder is created.
+        FileNotFoundError: The stage notebooks are missing (:func:`notebooks_dir`), before the folder is created.
     """
     from aeflib.report import write_report
 
-    settings = settings or RunSettings()
-    run_dir = RunDir(Path(runs_root) / (name or settings.default_name())).root
-    source_dir = notebooks_dir()
+    settings = (settings or RunSettings()).validate()
     chosen = _select(stages)
+    source_dir = notebooks_dir()
+    run_dir = RunDir(Path(runs_root) / (name or settings.default_name())).root
     t0, records, upstream_ran = time.perf_counter(), [], False
     try:
         for stage in chosen:

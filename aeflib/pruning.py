@@ -219,9 +219,15 @@ def plan(
     Raises:
         ValueError: Neither or both of ratio/target given, either outside [0, 1), an unknown kind, a target that
             the layer range cannot reach, or scores whose shapes do not fit the model.
+        TypeError: ``scores`` is a whole :class:`~aeflib.scores.Scores` rather than one criterion of it.
 
     Source: [LLM-Pruner code] local (per-layer) ranking, ``block_wise`` head + channel pruning; target solving [ours].
     """
+    from aeflib.scores import Scores
+
+    if isinstance(scores, Scores):
+        raise TypeError(f"scores is a Scores object with criteria {scores.criteria}; pass one criterion's scores, "
+                        f"e.g. scores[{(scores.criteria or ['<criterion>'])[0]!r}]")
     if (pruning_ratio is None) == (target_params is None):
         raise ValueError("give exactly one of pruning_ratio (per-structure share) or target_params (share of all "
                          f"parameters); got pruning_ratio={pruning_ratio}, target_params={target_params}")

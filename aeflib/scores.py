@@ -43,6 +43,10 @@ class Scores:
         first = next(iter(self.values.values()), {})
         return sorted(first, key=_key_order)
 
+    def __contains__(self, criterion: object) -> bool:
+        """``"l2" in scores``: whether scores for that criterion are present."""
+        return criterion in self.values
+
     def __getitem__(self, criterion: str) -> dict[str, torch.Tensor]:
         if criterion not in self.values:
             raise KeyError(f"no scores for criterion {criterion!r}; present: {self.criteria}")

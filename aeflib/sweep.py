@@ -97,7 +97,7 @@ def compare(settings=None, methods: Sequence[str] = ("random", "l2", "vector", "
     from aeflib.pipeline import RunSettings
 
     t0 = time.perf_counter()
-    settings = settings or RunSettings()
+    settings = (settings or RunSettings()).validate()  # before any folder is made
     for m in methods:
         stages.criterion_for(m)
     fused = [m for m in methods if m == "aef" or m in aeflib.fusion.FUSIONS]

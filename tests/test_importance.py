@@ -160,3 +160,20 @@ def test_scores_roundtrip_through_safetensors(tmp_path, calib):
     assert again.criteria == scores.criteria and again.meta == scores.meta
     assert all(torch.equal(again[c][k], scores[c][k]) for c in scores.criteria for k in scores[c])
     assert not list(tmp_path.glob(".*"))
+
+
+def test_estimate_accepts_one_criterion_as_a_string_and_scores_support_in(calib):
+    model, _, adapter = aeflib.models.load("tiny-llama")
+    scores = estimate(model, adapter, calib, criteria="l2")
+    assert scores.criteria == ["l2"]
+    assert "l2" in scores and "vector" not in scores
+
+
+def test_plan_given_a_whole_scores_object_says_to_pick_a_criterion():
+    from aeflib import pruning
+
+    model, _, adapter = aeflib.models.load("tiny-llama")
+    sets = adapter.all_group_sets(model, None)
+    scores = Scores({"l2": {gs.key: torch.ones(gs.n) for gs in sets}})
+    with pytest.raises(TypeError, match=r"pass one criterion's scores, e\.g\. scores\['l2'\]"):
+        pruning.plan(model, adapter, scores, pruning_ratio=0.25)

@@ -335,3 +335,11 @@ def test_export_hf_refuses_pruned_bloom_naming_the_width(tmp_path):
                                               r"dense_4h_to_h\.weight: the model has \[64, 128\], expected \[64, "
                                               r"256\](.|\n)*4 \* hidden_size(.|\n)*aeflib\.io\.save"):
         aio.export_hf(loaded.model, loaded.tokenizer, tmp_path / "hf", loaded.adapter)
+
+
+def test_load_names_a_missing_folder_and_a_file_given_as_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint folder .*nope does not exist"):
+        aio.load(tmp_path / "nope")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"file\.txt is a file, not a folder"):
+        aio.load(tmp_path / "file.txt")

@@ -93,15 +93,15 @@ def stand_ins(tmp_path, monkeypatch):
 
 def test_run_resumes_finished_stages_and_reruns_downstream(stand_ins):
     runs = stand_ins / "runs"
-    first = pipeline.run(RunSettings(model="x"), name="r", runs_root=runs, stages=["01", "02"])
+    first = pipeline.run(RunSettings(model="tiny-llama"), name="r", runs_root=runs, stages=["01", "02"])
     assert [r.status for r in first.stages] == ["ran", "ran"]
     stamp = (first.run_dir / "02_importance.txt").read_text()
-    again = pipeline.run(RunSettings(model="x"), name="r", runs_root=runs, stages=["01", "02"])
+    again = pipeline.run(RunSettings(model="tiny-llama"), name="r", runs_root=runs, stages=["01", "02"])
     assert [r.status for r in again.stages] == ["skipped", "skipped"]
     assert (first.run_dir / "02_importance.txt").read_text() == stamp
-    changed = pipeline.run(RunSettings(model="x", seed=7), name="r", runs_root=runs, stages=["01", "02"])
+    changed = pipeline.run(RunSettings(model="tiny-llama", seed=7), name="r", runs_root=runs, stages=["01", "02"])
     assert [r.status for r in changed.stages] == ["ran", "ran"]        # seed changed in 01: everything after reruns
-    forced = pipeline.run(RunSettings(model="x", seed=7), name="r", runs_root=runs, stages=["02"], force=True)
+    forced = pipeline.run(RunSettings(model="tiny-llama", seed=7), name="r", runs_root=runs, stages=["02"], force=True)
     assert [r.status for r in forced.stages] == ["ran"]
     assert (first.run_dir / "report.md").is_file()
     assert (first.run_dir / "notebooks" / "02_importance.ipynb").is_file()
@@ -109,7 +109,7 @@ def test_run_resumes_finished_stages_and_reruns_downstream(stand_ins):
 
 def test_failing_stage_names_notebook_and_cell(stand_ins):
     with pytest.raises(StageFailed) as info:
-        pipeline.run(RunSettings(model="x"), name="f", runs_root=stand_ins / "runs", stages=["03"])
+        pipeline.run(RunSettings(model="tiny-llama"), name="f", runs_root=stand_ins / "runs", stages=["03"])
     err = info.value
     assert err.stage == "03_fusion" and err.ename == "ValueError" and "broken on purpose" in err.evalue
     assert err.notebook == stand_ins / "runs" / "f" / "notebooks" / "03_fusion.ipynb" and err.notebook.is_file()
@@ -118,8 +118,8 @@ def test_failing_stage_names_notebook_and_cell(stand_ins):
 
 
 def test_cli_failing_stage_exits_nonzero_with_path_and_cell(stand_ins):
-    result = CliRunner().invoke(app, ["run", "--model", "x", "--name", "f", "--runs-root", str(stand_ins / "runs"),
-                                      "--stages", "03"])
+    result = CliRunner().invoke(app, ["run", "--model", "tiny-llama", "--name", "f",
+                                      "--runs-root", str(stand_ins / "runs"), "--stages", "03"])
     assert result.exit_code == 1
     assert "03_fusion.ipynb" in result.output and "failing cell" in result.output
     assert "broken on purpose" in result.output
@@ -237,3 +237,65 @@ def test_compare_estimates_once_and_writes_table_and_figure(tmp_path):
     assert (first.run_dir / "scores.safetensors").stat().st_mtime_ns == stamp      # reused, not re-estimated
     assert again.table["perplexity"].iloc[1] == first.table["perplexity"].iloc[2]
     assert (first.run_dir / "comparison.md").read_text().startswith("# aef compare: tiny-gqa")
+
+
+# ---- arguments are checked before anything runs or is written -------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--model", "nope"], r"unknown model 'nope': not a registry name \(smollm2-135m.*\) and not an existing folder"),
+    (["--method", "nope"], r"unknown method 'nope'; choose one of \['random', 'l1'"),
+    (["--pruning-ratio", "1.5"], r"pruning_ratio=1\.5: give a number strictly between 0 and 1"),
+    (["--target-params", "0"], r"target_params=0\.0: give a number strictly between 0 and 1"),
+    (["--pruning-ratio", "0.2", "--target-params", "0.2"], r"give either --pruning-ratio .* or --target-params"),
+    (["--dtype", "int8"], r"unsupported dtype 'int8'; choose one of \['float32', 'bfloat16', 'float16'\]"),
+    (["--layers", "abc"], r"--layers 'abc': give START:STOP"),
+    (["--layers", "3:1"], r"--layers '3:1': give START:STOP"),
+    (["--stages", "01,09"], r"unknown stage '09'"),
+])
+def test_cli_run_rejects_bad_arguments_with_one_line_and_exit_2(stand_ins, args, message):
+    runs = stand_ins / "runs"
+    result = CliRunner().invoke(app, ["run", "--model", "tiny-llama", *args, "--runs-root", str(runs)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), result.output
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("command, bad", [(["compare", "--model", "nope"], "unknown model 'nope'"),
+                                          (["compare", "--methods", "l2,nope"], "unknown method 'nope'"),
+                                          (["compare", "--pruning-ratio", "2"], "pruning_ratio=2.0"),
+                                          (["reproduce", "--method", "nope"], "unknown method 'nope'"),
+                                          (["reproduce", "--models", "nope"], "unknown model 'nope'"),
+                                          (["reproduce", "--dtype", "int8"], "unsupported dtype 'int8'")])
+def test_cli_compare_and_reproduce_reject_bad_arguments_before_writing(tmp_path, command, bad):
+    result = CliRunner().invoke(app, [*command, "--runs-root", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}"), result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_pipeline_run_validates_settings_before_creating_the_run_folder(stand_ins):
+    runs = stand_ins / "runs"
+    with pytest.raises(ValueError, match=r"give exactly one of pruning_ratio .* or target_params"):
+        pipeline.run(RunSettings(model="tiny-llama", pruning_ratio=0.25), name="r", runs_root=runs)
+    with pytest.raises(ValueError, match=r"unknown method 'nope'"):
+        pipeline.run(RunSettings(model="tiny-llama", method="nope"), name="r", runs_root=runs)
+    with pytest.raises(ValueError, match=r"unknown stage 'x'"):
+        pipeline.run(RunSettings(model="tiny-llama"), name="r", runs_root=runs, stages=["x"])
+    assert not runs.exists()
+    folder = stand_ins / "ckpt"
+    folder.mkdir()
+    assert RunSettings(model=str(folder), layers=[1, 3]).validate().model == str(folder)   # folders: not loaded
+
+
+def test_a_baseline_method_is_always_among_the_estimated_criteria():
+    assert "l1" not in RunSettings().criteria
+    assert RunSettings.tiny(method="l1").parameters()["criteria"] == ["random", "l2", "vector", "element1",
+                                                                        "element2", "l1"]
+    assert RunSettings(method="vector").parameters()["criteria"] == RunSettings().criteria
+
+
+def test_cli_run_help_shows_the_default_amount_and_the_tiny_model_ratio():
+    result = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    text = " ".join(result.output.split())
+    assert "default: 0.2; tiny-* models use --pruning-ratio 0.25" in text
