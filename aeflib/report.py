@@ -126,6 +126,8 @@ def write_report(run_dir: str | Path, settings=None, records=None, seconds: floa
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     model = metrics.get("model", {})
     method = getattr(settings, "method", None) or metrics.get("pruning", {}).get("criterion", "?")
+    name = str(model.get("name", getattr(settings, "model", "")))
+    random_weights = Path(name).name.startswith("tiny-")
     out = [f"# aef run `{run_dir.name}`", "",
            f"Model **{model.get('name', getattr(settings, 'model', '?'))}** ({_fmt(model.get('parameters'))} "
            f"parameters, {model.get('n_layers', '?')} layers, {model.get('dtype', '?')}), method "
@@ -135,6 +137,10 @@ def write_report(run_dir: str | Path, settings=None, records=None, seconds: floa
            "were cut out of the weights (04), a short LoRA fine-tune recovered part of the loss (05), and the "
            "dense, pruned and recovered models were measured the same way (06). The columns below are those three "
            "models; each executed notebook is linked under *Stages*.", ""]
+    if random_weights:
+        out += [f"**{name} has random weights** (a toy model for tests and quick runs): perplexities in the tens "
+                "of thousands and chance-level accuracies are expected; they check the code path, not pruning "
+                "quality.", ""]
     rows = metrics.get("evaluation", {}).get("rows", [])
     if rows:
         ev = metrics["evaluation"].get("settings", {})
@@ -159,6 +165,12 @@ def write_report(run_dir: str | Path, settings=None, records=None, seconds: floa
         out += ["## Stages", "", markdown_table(["stage", "status", "wall s", "CPU s", "executed"], stage_rows), ""]
         if seconds is not None:
             out += [f"This invocation: {seconds:.0f} s wall time (skipped stages show their recorded time).", ""]
+        finished = {r.stage for r in _recorded(run_dir)}
+        shown = {r.stage for r in records}
+        if finished - shown:
+            out += [f"Stages {', '.join(sorted(finished - shown))} were not part of this invocation: their results "
+                    "above come from an earlier one, with the settings recorded in their executed notebooks, not "
+                    "necessarily those below.", ""]
     if settings is not None:
         params = settings.parameters()
         out += ["## Settings", "", "<details><summary>all notebook parameters</summary>", "", "```json",

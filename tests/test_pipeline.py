@@ -299,3 +299,19 @@ def test_cli_run_help_shows_the_default_amount_and_the_tiny_model_ratio():
     result = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
     text = " ".join(result.output.split())
     assert "default: 0.2; tiny-* models use --pruning-ratio 0.25" in text
+
+
+def test_report_flags_random_weights_and_stages_from_earlier_invocations(tmp_path):
+    from aeflib.pipeline import STAGES, StageRecord
+    from aeflib.report import write_report
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"model": {"name": "tiny-llama"}}))
+    (tmp_path / ".aef").mkdir()
+    for stage in STAGES[:3]:
+        (tmp_path / ".aef" / f"{stage}.json").write_text(json.dumps({"seconds": 1.0}))
+    this_time = [StageRecord(STAGES[0], "ran", 1.0, tmp_path / "notebooks" / f"{STAGES[0]}.ipynb", 1.0)]
+    text = write_report(tmp_path, records=this_time, seconds=1.0).read_text()
+    assert "tiny-llama has random weights" in text
+    assert f"Stages {STAGES[1]}, {STAGES[2]} were not part of this invocation" in text
+    full = write_report(tmp_path).read_text()  # records rebuilt from the markers: nothing stale to flag
+    assert "were not part of this invocation" not in full
