@@ -26,6 +26,10 @@ def _fmt(value: Any, digits: int = 2) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
+        if value != value:  # NaN: a cell that does not apply (e.g. the dense row's seconds in a comparison)
+            return "–"
+        if 0 < abs(value) < 10 ** -digits:  # 0.0032 would print as 0.00
+            return f"{value:.2g}"
         return f"{value:,.{digits}f}"
     return str(value)
 

@@ -315,3 +315,11 @@ def test_report_flags_random_weights_and_stages_from_earlier_invocations(tmp_pat
     assert f"Stages {STAGES[1]}, {STAGES[2]} were not part of this invocation" in text
     full = write_report(tmp_path).read_text()  # records rebuilt from the markers: nothing stale to flag
     assert "were not part of this invocation" not in full
+
+
+def test_markdown_table_shows_small_values_and_no_nan():
+    from aeflib.report import markdown_table
+
+    table = markdown_table(["method", "param_reduction", "seconds"], [["dense", 0.0, float("nan")],
+                                                                      ["l2", 0.0032, 1.5]])
+    assert "| dense | 0.00 | – |" in table and "| l2 | 0.0032 | 1.50 |" in table
