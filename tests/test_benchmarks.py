@@ -105,7 +105,7 @@ def test_quality_smoke_prints_every_method_against_dense(smoke, script):
     out = _ok(smoke(script))
     assert "ratio = pruned / dense" in out
     for method in ["random", "l2", "vector", "element1", "element2", "aef-layer", "aef-element", "aef-learned"]:
-        assert re.search(rf"^\s+\S+ {re.escape(method)}\s+1\s", out, re.M), f"no table row for {method}"
+        assert re.search(rf"^\s+ratio 0\.50 {re.escape(method)}\s+1\s", out, re.M), f"no table row for {method}"
     assert re.search(r"^aef = aef-\w+ \(aeflib\.fusion\.DEFAULT_METHOD\)", out, re.M)
 
 
