@@ -61,6 +61,9 @@ def test_efficiency_times_prefill_and_decode_on_pruned_models(pruned):
         assert t.peak_mem_bytes > 0 and t.peak_mem_delta_bytes >= 0
     assert result.memory_method
     assert result.to_dict()["timings"]["2"]["batch_size"] == 2
+    assert "bs 2: prefill" in str(result) and str(result).count("tok/s") == 2
+    prefill_only = efficiency(model, tokenizer, seq_len=8, batch_sizes=(1,), decode_tokens=0, repeats=1)
+    assert "tok/s" not in str(prefill_only)  # an untimed decode is not shown as 0.0 tok/s
 
 
 def test_compare_gives_pruned_over_dense_ratios():

@@ -88,10 +88,9 @@ class EfficiencyResult:
             f"{self.macs_per_token / 1e6:.2f} M MACs/token at seq_len {self.seq_len}",
         ]
         for b, t in self.timings.items():
-            parts.append(
-                f"bs {b}: prefill {t.prefill_s * 1e3:.1f} ms, decode {t.decode_tokens_per_s:.1f} tok/s, "
-                f"peak +{t.peak_mem_delta_bytes / 2**20:.0f} MiB"
-            )
+            decode = f"decode {t.decode_tokens_per_s:.1f} tok/s, " if t.decode_tokens_per_s else ""  # 0: not timed
+            peak = f"peak +{t.peak_mem_delta_bytes / 2**20:.0f} MiB"
+            parts.append(f"bs {b}: prefill {t.prefill_s * 1e3:.1f} ms, {decode}{peak}")
         return f"efficiency of {self.model_type} {self.checksum} ({self.dtype}, {self.device}): " + "; ".join(parts)
 
 
