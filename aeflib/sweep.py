@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -167,24 +166,6 @@ def _write(run, rows, plans, settings, ratio, methods, t0, plots) -> Comparison:
 
 
 # ---- the paper's protocol ------------------------------------------------------------------------------------------
-def _hub_unreachable() -> str | None:
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var}={os.environ[var]}"
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3.0).close()
-    except OSError as err:
-        return f"cannot connect to huggingface.co: {err}"
-    return None
-
-
-def _dataset_cached(repo: str) -> bool:
-    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
-    hub = Path(os.environ.get("HF_HUB_CACHE", hf_home / "hub")).expanduser()
-    ds = Path(os.environ.get("HF_DATASETS_CACHE", hf_home / "datasets")).expanduser()
-    return (hub / f"datasets--{repo.replace('/', '--')}").is_dir() or (ds / repo.replace("/", "___")).is_dir()
-
-
 def missing_for_reproduce(models: Sequence[str], settings=None) -> list[str]:
     """What the paper protocol needs that is neither cached nor downloadable now; empty = ready. Takes seconds.
 
@@ -198,12 +179,12 @@ def missing_for_reproduce(models: Sequence[str], settings=None) -> list[str]:
     from huggingface_hub import try_to_load_from_cache
 
     from aeflib.data import CORPORA
-    from aeflib.evaluation.zeroshot import HUB_DATASETS, TASK_SETS
+    from aeflib.evaluation.zeroshot import HUB_DATASETS, TASK_SETS, _hub_dataset_cached, _hub_unreachable_reason
     from aeflib.models import MODELS
     from aeflib.pipeline import RunSettings
 
     settings = settings or RunSettings.paper(models[0] if models else "llama-7b")
-    reason = _hub_unreachable()
+    reason = _hub_unreachable_reason()
     missing = []
     for name in models:
         if name in MODELS:
@@ -218,12 +199,12 @@ def missing_for_reproduce(models: Sequence[str], settings=None) -> list[str]:
                *[("perplexity", c) for c, _ in settings.ppl_datasets]]
     for use, corpus in corpora:
         spec = CORPORA.get(corpus)
-        if spec is not None and not spec.shipped and reason and not _dataset_cached(spec.hub_id):
+        if spec is not None and not spec.shipped and reason and not _hub_dataset_cached(spec.hub_id):
             missing.append(f"{use} corpus {corpus}: {spec.hub_id} is not cached and the hub is unreachable")
     tasks = settings.zeroshot_tasks
     names = TASK_SETS.get(tasks, {}) if isinstance(tasks, str) else list(tasks or [])
     for task in names:
-        if task in HUB_DATASETS and reason and not _dataset_cached(HUB_DATASETS[task][0]):
+        if task in HUB_DATASETS and reason and not _hub_dataset_cached(HUB_DATASETS[task][0]):
             missing.append(f"zero-shot task {task}: {HUB_DATASETS[task][0]} is not cached and the hub is unreachable")
     return missing
 

@@ -79,6 +79,16 @@ STATE_JS = """() => {
 }""".replace("PANEL", PANEL)
 
 
+def _finish_notebook(page, notebook: str, label: str, timings: dict, problems: dict) -> None:
+    """Screenshot a run notebook page by page and report errors shown in JupyterLab's log console."""
+    started = time.perf_counter()
+    _shot_pages(page, SHOTS, notebook)
+    timings[f"screenshots {label}"] = round(time.perf_counter() - started, 1)
+    log = _log_console(page)
+    if "Traceback" in log or "Error" in log:
+        problems[notebook].append(f"log console shows an error: {log[-3000:]}")
+
+
 def _shot_pages(page, folder: Path, stem: str) -> list[Path]:
     """Screenshots of the whole notebook: one tall image, and viewport-sized pages scrolled through the panel."""
     paths = []
@@ -299,12 +309,7 @@ def test_notebooks_01_and_04_in_jupyterlab():
         timings["JupyterLab + Chromium start"] = round(time.perf_counter() - started, 1)
 
         page, _, problems[STRUCTURES] = _check_notebook(session, context, STRUCTURES, timings, details, notes)
-        started = time.perf_counter()
-        _shot_pages(page, SHOTS, STRUCTURES)
-        timings["screenshots 01"] = round(time.perf_counter() - started, 1)
-        log = _log_console(page)
-        if "Traceback" in log or "Error" in log:
-            problems[STRUCTURES].append(f"log console shows an error: {log[-3000:]}")
+        _finish_notebook(page, STRUCTURES, "01", timings, problems)
         page.close()
 
         if prep is not None:
@@ -320,12 +325,7 @@ def test_notebooks_01_and_04_in_jupyterlab():
             problems[PRUNING].append(f"explorer: {err}")
         timings["explorer slider + dropdown"] = round(time.perf_counter() - started, 1)
         details["explorer"] = explorer
-        started = time.perf_counter()
-        _shot_pages(page, SHOTS, PRUNING)
-        timings["screenshots 04"] = round(time.perf_counter() - started, 1)
-        log = _log_console(page)
-        if "Traceback" in log or "Error" in log:
-            problems[PRUNING].append(f"log console shows an error: {log[-3000:]}")
+        _finish_notebook(page, PRUNING, "04", timings, problems)
         session.record_processes()
     finally:
         leftovers = session.stop()
