@@ -1,0 +1,95 @@
+"""Paired bootstrap intervals: known answers (identical → holds 0; +100 of 1,000 → excludes 0 at the normal width)."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import pytest
+
+from aeflib.evaluation.paired import binomial_interval, mean_interval, paired_bootstrap
+
+
+def _items(n: int, correct: set[int]) -> dict[int, float]:
+    return {i: float(i in correct) for i in range(n)}
+
+
+def test_identical_results_give_an_interval_holding_zero():
+    a = _items(1000, set(range(0, 1000, 2)))
+    r = paired_bootstrap(a, dict(a), scale=100, unit="points", labels=("element1", "aef"))
+    assert r.lo <= 0 <= r.hi and r.diff == 0 and r.n_discordant == 0
+    assert not r.excludes_zero and r.better is None
+    assert r.reading().endswith("within noise")
+
+
+def test_hundred_more_right_of_a_thousand_excludes_zero_at_the_normal_width():
+    a = _items(1000, set(range(400)))
+    b = _items(1000, set(range(500)))  # right on 100 more, wrong on none that A gets right
+    t = time.perf_counter()
+    r = paired_bootstrap(a, b, scale=100, unit="points", labels=("A", "B"))
+    assert time.perf_counter() - t < 1.0  # 10k draws over 1,000 items
+    d = (np.array(list(b.values())) - np.array(list(a.values()))) * 100
+    normal = 1.96 * d.std() / np.sqrt(d.size)  # ≈ 1.86 points
+    assert r.diff == pytest.approx(10.0) and r.n == 1000 and r.n_discordant == 100
+    assert r.excludes_zero and r.better == "B" and r.lo > 0
+    assert (r.hi - r.lo) / 2 == pytest.approx(normal, rel=0.10)
+    assert r.reading().startswith("B − A = +10.00 points [") and r.reading().endswith(": B better")
+
+
+def test_lower_is_better_names_the_method_with_the_smaller_nll():
+    rng = np.random.default_rng(1)
+    base = rng.normal(4.0, 0.5, 300)
+    a = dict(enumerate(base))
+    b = dict(enumerate(base - 0.1 + rng.normal(0, 0.01, 300)))
+    r = paired_bootstrap(a, b, higher_is_better=False, unit="nats", labels=("element1", "aef"))
+    assert r.hi < 0 and r.better == "aef"
+
+
+def test_pairing_is_by_id_not_by_order():
+    rng = random.Random(0)
+    a = {f"q{i}": float(rng.random() < 0.5) for i in range(400)}
+    b = {k: float(rng.random() < 0.6) for k in a}
+    keys = list(b)
+    rng.shuffle(keys)
+    shuffled = {k: b[k] for k in keys}
+    assert paired_bootstrap(a, b) == paired_bootstrap(a, shuffled)
+
+
+def test_mismatched_ids_are_refused_with_examples():
+    with pytest.raises(ValueError, match=r"different items — 1 ids only in A \(e.g. \['2'\]\), 1 only in B"):
+        paired_bootstrap({0: 1.0, 1: 0.0, 2: 1.0}, {0: 1.0, 1: 0.0, 3: 1.0})
+    with pytest.raises(ValueError, match=r"different seeds: A \['42', '43'\], B \['42'\]"):
+        paired_bootstrap({42: {0: 1.0}, 43: {0: 1.0}}, {42: {0: 1.0}})
+    with pytest.raises(ValueError, match="draws=10 is too few"):
+        paired_bootstrap({0: 1.0}, {0: 1.0}, draws=10)
+
+
+def test_seeds_widen_the_interval_when_methods_disagree_across_seeds():
+    """Two-stage bootstrap: a seed-to-seed swing in B − A adds to the item noise."""
+    a = {s: _items(500, set(range(250))) for s in (42, 43, 44)}
+    steady = {s: _items(500, set(range(275))) for s in (42, 43, 44)}  # +5 points in every seed
+    swinging = {42: _items(500, set(range(250))), 43: _items(500, set(range(275))), 44: _items(500, set(range(300)))}
+    r_steady = paired_bootstrap(a, steady, scale=100)
+    r_swing = paired_bootstrap(a, swinging, scale=100)
+    assert r_steady.diff == pytest.approx(5) and r_swing.diff == pytest.approx(5)
+    assert r_steady.n_seeds == 3 and r_steady.n == 1500
+    assert r_swing.hi - r_swing.lo > 1.5 * (r_steady.hi - r_steady.lo)
+
+
+def test_strata_average_task_means():
+    """The zero-shot average is the plain mean of the task means, whatever each task's size."""
+    a = {**{f"big/{i}": 0.0 for i in range(900)}, **{f"small/{i}": 0.0 for i in range(100)}}
+    b = {**{f"big/{i}": 0.0 for i in range(900)}, **{f"small/{i}": 1.0 for i in range(100)}}
+    r = paired_bootstrap(a, b, strata=lambda k: k.split("/")[0], scale=100)
+    assert r.diff == pytest.approx(50.0) and r.lo == pytest.approx(50.0)  # no within-task variance
+    assert paired_bootstrap(a, b, scale=100).diff == pytest.approx(10.0)  # pooled items instead
+
+
+def test_mean_and_binomial_intervals_agree_on_an_accuracy():
+    values = _items(400, set(range(100)))
+    mean, lo, hi = mean_interval(values)
+    wlo, whi = binomial_interval(100, 400)
+    assert mean == pytest.approx(0.25) and lo == pytest.approx(wlo, abs=0.01) and hi == pytest.approx(whi, abs=0.01)
+    with pytest.raises(ValueError, match="k=5, n=4"):
+        binomial_interval(5, 4)
