@@ -1,6 +1,6 @@
-"""Regenerate data/paper_results.csv from the tables of paper-notes.md §5 (the published numbers aeflib compares with).
+"""Regenerate data/paper_results.csv from the tables of docs/paper.md §5 (the published numbers aeflib compares with).
 
-Usage: python data/prepare_paper_results.py [PATH_TO_paper-notes.md]   (default: ../shared/paper-notes.md)
+Usage: python data/prepare_paper_results.py [PATH_TO_paper.md]   (default: docs/paper.md)
 
 Every number of §5 (and the AEF claims of §1) becomes one long-format row:
 model, setting, method, metric, task, value, source. Method and task names are aeflib's (criterion names,
@@ -64,7 +64,7 @@ def main(notes: Path) -> list[dict]:
 
 
 if __name__ == "__main__":
-    default = Path(__file__).resolve().parents[2] / "shared" / "paper-notes.md"
+    default = Path(__file__).resolve().parents[1] / "docs" / "paper.md"
     rows = main(Path(sys.argv[1]) if len(sys.argv) > 1 else default)
     with open(Path(__file__).with_name("paper_results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)

@@ -9,7 +9,7 @@ import pytest
 
 from aeflib import paper
 
-NOTES = Path(__file__).resolve().parents[2] / "shared" / "paper-notes.md"
+NOTES = Path(__file__).resolve().parents[1] / "docs" / "paper.md"
 
 
 def value(frame, **where):
@@ -50,7 +50,6 @@ def test_load_paper_results_rejects_wrong_header(tmp_path):
         paper.load_paper_results(bad)
 
 
-@pytest.mark.skipif(not NOTES.is_file(), reason="paper-notes.md is not beside the project")
 def test_csv_holds_every_number_of_the_notes_tables():
     section = NOTES.read_text().split("## 5.")[1]
     numbers = re.findall(r"\|\s*(\d+\.\d+)\s*(?=\|)", section)
