@@ -93,3 +93,42 @@ def test_mean_and_binomial_intervals_agree_on_an_accuracy():
     assert mean == pytest.approx(0.25) and lo == pytest.approx(wlo, abs=0.01) and hi == pytest.approx(whi, abs=0.01)
     with pytest.raises(ValueError, match="k=5, n=4"):
         binomial_interval(5, 4)
+
+
+def test_zeroshot_items_are_lm_evals_own_per_item_metric(tokenizer, tmp_path, monkeypatch, one_thread):
+    """Per-item results: their mean is the task score; acc_norm = argmax of length-normalised log-likelihoods."""
+    import aeflib.models
+    from aeflib.evaluation.zeroshot import zeroshot
+    from aeflib.evaluation.zeroshot_results import item_values, task_of
+
+    monkeypatch.chdir(tmp_path)
+    model = aeflib.models.load("tiny-llama").model
+    result = zeroshot(model, tokenizer, tasks="local", limit=4, bootstrap_iters=0, log_samples=True)
+    table = result.item_table()
+    assert set(table) == set(result.scores)
+    for task, t in table.items():
+        assert t["metric"] == result.scores[task].metric and len(t["doc_ids"]) == 4
+        assert np.mean(t["correct"]) == pytest.approx(result.scores[task].value)
+    recs = sorted(result.samples["aef_qa"], key=lambda r: r["doc_id"])
+    for rec, correct in zip(recs, table["aef_qa"]["correct"], strict=True):
+        norm = [ll / len(cont) for (_, cont), ll in zip(rec["arguments"], rec["loglikelihoods"], strict=True)]
+        assert correct == float(int(np.argmax(norm)) == rec["target"])
+    items = item_values(table)
+    assert len(items) == 12 and {task_of(k) for k in items} == set(table)
+    r = paired_bootstrap(items, items, strata=task_of, scale=100)
+    assert r.mean_a == pytest.approx(100 * result.average)
+    with pytest.raises(ValueError, match=r"log_samples=True"):
+        zeroshot(model, tokenizer, tasks=["aef_qa"], limit=1, bootstrap_iters=0).item_table()
+
+
+def test_perplexity_per_window_nll_averages_to_the_reported_nll(one_thread):
+    import aeflib.models
+    from aeflib.evaluation import perplexity
+
+    model, tokenizer, _ = aeflib.models.load("tiny-llama")
+    plain = perplexity(model, tokenizer, "wikipedia", "test", max_windows=6, batch_size=4, progress=False)
+    windows = perplexity(model, tokenizer, "wikipedia", "test", max_windows=6, batch_size=4, progress=False,
+                         per_window=True)
+    assert plain.window_nll is None and "window_nll" not in plain.to_dict()
+    assert windows.value == plain.value and len(windows.window_nll) == 6
+    assert np.mean(windows.window_nll) == pytest.approx(plain.nll, rel=1e-9)  # equal-length windows

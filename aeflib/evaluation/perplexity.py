@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -83,10 +83,15 @@ class PerplexityResult:
     max_windows: int | None  # the cap requested, None for the full text
     checksum: str  # aeflib.models.checksum.checksum(model)
     dtype: str  # parameter dtype of the model, e.g. "float32"
+    # per_window=True only: mean token NLL of each scored window (nats), in window order, for paired intervals
+    window_nll: tuple[float, ...] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the fields as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
+        """Return the fields as a JSON-serialisable dict (``window_nll`` only when it was measured)."""
+        d = dataclasses.asdict(self)
+        if self.window_nll is None:
+            del d["window_nll"]
+        return d
 
     def __str__(self) -> str:
         part = "" if self.n_windows == self.n_windows_available else f" of {self.n_windows_available}"
@@ -113,6 +118,7 @@ def perplexity(
     batch_size: int = 4,
     max_windows: int | None = None,
     progress: bool = True,
+    per_window: bool = False,
 ) -> PerplexityResult:
     r"""Measure the perplexity of a causal LM on a corpus split under a named protocol.
 
@@ -126,6 +132,8 @@ def perplexity(
         batch_size: Windows per forward pass, >= 1; does not change the result beyond float rounding.
         max_windows: Score only the first this many windows (fast runs); recorded in the result. None = all.
         progress: Show a tqdm bar over batches.
+        per_window: Also return each window's mean token NLL (``window_nll``, nats) so that two models can be
+            compared window by window (``aeflib.evaluation.paired``); the perplexity itself is unchanged.
 
     Returns:
         ``PerplexityResult``; ``value`` = exp(mean NLL over scored tokens), logits upcast to fp32 before the loss.
@@ -167,6 +175,7 @@ def perplexity(
     model.eval()
     nll_sum = torch.zeros((), dtype=torch.float64)
     n_tokens = 0
+    window_nll: list[float] = []
     try:
         with torch.no_grad():
             bar = tqdm(range(0, len(starts), batch_size), desc=f"PPL {corp.name}/{corp.split}", disable=not progress)
@@ -178,8 +187,11 @@ def perplexity(
                     pred = logits[row, :-1].float()  # [L-1, vocab], fp32 before log-softmax
                     if b + row > 0 and first_target > 0:
                         targets, pred = targets[first_target:], pred[first_target:]
-                    nll_sum += F.cross_entropy(pred, targets, reduction="sum").double().cpu()
+                    window_sum = F.cross_entropy(pred, targets, reduction="sum").double().cpu()
+                    nll_sum += window_sum
                     n_tokens += targets.numel()
+                    if per_window:
+                        window_nll.append(window_sum.item() / targets.numel())
     finally:
         model.train(was_training)
 
@@ -200,6 +212,7 @@ def perplexity(
         max_windows=max_windows,
         checksum=checksum(model),
         dtype=dtype,
+        window_nll=tuple(window_nll) if per_window else None,
     )
     log.info("%s", result)
     return result

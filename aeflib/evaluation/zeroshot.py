@@ -336,7 +336,7 @@ def zeroshot(
 
 
 def _sample_record(s: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of an lm-eval sample a check needs: requests, log-likelihoods, greedy flags, the target."""
+    """The parts of an lm-eval sample a check needs: requests, log-likelihoods, greedy flags, target, metrics."""
     resps = [r[0] for r in s["resps"]]  # one (loglikelihood, is_greedy) per request
     return {
         "doc_id": s["doc_id"],
@@ -344,4 +344,6 @@ def _sample_record(s: Mapping[str, Any]) -> dict[str, Any]:
         "loglikelihoods": [float(r[0]) for r in resps],
         "is_greedy": [bool(r[1]) for r in resps],
         "target": s["target"],
+        # lm-eval's own per-item metric values (e.g. {"acc": 1.0, "acc_norm": 0.0}): what the task's score averages
+        "metrics": {m: float(s[m]) for m in s.get("metrics", []) if isinstance(s.get(m), int | float)},
     }

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TaskScore", "ZeroShotResult", "check_metric", "write_table"]
+__all__ = ["TaskScore", "ZeroShotResult", "check_metric", "item_values", "task_of", "write_table"]
 
 
 @dataclass(frozen=True)
@@ -96,12 +96,55 @@ class ZeroShotResult:
         keys = ("task_set", "harness", "limit", "seed", "batch_size", "checksum", "dtype", "wall_s")
         return cls(scores=scores, **{k: d.get(k) for k in keys})
 
+    def item_table(self) -> dict[str, dict[str, Any]]:
+        """lm-eval's per-sample output reduced to what paired intervals need, compact enough to store.
+
+        Returns:
+            ``{task: {"metric": m, "doc_ids": [..], "correct": [0/1 ..], "loglikelihoods": [[..] per item]}}``:
+            ``correct`` is lm-eval's own per-item value of the task's reported metric (``acc`` = argmax of the
+            choices' log-likelihoods, ``acc_norm`` = argmax of the length-normalised ones), so its mean is the task
+            score; ``doc_ids`` are the documents' ids in the task's split, so items pair across models.
+
+        Raises:
+            ValueError: If the result has no samples (run ``zeroshot(..., log_samples=True)``) or a sample lacks the
+                task's metric.
+        """
+        if self.samples is None:
+            raise ValueError("this zero-shot result has no per-item samples; run zeroshot(..., log_samples=True)")
+        table = {}
+        for task, score in self.scores.items():
+            recs = sorted(self.samples[task], key=lambda r: r["doc_id"])
+            missing = [r["doc_id"] for r in recs if score.metric not in r.get("metrics", {})]
+            if missing:
+                raise ValueError(f"task {task!r}: samples {missing[:3]} carry no per-item {score.metric!r}")
+            table[task] = {
+                "metric": score.metric,
+                "doc_ids": [r["doc_id"] for r in recs],
+                "correct": [r["metrics"][score.metric] for r in recs],
+                "loglikelihoods": [[round(x, 4) for x in r["loglikelihoods"]] for r in recs],
+            }
+        return table
+
     def __str__(self) -> str:
         parts = ", ".join(f"{t} {s.metric} {s.value:.4f} (n={s.n_items})" for t, s in self.scores.items())
         return (
             f"zero-shot {self.task_set}: {parts}; average {self.average:.4f} "
             f"[{self.harness}, limit={self.limit}, seed={self.seed}, model {self.checksum}]"
         )
+
+
+def item_values(table: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """Flatten :meth:`ZeroShotResult.item_table` to ``{"task/doc_id": correct}`` for ``paired_bootstrap``.
+
+    Pass ``strata=task_of`` to the bootstrap so that the statistic is the plain average of the task means.
+    """
+    return {f"{task}/{d}": float(c) for task, t in table.items() for d, c in zip(t["doc_ids"], t["correct"],
+                                                                                 strict=True)}
+
+
+def task_of(item_id: str) -> str:
+    """The task of an ``item_values`` id (``"aef_qa/17"`` → ``"aef_qa"``)."""
+    return item_id.rsplit("/", 1)[0]
 
 
 def check_metric(task: str, metric: str | None, metrics: Mapping[str, float], value: float | None) -> None:
