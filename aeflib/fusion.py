@@ -3,28 +3,47 @@
 What the paper states [paper]: for each substructure, a fine-grained estimate (element-wise Taylor with a Fisher
 approximation of the Hessian) and a coarse-grained one (vector-wise) are fused "adaptively", with an "attention
 mechanism" finding "the optimal blend of granularity" from "the results from complex and multilayer structures";
-then groups are sorted and the least important pruned. The exact formula is **not public**. Everything below that
-goes further is **[ours]**, a reconstruction offered as named variants (paper-notes.md §3):
+then groups are sorted and the least important pruned (arXiv 2403.10799, §3). The exact formula is **not public**.
+Everything below that goes further is **[ours]**, a reconstruction offered as named variants:
 
-1. Normalise each estimate within its group set (one layer, one kind): ``sum`` (x / Σx), ``zscore`` or ``rank``
-   — estimates differ by orders of magnitude, so raw sums would let one swamp the other (field-case 13).
-2. Fuse ``I_i = α_f · f̂_i + α_c · ĉ_i`` with weights from one of:
+1. Normalise each estimate within its group set (one layer, one kind). The default is ``rank`` (average ranks scaled
+   to [0, 1]): both estimates then have the same spread, so equal weights give equal influence on the fused
+   ranking. ``sum`` (x / Σx) keeps each estimate's own spread — the coarse estimate spreads 2-3x more than the fine
+   one on SmolLM2, so at α_fine = 0.5 the fused ranking follows the coarse one; ``zscore`` equalises the spread
+   but not the tails. Raw sums are never used: estimates differ by orders of magnitude (the Fisher term is ~1e-5 of
+   the Taylor term, LLM-Pruner issue #23).
+2. Fuse ``I_i = α_f · f̂_i + α_c · ĉ_i`` with weights from one of the variants below; ``fixed`` with ``(1, 0)`` /
+   ``(0, 1)`` reproduces the element-wise / vector-wise ranking exactly.
+3. Report, beside α, the **influence**: the Spearman rank correlation of the fused scores with each input, per
+   (layer, kind) — what the fusion actually did to the ranking (:func:`influence`).
 
-| method        | fusion weights                                                                              |
-|---------------|---------------------------------------------------------------------------------------------|
-| aef-layer     | one softmax gate per (layer, kind) over the *measured* calibration-loss increase of pruning    |
-|               | that set by each estimate alone: ``α = softmax(−ΔL / (τ · mean ΔL))``                         |
-| aef-element   | per-group attention ``[α_f, α_c]_i = softmax([f̂_i, ĉ_i] / τ)`` (scores in rank scale)         |
-| aef-learned   | gate logits per (layer, kind) trained for a bounded number of Adam steps on the calibration   |
-|               | loss through a differentiable soft mask of the groups to be removed                          |
-| fixed         | user-given ``(α_f, α_c)`` everywhere; ``(1, 0)`` / ``(0, 1)`` reproduce Element / Vector      |
+| method          | fusion weights                                                                               |
+|-----------------|----------------------------------------------------------------------------------------------|
+| aef-layer       | one softmax gate per (layer, kind) over the *measured* calibration-loss increase ΔL of pruning |
+|                 | that set alone by each estimate: ``α = softmax(−ΔL / (τ · mean |ΔL|))``                        |
+| aef-layer-tuned | the same measurements; τ (or the hard choice τ → 0, or either input alone) picked by the loss |
+|                 | of the jointly pruned model on held-out calibration windows                                  |
+| aef-element     | per-group attention ``[α_f, α_c]_i = softmax([f̂_i, ĉ_i] / τ)`` (scores in rank scale)          |
+| aef-blend       | one α_fine per kind (heads, channels) from a grid, picked on held-out calibration windows    |
+| aef-agree       | per-group gate by agreement: groups both estimates remove are removed, groups both keep are   |
+|                 | kept, the disputed ones are ordered by a blend whose α_fine per kind is picked on held-out    |
+|                 | calibration windows                                                                          |
+| aef-learned     | gate logits per (layer, kind) trained with Adam on the calibration loss through a             |
+|                 | differentiable soft mask, early-stopped on the held-out loss of the hard (real) pruning       |
+| fixed           | user-given ``(α_f, α_c)`` everywhere                                                         |
+
+*Held-out calibration windows* are calibration windows (train split) the gate measurements or the training do not
+see: ``holdout=`` when given, else the last ``round(0.3 · N)`` of the N calibration windows. Evaluation text is never
+used, except by :func:`oracle_choice`, an upper bound for benchmarks that is not a method and never a default.
 
 ``aef`` is an alias for the variant chosen by a calibration-only measurement (see :data:`DEFAULT_METHOD`); the fusion
-weights of every run are returned, saved and plotted.
+weights, the influence and a fingerprint of the settings of every run are returned, saved and plotted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -37,16 +56,35 @@ from aeflib.models.adapters import GroupSet, StructureAdapter
 from aeflib.pruning import removal_counts
 from aeflib.scores import Scores
 
-__all__ = ["DEFAULT_METHOD", "FUSIONS", "NORMALIZATIONS", "FusionResult", "fuse", "normalize"]
+__all__ = ["BLEND_GRID", "DEFAULT_METHOD", "DEFAULT_NORMALIZATION", "FUSIONS", "NORMALIZATIONS", "ORACLE",
+           "TEMPERATURES", "FusionResult", "fuse", "influence", "normalize", "oracle_choice", "spearman",
+           "split_holdout"]
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
-#: What ``method="aef"`` means. Chosen on calibration data only: ``benchmarks/quality.py`` prunes SmolLM2-135M by 20 %
-#: of its parameters with each variant and measures the loss on held-out *calibration* windows (train split, another
-#: seed); over seeds 42-44 ``aef-layer`` had the lowest (4.742 nats/token vs aef-learned 4.780, aef-element 4.792;
-#: ``benchmarks/results/quality_smollm2_s4*.json``). Evaluation text was not consulted.
+#: What ``method="aef"`` means. Chosen on calibration data only (loss on held-out calibration windows of the train
+#: split; evaluation text not consulted): ``aef-layer`` had the lowest at 20 % of SmolLM2-135M's parameters over
+#: seeds 42-44 with ``sum`` normalisation (4.742 nats/token vs aef-learned 4.780, aef-element 4.792;
+#: ``benchmarks/quality.py``). Being re-chosen with rank normalisation and the new variants at 20 % and at pruning
+#: ratio 0.64 by ``benchmarks/fusion_select.py``.
 DEFAULT_METHOD = "aef-layer"
+
+#: Normalisation applied within each group set before fusing (``fuse(normalize_with=...)``). ``rank`` gives both
+#: estimates the same spread, so α measures influence (see the module docstring).
+DEFAULT_NORMALIZATION = "rank"
+
+#: Temperatures τ that ``aef-layer-tuned`` tries (besides the hard choice and each input alone).
+TEMPERATURES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+#: α_fine values per kind that ``aef-blend`` and ``aef-agree`` try (5 x 5 combinations of heads x channels).
+BLEND_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+#: Share of the calibration windows held out when ``holdout=`` is not given.
+HOLDOUT_FRACTION = 0.3
+
+#: Criterion name of :func:`oracle_choice` (not a key of :data:`FUSIONS`: it reads evaluation text).
+ORACLE = "oracle"
 
 
 # ---- normalisation within one group set -----------------------------------------------------------------------
@@ -82,26 +120,101 @@ NORMALIZATIONS: dict[str, Callable[[Tensor], Tensor]] = {"sum": _sum, "zscore": 
 def normalize(x: Tensor, how: str) -> Tensor:
     """Normalise one group set's scores [n] with a key of :data:`NORMALIZATIONS`; every choice is increasing.
 
+    Args:
+        x: Scores of one group set, shape [n], any float dtype.
+        how: ``"rank"`` (average ranks / (n − 1), in [0, 1]), ``"zscore"`` or ``"sum"`` (x / Σx).
+
+    Returns:
+        float32 tensor [n].
+
     Raises:
         ValueError: For an unknown name, listing the choices.
+
+    Source: [ours].
     """
     if how not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {how!r}; choose one of {sorted(NORMALIZATIONS)}")
     return NORMALIZATIONS[how](x.float())
 
 
+# ---- influence: what the fusion did to the ranking ----------------------------------------------------------------
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two score vectors [n] (average ranks for ties; Pearson of the ranks).
+
+    Returns:
+        A float in [-1, 1]; 0.0 when either vector is constant (no ranking to correlate) or n < 2.
+
+    Raises:
+        ValueError: If the shapes differ.
+
+    Source: [ours] (the textbook definition; equals ``scipy.stats.spearmanr``).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"spearman needs two vectors of the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.numel() < 2:
+        return 0.0
+    ra, rb = _rank(a.flatten()).double(), _rank(b.flatten()).double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = (ra.square().sum() * rb.square().sum()).sqrt()
+    return float((ra * rb).sum() / denom) if denom > 0 else 0.0
+
+
+def influence(fused: dict[str, Tensor], fine: dict[str, Tensor], coarse: dict[str, Tensor]) -> dict[str, tuple]:
+    """Effective influence of each input on the fused ranking, per group set.
+
+    Args:
+        fused: ``{"<layer>.<kind>": fused scores [n]}``.
+        fine: The fine estimate, same keys and shapes (raw or normalised: ranks do not change).
+        coarse: The coarse estimate, same keys and shapes.
+
+    Returns:
+        ``{key: (ρ_fine, ρ_coarse)}``, Spearman correlations of the fused scores with each input. A fusion that
+        follows one input has ρ = 1 with it; with rank normalisation and equal weights both are equal in expectation.
+
+    Source: [ours].
+    """
+    return {k: (round(spearman(v, fine[k]), 4), round(spearman(v, coarse[k]), 4)) for k, v in fused.items()}
+
+
+def split_holdout(calibration: Tensor, holdout: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Windows to fit on and windows to judge on: ``(calibration, holdout)`` or a split of ``calibration``.
+
+    Args:
+        calibration: LongTensor [N, L] of calibration windows.
+        holdout: LongTensor [M, L'] of other calibration windows (train split), or None to hold out the last
+            ``max(1, round(HOLDOUT_FRACTION · N))`` windows of ``calibration``.
+
+    Returns:
+        ``(fit [N', L], held_out [M', L'])``.
+
+    Raises:
+        ValueError: If ``holdout`` is None and ``calibration`` has fewer than 2 windows.
+
+    Source: [ours].
+    """
+    if holdout is not None:
+        return calibration, holdout
+    n = calibration.shape[0]
+    if n < 2:
+        raise ValueError(f"cannot hold out windows from {n} calibration window(s); pass holdout= or use n >= 2")
+    k = min(n - 1, max(1, round(HOLDOUT_FRACTION * n)))
+    return calibration[: n - k], calibration[n - k:]
+
+
 # ---- result -----------------------------------------------------------------------------------------------------
 @dataclass
 class FusionResult:
-    """Fused importance and the fusion weights that produced it.
+    """Fused importance, the fusion weights that produced it and their effective influence.
 
     Attributes:
         scores: The input :class:`~aeflib.scores.Scores` plus the fused criterion under ``name``.
         name: Criterion name of the fused scores (the method, or ``aef`` when the alias was used).
-        method: Resolved variant (``aef-layer``, ``aef-element``, ``aef-learned``, ``fixed``).
-        weights: ``{"<layer>.<kind>": (α_fine, α_coarse)}``; for ``aef-element`` the mean over the set's groups.
-        settings: fine/coarse criteria, normalisation, temperature, ratio and method options.
-        details: Method evidence (measured loss increases, learned logits, loss curve...).
+        method: Resolved variant (a key of :data:`FUSIONS`, or ``oracle``).
+        weights: ``{"<layer>.<kind>": (α_fine, α_coarse)}``; for per-group variants the mean over the set's groups.
+        settings: fine/coarse criteria, normalisation, temperature, ratio, method options and ``fingerprint`` (a
+            12-hex-digit hash of the other settings: two results with the same fingerprint were made alike).
+        details: Method evidence (measured loss increases, held-out losses of candidates, loss curves...).
+        influence: ``{"<layer>.<kind>": (ρ_fine, ρ_coarse)}``, see :func:`influence`.
     """
 
     scores: Scores
@@ -110,6 +223,7 @@ class FusionResult:
     weights: dict[str, tuple[float, float]]
     settings: dict
     details: dict = field(default_factory=dict)
+    influence: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def fused(self) -> dict[str, Tensor]:
@@ -117,9 +231,15 @@ class FusionResult:
         return self.scores[self.name]
 
     def to_dict(self) -> dict:
-        """JSON-able weights, settings and details (tensors excluded; they live in the Scores file)."""
+        """JSON-able weights, influence, settings and details (tensors excluded; they live in the Scores file)."""
         return {"name": self.name, "method": self.method, "settings": self.settings,
-                "weights": {k: list(v) for k, v in self.weights.items()}, "details": self.details}
+                "weights": {k: list(v) for k, v in self.weights.items()},
+                "influence": {k: list(v) for k, v in self.influence.items()}, "details": self.details}
+
+
+def _fingerprint(settings: dict) -> str:
+    text = json.dumps({k: v for k, v in settings.items() if k != "fingerprint"}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 # ---- soft and hard masks of groups on the output side ------------------------------------------------------------
@@ -178,6 +298,93 @@ def _removal_mask(score: Tensor, gs: GroupSet, ratio: float) -> Tensor:
     return keep
 
 
+# ---- shared measurements ------------------------------------------------------------------------------------------
+def _joint_loss(model: nn.Module, masks: _GroupMask, sets: list[GroupSet], scores: dict[str, Tensor], ratio: float,
+                windows: Tensor) -> float:
+    """Loss on ``windows`` with every set pruned at ``ratio`` by ``scores`` at once (hard masks)."""
+    try:
+        for gs in sets:
+            masks.masks[gs.key] = _removal_mask(scores[gs.key], gs, ratio)
+        return _loss(model, windows)
+    finally:
+        masks.clear()
+
+
+def _measure_sets(model, masks, sets, f, c, ratio, windows) -> tuple[float, dict[str, tuple[float, float]]]:
+    """Loss increase on ``windows`` of pruning each set alone by the fine and by the coarse estimate.
+
+    A set the ratio leaves whole, or where both estimates remove the same groups, costs no extra forward pass.
+    """
+    base = _loss(model, windows)
+    increase = {}
+    try:
+        for gs in sets:
+            k = gs.key
+            if removal_counts(gs, ratio) == 0:
+                increase[k] = (0.0, 0.0)
+                continue
+            keep_f, keep_c = _removal_mask(f[k], gs, ratio), _removal_mask(c[k], gs, ratio)
+            masks.masks[k] = keep_f
+            d_f = _loss(model, windows) - base
+            if torch.equal(keep_f, keep_c):
+                d_c = d_f
+            else:
+                masks.masks[k] = keep_c
+                d_c = _loss(model, windows) - base
+            masks.masks[k] = None
+            increase[k] = (d_f, d_c)
+    finally:
+        masks.clear()
+    return base, increase
+
+
+def _layer_gate(d_f: float, d_c: float, temperature: float) -> tuple[float, float]:
+    """``softmax(−[ΔL_f, ΔL_c] / (τ · mean |ΔL|))``; τ = 0 is the hard choice (ties: equal weights).
+
+    Scaling by the mean absolute increase makes the gate unit-free, which bounds it: with both increases positive
+    the logit gap is at most 2/τ, so at τ = 1 α stays within [0.12, 0.88] — a soft preference, never a switch.
+    A negative increase (pruning that set by that estimate lowered the calibration loss: noise, or redundancy) is
+    kept as measured: it simply favours that estimate more. Equal increases give (0.5, 0.5): no evidence either way.
+    """
+    if d_f == d_c:
+        return 0.5, 0.5
+    if temperature == 0:
+        return (1.0, 0.0) if d_f < d_c else (0.0, 1.0)
+    d = torch.tensor([d_f, d_c], dtype=torch.float64)
+    alpha = torch.softmax(-d / (temperature * d.abs().mean()), dim=0)
+    return alpha[0].item(), alpha[1].item()
+
+
+def _blend(f, c, gates: dict[str, tuple[float, float]]) -> dict[str, Tensor]:
+    return {k: gates[k][0] * f[k] + gates[k][1] * c[k] for k in f}
+
+
+def _kind(key: str) -> str:
+    return key.split(".", 1)[1]
+
+
+def _per_kind_search(make: Callable[[dict[str, float]], dict[str, Tensor]], judge: Callable[[dict], float],
+                     kinds: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Coordinate search of α_fine per kind over :data:`BLEND_GRID`, starting from the fine estimate alone.
+
+    Each kind in turn takes the grid value with the lowest judged loss, the others held; ties keep the earlier
+    value (1.0 = fine alone first), so with no evidence the search stays at the fine estimate.
+    """
+    alpha = dict.fromkeys(kinds, 1.0)
+    tried: dict[str, float] = {}
+    for kind in kinds:
+        best = None
+        for value in sorted(BLEND_GRID, reverse=True):
+            trial = {**alpha, kind: value}
+            label = ",".join(f"{k}={trial[k]:g}" for k in kinds)
+            if label not in tried:
+                tried[label] = judge(make(trial))
+            if best is None or tried[label] < best[0]:
+                best = (tried[label], value)
+        alpha[kind] = best[1]
+    return alpha, tried
+
+
 # ---- the variants -------------------------------------------------------------------------------------------------
 def _aef_element(f: dict[str, Tensor], c: dict[str, Tensor], temperature: float, **_) -> tuple:
     fused, weights = {}, {}
@@ -189,67 +396,125 @@ def _aef_element(f: dict[str, Tensor], c: dict[str, Tensor], temperature: float,
     return fused, weights, {}
 
 
-def _aef_layer(f, c, temperature, *, model, adapter, calibration, sets, ratio, **_) -> tuple:
+def _aef_layer(f, c, temperature, *, model, masks, calibration, sets, ratio, **_) -> tuple:
     """Gate per set from the measured loss increase of pruning that set alone by each estimate."""
-    base = _loss(model, calibration)
-    masks = _GroupMask(model, adapter, sets)
-    fused, weights, increase = {}, {}, {}
-    try:
-        for gs in sets:
-            k = gs.key
-            deltas = []
-            for est in (f[k], c[k]):
-                masks.masks[k] = _removal_mask(est, gs, ratio)
-                deltas.append(_loss(model, calibration) - base)
-            masks.masks[k] = None
-            d = torch.tensor(deltas)
-            scale = d.abs().mean().clamp_min(1e-12)
-            alpha = torch.softmax(-d / (temperature * scale), dim=0)
-            fused[k] = alpha[0] * f[k] + alpha[1] * c[k]
-            weights[k] = (alpha[0].item(), alpha[1].item())
-            increase[k] = {"fine": deltas[0], "coarse": deltas[1]}
-    finally:
-        masks.remove()
-    return fused, weights, {"base_loss": base, "loss_increase": increase}
+    base, increase = _measure_sets(model, masks, sets, f, c, ratio, calibration)
+    gates = {k: _layer_gate(*increase[k], temperature) for k in f}
+    return _blend(f, c, gates), gates, {
+        "base_loss": base, "loss_increase": {k: {"fine": d[0], "coarse": d[1]} for k, d in increase.items()}}
 
 
-def _aef_learned(f, c, temperature, *, model, adapter, calibration, sets, ratio, steps: int = 20, lr: float = 0.1,
-                 **_) -> tuple:
-    """Gate logits trained through a soft mask; the model's weights are frozen and unchanged."""
+def _aef_layer_tuned(f, c, temperature, *, model, masks, calibration, holdout, sets, ratio, **_) -> tuple:
+    """aef-layer's measurements on the fit windows; τ / hard / either input alone picked on held-out windows."""
+    fit, held = split_holdout(calibration, holdout)
+    base, increase = _measure_sets(model, masks, sets, f, c, ratio, fit)
+    candidates = {"fine": {k: (1.0, 0.0) for k in f}, "hard": {k: _layer_gate(*increase[k], 0) for k in f},
+                  **{f"tau={t:g}": {k: _layer_gate(*increase[k], t) for k in f} for t in TEMPERATURES},
+                  "coarse": {k: (0.0, 1.0) for k in f}}
+    losses = {name: _joint_loss(model, masks, sets, _blend(f, c, g), ratio, held) for name, g in candidates.items()}
+    chosen = min(losses, key=losses.get)                                   # ties: the first listed (fine alone)
+    return _blend(f, c, candidates[chosen]), candidates[chosen], {
+        "base_loss": base, "loss_increase": {k: {"fine": d[0], "coarse": d[1]} for k, d in increase.items()},
+        "holdout_loss": losses, "chosen": chosen, "fit_windows": fit.shape[0], "holdout_windows": held.shape[0]}
+
+
+def _aef_blend(f, c, temperature, *, model, masks, calibration, holdout, sets, ratio, **_) -> tuple:
+    """One α_fine per kind from :data:`BLEND_GRID`, judged on the held-out windows (all calibration if none)."""
+    windows = calibration if holdout is None else holdout
+    kinds = sorted({_kind(k) for k in f})
+
+    def make(alpha):
+        return _blend(f, c, {k: (alpha[_kind(k)], 1 - alpha[_kind(k)]) for k in f})
+
+    alpha, tried = _per_kind_search(make, lambda s: _joint_loss(model, masks, sets, s, ratio, windows), kinds)
+    gates = {k: (alpha[_kind(k)], 1 - alpha[_kind(k)]) for k in f}
+    return _blend(f, c, gates), gates, {"holdout_loss": tried, "alpha_fine": alpha,
+                                        "holdout_windows": windows.shape[0]}
+
+
+def _consensus(f, c, sets, ratio, alpha: dict[str, float]) -> dict[str, Tensor]:
+    """Groups both estimates remove stay removed, groups both keep stay kept; the blend orders the disputed."""
+    out = {}
+    for gs in sets:
+        k = gs.key
+        b = alpha[_kind(k)] * f[k] + (1 - alpha[_kind(k)]) * c[k]
+        keep_f, keep_c = _removal_mask(f[k], gs, ratio), _removal_mask(c[k], gs, ratio)
+        span = 2 * (b.max() - b.min()).clamp_min(1e-6)
+        out[k] = b + span * (keep_f * keep_c) - span * ((1 - keep_f) * (1 - keep_c))
+    return out
+
+
+def _aef_agree(f, c, temperature, *, model, masks, calibration, holdout, sets, ratio, **_) -> tuple:
+    """Per-group gate by agreement; the disputed groups' blend weight per kind judged on held-out windows."""
+    windows = calibration if holdout is None else holdout
+    kinds = sorted({_kind(k) for k in f})
+    alpha, tried = _per_kind_search(lambda a: _consensus(f, c, sets, ratio, a),
+                                    lambda s: _joint_loss(model, masks, sets, s, ratio, windows), kinds)
+    fused = _consensus(f, c, sets, ratio, alpha)
+    agreed = {}
+    for gs in sets:
+        keep_f, keep_c = _removal_mask(f[gs.key], gs, ratio), _removal_mask(c[gs.key], gs, ratio)
+        agreed[gs.key] = round((keep_f == keep_c).float().mean().item(), 4)
+    gates = {k: (alpha[_kind(k)], 1 - alpha[_kind(k)]) for k in f}
+    return fused, gates, {"holdout_loss": tried, "alpha_fine": alpha, "agreed_share": agreed,
+                          "holdout_windows": windows.shape[0]}
+
+
+def _soft_masks(masks, sets, f, c, logits, ratio, temperature) -> None:
+    for gs in sets:
+        n_remove = removal_counts(gs, ratio)
+        if n_remove == 0:
+            continue
+        alpha = torch.softmax(logits[gs.key], 0)
+        score = alpha[0] * f[gs.key] + alpha[1] * c[gs.key]
+        s_sorted = torch.sort(score).values
+        threshold = 0.5 * (s_sorted[n_remove - 1] + s_sorted[min(n_remove, gs.n - 1)])
+        spread = score.std(unbiased=False).clamp_min(1e-12)
+        masks.masks[gs.key] = torch.sigmoid((score - threshold) / (temperature * 0.1 * spread))
+
+
+def _aef_learned(f, c, temperature, *, model, masks, calibration, holdout, sets, ratio, steps: int, lr: float,
+                 patience: int, **_) -> tuple:
+    """Gate logits trained through a soft mask, early-stopped on the held-out loss of the hard pruning.
+
+    The model's weights are frozen and unchanged. Starts from equal weights (step 0 is judged too); keeps the
+    logits with the lowest held-out loss and stops after ``patience`` steps without a new lowest one.
+    """
+    fit, held = split_holdout(calibration, holdout)
     logits = {gs.key: torch.zeros(2, requires_grad=True) for gs in sets}
     opt = torch.optim.Adam(list(logits.values()), lr=lr)
-    masks = _GroupMask(model, adapter, sets)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
         p.requires_grad_(False)
-    curve = []
+
+    def held_loss() -> float:
+        gates = {k: tuple(torch.softmax(lg.detach(), 0).tolist()) for k, lg in logits.items()}
+        return _joint_loss(model, masks, sets, _blend(f, c, gates), ratio, held)
+
+    curve, held_curve = [], [held_loss()]
+    best = (held_curve[0], {k: lg.detach().clone() for k, lg in logits.items()}, 0)
     try:
-        for _ in range(steps):
-            for gs in sets:
-                alpha = torch.softmax(logits[gs.key], 0)
-                score = alpha[0] * f[gs.key] + alpha[1] * c[gs.key]
-                n_remove = removal_counts(gs, ratio)
-                if n_remove == 0:
-                    continue
-                s_sorted = torch.sort(score).values
-                threshold = 0.5 * (s_sorted[n_remove - 1] + s_sorted[min(n_remove, gs.n - 1)])
-                spread = score.std(unbiased=False).clamp_min(1e-12)
-                masks.masks[gs.key] = torch.sigmoid((score - threshold) / (temperature * 0.1 * spread))
-            loss = model(input_ids=calibration, labels=calibration, use_cache=False).loss
+        for step in range(1, steps + 1):
+            _soft_masks(masks, sets, f, c, logits, ratio, temperature)
+            loss = model(input_ids=fit, labels=fit, use_cache=False).loss
+            masks.clear()
             opt.zero_grad()
             loss.backward()
             opt.step()
             curve.append(loss.item())
+            held_curve.append(held_loss())
+            if held_curve[-1] < best[0]:
+                best = (held_curve[-1], {k: lg.detach().clone() for k, lg in logits.items()}, step)
+            elif step - best[2] >= patience:
+                break
     finally:
-        masks.remove()
+        masks.clear()
         for p, flag in flags:
             p.requires_grad_(flag)
-    fused, weights = {}, {}
-    for k, lg in logits.items():
-        alpha = torch.softmax(lg.detach(), 0)
-        fused[k] = alpha[0] * f[k] + alpha[1] * c[k]
-        weights[k] = (alpha[0].item(), alpha[1].item())
-    return fused, weights, {"soft_mask_loss": curve, "steps": steps, "lr": lr}
+    gates = {k: tuple(torch.softmax(lg, 0).tolist()) for k, lg in best[1].items()}
+    return _blend(f, c, gates), gates, {
+        "soft_mask_loss": curve, "holdout_loss": held_curve, "best_step": best[2], "steps_run": len(curve),
+        "fit_windows": fit.shape[0], "holdout_windows": held.shape[0]}
 
 
 def _fixed(f, c, temperature, *, weights: tuple[float, float] | None = None, **_) -> tuple:
@@ -259,13 +524,35 @@ def _fixed(f, c, temperature, *, weights: tuple[float, float] | None = None, **_
     return {k: a_f * f[k] + a_c * c[k] for k in f}, {k: (a_f, a_c) for k in f}, {}
 
 
-#: method -> (function, whether it needs the model and calibration windows)
+#: method -> (function, whether it needs the model and calibration windows). Names are stable: benchmarks and
+#: saved runs refer to them. Every variant is [ours] (the paper's formula is not public).
 FUSIONS: dict[str, tuple[Callable, bool]] = {
     "aef-layer": (_aef_layer, True),
+    "aef-layer-tuned": (_aef_layer_tuned, True),
     "aef-element": (_aef_element, False),
+    "aef-blend": (_aef_blend, True),
+    "aef-agree": (_aef_agree, True),
     "aef-learned": (_aef_learned, True),
     "fixed": (_fixed, False),
 }
+
+
+def _prepare(scores: Scores, fine: str, coarse: str, how: str) -> tuple[dict, dict]:
+    missing = [c for c in (fine, coarse) if c not in scores.values]
+    if missing:
+        raise ValueError(f"scores lack {missing}; estimate them first (present: {scores.criteria})")
+    if how not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {how!r}; choose one of {sorted(NORMALIZATIONS)}")
+    return ({k: normalize(v, how) for k, v in scores[fine].items()},
+            {k: normalize(v, how) for k, v in scores[coarse].items()})
+
+
+def _result(scores: Scores, fused, gates, details, settings: dict, *, fine: str, coarse: str, name: str,
+            method: str) -> FusionResult:
+    settings["fingerprint"] = _fingerprint(settings)
+    new_scores = scores.with_criterion(name, fused, **{k: v for k, v in settings.items() if v is not None})
+    return FusionResult(new_scores, name, method, gates, settings, details,
+                        influence(new_scores[name], scores[fine], scores[coarse]))
 
 
 def fuse(
@@ -274,15 +561,17 @@ def fuse(
     *,
     fine: str = "element2",
     coarse: str = "vector",
-    normalize_with: str = "sum",
+    normalize_with: str = DEFAULT_NORMALIZATION,
     temperature: float = 1.0,
     model: nn.Module | None = None,
     adapter: StructureAdapter | None = None,
     calibration: Tensor | None = None,
+    holdout: Tensor | None = None,
     pruning_ratio: float = 0.25,
     weights: tuple[float, float] | None = None,
-    steps: int = 20,
+    steps: int = 50,
     lr: float = 0.1,
+    patience: int = 8,
     name: str | None = None,
 ) -> FusionResult:
     """Fuse a fine and a coarse estimate per group set into one importance.
@@ -292,62 +581,132 @@ def fuse(
         method: ``"aef"`` (alias of :data:`DEFAULT_METHOD`) or a key of :data:`FUSIONS`.
         fine: Fine-grained criterion (``"element2"`` [paper]: Taylor + Fisher; or ``"element1"``).
         coarse: Coarse-grained criterion (``"vector"`` [paper]).
-        normalize_with: Key of :data:`NORMALIZATIONS`, applied per group set before fusing. ``aef-element``
-            always works on ``rank`` scale so its softmax compares like with like.
-        temperature: Softmax temperature τ > 0 of the gates.
-        model: Needed by ``aef-layer`` and ``aef-learned``, which measure the calibration loss; never changed.
-        adapter: The model's structure adapter (same methods).
-        calibration: LongTensor [N, L] of calibration windows (same methods).
+        normalize_with: Key of :data:`NORMALIZATIONS` (default ``rank``: equal weights, equal influence), applied
+            per group set before fusing. ``aef-element`` always works on ``rank`` scale so its softmax compares
+            like with like.
+        temperature: Softmax temperature τ > 0 of the gates (``aef-layer``, ``aef-element``; the soft mask of
+            ``aef-learned``). ``aef-layer-tuned`` picks its own from :data:`TEMPERATURES`.
+        model: Needed by every variant that measures the calibration loss (all but ``aef-element`` and
+            ``fixed``); its weights are never changed.
+        adapter: The model's structure adapter (same variants).
+        calibration: LongTensor [N, L] of calibration windows (same variants).
+        holdout: LongTensor [M, L'] of held-out calibration windows (train split, not in ``calibration``) that
+            ``aef-layer-tuned``, ``aef-blend``, ``aef-agree`` and ``aef-learned`` judge their choices on. None:
+            ``aef-layer-tuned`` and ``aef-learned`` hold out the last ``round(0.3 · N)`` calibration windows
+            (:func:`split_holdout`); ``aef-blend`` and ``aef-agree``, which fit nothing else, judge on all N.
         pruning_ratio: Per-structure ratio the plan will use (the gates judge the removal at this ratio).
         weights: ``(α_fine, α_coarse)`` for ``method="fixed"``.
-        steps: Adam steps of ``aef-learned``.
-        lr: Adam learning rate of ``aef-learned``.
+        steps: Most Adam steps of ``aef-learned`` (>= 1).
+        lr: Adam learning rate of ``aef-learned`` (> 0).
+        patience: ``aef-learned`` stops after this many steps (>= 1) without a lower held-out loss.
         name: Criterion name for the fused scores (default: ``method`` as given).
 
     Returns:
-        :class:`FusionResult`.
+        :class:`FusionResult` with weights, influence, settings (and their fingerprint) and evidence.
 
     Raises:
-        ValueError: Unknown method / normalisation, missing criteria, τ <= 0, ratio outside [0, 1), or a
-            measuring method without model/adapter/calibration.
+        ValueError: Unknown method / normalisation, missing criteria, τ <= 0, ratio outside [0, 1), steps,
+            patience < 1 or lr <= 0, or a measuring method without model/adapter/calibration.
 
     Source: [paper] fusion of coarse and fine estimates per substructure; formulas [ours] (module docstring).
     """
     resolved = DEFAULT_METHOD if method == "aef" else method
     if resolved not in FUSIONS:
         raise ValueError(f"unknown fusion method {method!r}; choose 'aef' or one of {sorted(FUSIONS)}")
-    missing = [c for c in (fine, coarse) if c not in scores.values]
-    if missing:
-        raise ValueError(f"scores lack {missing}; estimate them first (present: {scores.criteria})")
     if normalize_with not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {normalize_with!r}; choose one of {sorted(NORMALIZATIONS)}")
     if not (isinstance(temperature, int | float) and temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature={temperature!r} must be a positive number")
     if not 0 <= pruning_ratio < 1:
         raise ValueError(f"pruning_ratio={pruning_ratio} is outside [0, 1)")
+    for key, value in (("steps", steps), ("patience", patience)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r} must be an integer >= 1")
+    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr={lr!r} must be a positive number")
     fn, measures = FUSIONS[resolved]
     how = "rank" if resolved == "aef-element" else normalize_with
-    f = {k: normalize(v, how) for k, v in scores[fine].items()}
-    c = {k: normalize(v, how) for k, v in scores[coarse].items()}
-    extra = {}
-    if measures:
+    f, c = _prepare(scores, fine, coarse, how)
+    settings = {"method": resolved, "fine": fine, "coarse": coarse, "normalize": how, "temperature": temperature,
+                "pruning_ratio": pruning_ratio, "alias_of": resolved if method == "aef" else None}
+    if resolved == "aef-layer-tuned":
+        settings["temperatures"] = list(TEMPERATURES)
+    if resolved in ("aef-blend", "aef-agree"):
+        settings["grid"] = list(BLEND_GRID)
+    if resolved == "aef-learned":
+        settings.update(steps=steps, lr=lr, patience=patience)
+    if resolved == "fixed":
+        settings["weights"] = None if weights is None else list(weights)
+    if not measures:
+        fused, gates, details = fn(f, c, temperature, weights=weights)
+    else:
         if model is None or adapter is None or calibration is None:
             raise ValueError(f"method {resolved!r} measures the calibration loss: pass model=, adapter= and "
                              "calibration=")
+        device = next(model.parameters()).device
+        settings["holdout"] = "split" if holdout is None else f"given [{holdout.shape[0]}, {holdout.shape[1]}]"
         layers = sorted({int(k.split(".")[0]) for k in f})
         sets = [gs for gs in adapter.all_group_sets(model, layers) if gs.key in f]
-        calibration = calibration.to(next(model.parameters()).device)
-        extra = {"model": model, "adapter": adapter, "calibration": calibration, "sets": sets,
-                 "ratio": pruning_ratio, "steps": steps, "lr": lr}
-    fused, gate_weights, details = fn(f, c, temperature, weights=weights, **extra)
-    out_name = name or method
-    settings = {"fine": fine, "coarse": coarse, "normalize": how, "temperature": temperature,
-                "pruning_ratio": pruning_ratio, "alias_of": resolved if method == "aef" else None}
-    if resolved == "aef-learned":
-        settings.update(steps=steps, lr=lr)
-    if resolved == "fixed":
-        settings["weights"] = list(weights)
-    new_scores = scores.with_criterion(out_name, fused, method=resolved, **{k: v for k, v in settings.items()
-                                                                            if v is not None})
+        masks = _GroupMask(model, adapter, sets)
+        try:
+            fused, gates, details = fn(f, c, temperature, model=model, masks=masks, sets=sets, ratio=pruning_ratio,
+                                       calibration=calibration.to(device), steps=steps, lr=lr, patience=patience,
+                                       holdout=None if holdout is None else holdout.to(device))
+        finally:
+            masks.remove()
     log.info("fused %s + %s with %s", fine, coarse, resolved)
-    return FusionResult(new_scores, out_name, resolved, gate_weights, settings, details)
+    return _result(scores, fused, gates, details, settings, fine=fine, coarse=coarse, name=name or method,
+                   method=resolved)
+
+
+def oracle_choice(
+    scores: Scores,
+    evaluation: Tensor,
+    *,
+    model: nn.Module,
+    adapter: StructureAdapter,
+    pruning_ratio: float,
+    fine: str = "element2",
+    coarse: str = "vector",
+    normalize_with: str = DEFAULT_NORMALIZATION,
+) -> FusionResult:
+    """Upper-bound reference for benchmarks: per (layer, kind), the estimate whose removal hurts *evaluation* less.
+
+    **Reads evaluation text** — it is not a fusion method, is not in :data:`FUSIONS`, and must never be a default
+    or be compared as a method; it shows the headroom between the estimates and the best per-set choice. For each
+    group set alone, the loss increase on ``evaluation`` of pruning it at ``pruning_ratio`` by the fine and by the
+    coarse estimate is measured (as ``aef-layer`` does on calibration windows), and the lower one wins outright.
+
+    Args:
+        scores: Estimates holding ``fine`` and ``coarse``.
+        evaluation: LongTensor [M, L] of windows from the *evaluation* split.
+        model: The dense model (weights are not changed).
+        adapter: Its structure adapter.
+        pruning_ratio: Per-structure ratio of the plan, in [0, 1).
+        fine: Fine criterion name.
+        coarse: Coarse criterion name.
+        normalize_with: Key of :data:`NORMALIZATIONS`.
+
+    Returns:
+        :class:`FusionResult` named :data:`ORACLE`, weights (1, 0) or (0, 1) per set.
+
+    Raises:
+        ValueError: Missing criteria, unknown normalisation, ratio outside [0, 1).
+
+    Source: [ours].
+    """
+    if not 0 <= pruning_ratio < 1:
+        raise ValueError(f"pruning_ratio={pruning_ratio} is outside [0, 1)")
+    f, c = _prepare(scores, fine, coarse, normalize_with)
+    layers = sorted({int(k.split(".")[0]) for k in f})
+    sets = [gs for gs in adapter.all_group_sets(model, layers) if gs.key in f]
+    masks = _GroupMask(model, adapter, sets)
+    try:
+        fused, gates, details = _aef_layer(f, c, 0, model=model, masks=masks, sets=sets, ratio=pruning_ratio,
+                                           calibration=evaluation.to(next(model.parameters()).device))
+    finally:
+        masks.remove()
+    settings = {"method": ORACLE, "fine": fine, "coarse": coarse, "normalize": normalize_with,
+                "pruning_ratio": pruning_ratio, "evaluation_windows": list(evaluation.shape),
+                "note": "upper bound: chosen on evaluation text"}
+    return _result(scores, fused, gates, details, settings, fine=fine, coarse=coarse, name=ORACLE, method=ORACLE)

@@ -64,12 +64,16 @@ def test_aef_element_weights_are_a_per_group_softmax():
     assert result.weights["1.head"][0] == pytest.approx(alpha[0].mean().item())
 
 
-@pytest.mark.parametrize("method", ["aef-layer", "aef-learned"])
+MEASURING = [m for m, (_, measures) in fusion.FUSIONS.items() if measures]
+
+
+@pytest.mark.parametrize("method", MEASURING)
 def test_measuring_methods_give_convex_weights_and_leave_model_unchanged(method, calib):
     model, _, adapter = aeflib.models.load("tiny-gqa")
     scores = estimate(model, adapter, calib, criteria=["vector", "element2"])
     before = aeflib.models.checksum(model)
     result = fuse(scores, method, model=model, adapter=adapter, calibration=calib, pruning_ratio=0.5, steps=3)
+    assert set(result.influence) == set(result.weights) and len(result.settings["fingerprint"]) == 12
     assert aeflib.models.checksum(model) == before
     assert all(p.requires_grad for p in model.parameters())
     for k, (a_f, a_c) in result.weights.items():
@@ -104,7 +108,155 @@ def test_aef_alias_resolves_to_the_documented_default():
     ({"method": "aef-layer"}, "pass model=, adapter= and calibration="),
     ({"method": "fixed"}, "needs weights="),
     ({"method": "fixed", "weights": (0, 0)}, "needs weights="),
+    ({"method": "aef-element", "steps": 0}, "steps=0 must be an integer >= 1"),
+    ({"method": "aef-element", "patience": 1.5}, "patience=1.5 must be an integer >= 1"),
+    ({"method": "aef-element", "lr": -1}, "lr=-1 must be a positive number"),
 ])
 def test_fuse_rejects_bad_arguments(kw, message):
     with pytest.raises(ValueError, match=message):
         fuse(_scores(SETS), **kw)
+
+
+# ---- influence -------------------------------------------------------------------------------------------------
+def test_spearman_known_answers():
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert fusion.spearman(x, torch.tensor([2.0, 1.0, 4.0, 3.0, 5.0])) == pytest.approx(0.8)   # 1 - 6·4/(5·24)
+    assert fusion.spearman(x, x.flip(0)) == pytest.approx(-1.0)
+    assert fusion.spearman(x, torch.exp(x)) == pytest.approx(1.0)                                # any increasing map
+    assert fusion.spearman(x, torch.ones(5)) == 0.0                                             # constant: no ranking
+    # ties share their mean rank: scipy.stats.spearmanr([1,2,3,4], [1,1,2,2]) = 0.894427...
+    assert fusion.spearman(x[:4], torch.tensor([1.0, 1.0, 2.0, 2.0])) == pytest.approx(0.8944272, abs=1e-6)
+    with pytest.raises(ValueError, match=r"same shape; got \(5,\) and \(4,\)"):
+        fusion.spearman(x, x[:4])
+
+
+@pytest.mark.parametrize("weights, expected", [((1, 0), (1.0, None)), ((0, 1), (None, 1.0))])
+def test_influence_is_one_with_the_input_a_unit_weight_selects(weights, expected):
+    result = fuse(_scores(SETS), "fixed", weights=weights)
+    for rho_f, rho_c in result.influence.values():
+        if expected[0] is not None:
+            assert rho_f == pytest.approx(1.0)
+        if expected[1] is not None:
+            assert rho_c == pytest.approx(1.0)
+    assert result.to_dict()["influence"]["1.head"] == list(result.influence["1.head"])
+
+
+def test_default_normalisation_gives_equal_weights_equal_influence_where_sum_does_not():
+    """Coarse spreads far more than fine (heavy tail): with ``sum`` the 50/50 blend follows coarse; ``rank`` not."""
+    gen = torch.Generator().manual_seed(1)
+    fine = {"1.channel": 1 + 0.3 * torch.rand(4000, generator=gen)}                  # narrow: CV ≈ 0.08
+    coarse = {"1.channel": torch.exp(2 * torch.randn(4000, generator=gen))}          # lognormal: CV ≫ 1
+    scores = Scores({"element2": fine, "vector": coarse})
+    rank = fuse(scores, "fixed", weights=(0.5, 0.5)).influence["1.channel"]
+    assert fusion.DEFAULT_NORMALIZATION == "rank"
+    assert abs(rank[0] - rank[1]) < 0.05 and rank[0] == pytest.approx(0.707, abs=0.05)       # 1/√2 each
+    by_sum = fuse(scores, "fixed", weights=(0.5, 0.5), normalize_with="sum").influence["1.channel"]
+    assert by_sum[1] > 0.85 and by_sum[0] < 0.4                                           # follows coarse
+
+
+# ---- the tuned variants ------------------------------------------------------------------------------------------
+def test_split_holdout_keeps_the_last_windows_apart():
+    windows = torch.arange(20).view(10, 2)
+    fit, held = fusion.split_holdout(windows)
+    assert fit.shape[0] == 7 and torch.equal(held, windows[7:])
+    other = torch.zeros(3, 4, dtype=torch.long)
+    assert fusion.split_holdout(windows, other)[1] is other
+    with pytest.raises(ValueError, match=r"cannot hold out windows from 1 calibration window"):
+        fusion.split_holdout(windows[:1])
+
+
+@pytest.fixture
+def planted():
+    """A tiny model with a known answer: in every pruned set, half the groups are dead (their output is zeroed).
+
+    ``good`` ranks the dead half lowest, ``bad`` is its reverse. Pruning by ``good`` at ratio 0.5 leaves the loss
+    exactly unchanged; pruning by ``bad`` removes live groups. The windows are the model's own greedy text under
+    sharpened logits, so removing live groups raises their loss (by ~4 nats here).
+    """
+    model, _, adapter = aeflib.models.load("tiny-llama")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)
+    gen = torch.Generator().manual_seed(0)
+    sets = adapter.all_group_sets(model)
+    dead = fusion._GroupMask(model, adapter, sets)
+    good = {}
+    for gs in sets:
+        good[gs.key] = torch.rand(gs.n, generator=gen)
+        alive = torch.zeros(gs.n)
+        alive[torch.argsort(good[gs.key])[gs.n // 2:]] = 1
+        dead.masks[gs.key] = alive
+    start = torch.randint(0, 49152, (6, 1), generator=gen)
+    windows = model.generate(input_ids=start, attention_mask=torch.ones_like(start), max_new_tokens=15,
+                             do_sample=False, pad_token_id=2)
+    yield model, adapter, good, {k: v.max() - v for k, v in good.items()}, windows
+    dead.remove()
+
+
+@pytest.mark.parametrize("method", ["aef-layer-tuned", "aef-blend", "aef-agree"])
+def test_tuned_variants_fall_back_to_the_good_estimate_when_the_other_is_reversed(method, planted):
+    """Fine = the known-good ranking, coarse = its reverse: every tuned choice must land on fine's plan."""
+    model, adapter, good, bad, calib = planted
+    scores = Scores({"element2": good, "vector": bad})
+    result = fuse(scores, method, model=model, adapter=adapter, calibration=calib, pruning_ratio=0.5)
+    ref = pruning.plan(model, adapter, good, pruning_ratio=0.5)
+    got = pruning.plan(model, adapter, result.fused, pruning_ratio=0.5)
+    assert (got.keep_heads, got.keep_channels) == (ref.keep_heads, ref.keep_channels)
+    chosen = result.details["chosen"] if method == "aef-layer-tuned" else "channel=1,head=1"
+    assert result.details["holdout_loss"][chosen] == min(result.details["holdout_loss"].values())
+
+
+def test_aef_layer_tuned_judges_every_candidate_on_held_out_windows(planted):
+    model, adapter, good, bad, calib = planted
+    result = fuse(Scores({"element2": bad, "vector": good}), "aef-layer-tuned", model=model, adapter=adapter,
+                  calibration=calib, pruning_ratio=0.5)
+    losses = result.details["holdout_loss"]
+    assert set(losses) == {"fine", "coarse", "hard", *(f"tau={t:g}" for t in fusion.TEMPERATURES)}
+    assert losses[result.details["chosen"]] == min(losses.values())
+    assert losses["coarse"] + 1 < losses["fine"]                   # the good ranking hurts less than its reverse
+    assert result.weights and all(a_c >= 0.5 for _, a_c in result.weights.values())
+    assert (result.details["fit_windows"], result.details["holdout_windows"]) == (4, 2)
+
+
+def test_aef_agree_removes_what_both_remove_and_keeps_what_both_keep(calib):
+    model, _, adapter = aeflib.models.load("tiny-gqa")
+    scores = estimate(model, adapter, calib, criteria=["vector", "element2"])
+    result = fuse(scores, "aef-agree", model=model, adapter=adapter, calibration=calib, pruning_ratio=0.5)
+    kept = {"fine": pruning.plan(model, adapter, scores["element2"], pruning_ratio=0.5),
+            "coarse": pruning.plan(model, adapter, scores["vector"], pruning_ratio=0.5)}
+    fused = pruning.plan(model, adapter, result.fused, pruning_ratio=0.5)
+    for attr in ("keep_heads", "keep_channels"):
+        for layer, keep in getattr(fused, attr).items():
+            a, b = set(getattr(kept["fine"], attr)[layer]), set(getattr(kept["coarse"], attr)[layer])
+            assert a & b <= set(keep) <= a | b, (attr, layer)
+
+
+def test_aef_learned_stops_early_and_keeps_its_best_held_out_step(calib):
+    model, _, adapter = aeflib.models.load("tiny-gqa")
+    scores = estimate(model, adapter, calib, criteria=["vector", "element2"])
+    result = fuse(scores, "aef-learned", model=model, adapter=adapter, calibration=calib, pruning_ratio=0.5,
+                  steps=40, patience=2, lr=0.5)
+    d = result.details
+    assert d["steps_run"] <= 40 and len(d["holdout_loss"]) == d["steps_run"] + 1
+    assert d["holdout_loss"][d["best_step"]] == min(d["holdout_loss"])
+    assert d["steps_run"] - d["best_step"] <= 2 or d["steps_run"] == 40
+    assert result.settings["patience"] == 2 and result.settings["steps"] == 40
+
+
+def test_fingerprint_changes_with_the_settings_and_only_with_them():
+    a = fuse(_scores(SETS), "fixed", weights=(0.3, 0.7)).settings["fingerprint"]
+    assert fuse(_scores(SETS, seed=5), "fixed", weights=(0.3, 0.7)).settings["fingerprint"] == a
+    assert fuse(_scores(SETS), "fixed", weights=(0.4, 0.6)).settings["fingerprint"] != a
+    assert fuse(_scores(SETS), "fixed", weights=(0.3, 0.7)).scores.meta["fixed"]["fingerprint"] == a
+
+
+def test_oracle_is_not_a_method_and_picks_the_set_by_evaluation_loss(planted):
+    model, adapter, good, bad, evaluation = planted
+    result = fusion.oracle_choice(Scores({"element2": good, "vector": bad}), evaluation, model=model,
+                                  adapter=adapter, pruning_ratio=0.5)
+    assert fusion.ORACLE not in fusion.FUSIONS and result.name == result.method == "oracle"
+    for k, inc in result.details["loss_increase"].items():
+        expected = (1.0, 0.0) if inc["fine"] < inc["coarse"] else (0.0, 1.0) if inc["coarse"] < inc["fine"] \
+            else (0.5, 0.5)
+        assert result.weights[k] == expected, k
+    assert "evaluation" in result.settings["note"]
+    assert all(w == (1.0, 0.0) for w in result.weights.values())  # fine = good here: every set picks it
