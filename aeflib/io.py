@@ -44,7 +44,7 @@ from torch import nn
 
 import aeflib
 from aeflib.models import LayerWidths, Loaded, StructureAdapter, adapter_for, checksum, resolve_dtype
-from aeflib.pruning import PruningPlan, count_parameters
+from aeflib.pruning import PruningPlan, count_parameters, install_static_cache_shapes
 from aeflib.skeleton import build_skeleton, shape_problems
 
 # export_hf and ExportError come from aeflib.export through __getattr__ (at the end of this file)
@@ -401,6 +401,7 @@ def load(folder: str | os.PathLike, dtype: torch.dtype | str | None = None, devi
 
         model.generation_config = GenerationConfig.from_pretrained(folder)
     model.config.name_or_path = str(folder)
+    install_static_cache_shapes(model)  # generate(cache_implementation="static") sizes each layer's cache
     model.eval()
     return Loaded(model, _load_tokenizer(folder), adapter)
 

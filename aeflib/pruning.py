@@ -30,7 +30,8 @@ from torch import nn
 
 from aeflib.models.adapters import GroupSet, StructureAdapter, StructureError
 
-__all__ = ["PruningPlan", "apply", "count_parameters", "mask_removed", "plan", "removal_counts"]
+__all__ = ["PruningPlan", "apply", "count_parameters", "install_static_cache_shapes", "mask_removed", "plan",
+           "removal_counts", "static_cache_shapes"]
 
 log = logging.getLogger(__name__)
 
@@ -314,10 +315,63 @@ def apply(model: nn.Module, adapter: StructureAdapter, the_plan: PruningPlan) ->
         new.kept_heads = widths.kept_heads
         adapter.set_widths(model, layer, new)
     adapter.check(model)
+    install_static_cache_shapes(model)
     the_plan.params_after = count_parameters(model)
     log.info("pruned %d layers: %d -> %d parameters (%.1f %% removed)", len(the_plan.layers),
              the_plan.params_before, the_plan.params_after, 100 * the_plan.param_reduction)
     return model
+
+
+def static_cache_shapes(model: nn.Module) -> tuple[list[int], list[int]]:
+    """Per decoder layer: the key/value heads and head size a KV cache must hold, read from the weights.
+
+    Returns:
+        ``(kv_heads, head_dims)``, one int per decoder layer each (a pruned layer holds fewer heads than the
+        config's dense ``num_key_value_heads``).
+
+    Raises:
+        ValueError: If no aeflib adapter serves the model type.
+
+    Source: [ours].
+    """
+    from aeflib.models.registry import adapter_for  # registry imports this module
+
+    widths = adapter_for(model).all_widths(model)
+    return [w.n_kv_heads for w in widths], [w.head_dim for w in widths]
+
+
+class _StaticCacheInitShape:
+    """Per-layer stand-in for transformers' ``GenerationMixin._get_static_cache_init_shape`` on one model.
+
+    An object holding the model (not a bound method): ``copy.deepcopy`` and pickle carry it to the copy.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self):
+        dense = type(self.model)._get_static_cache_init_shape(self.model)  # None: transformers initialises lazily
+        return None if dense is None else static_cache_shapes(self.model)
+
+
+def install_static_cache_shapes(model: nn.Module) -> None:
+    """Let ``generate(..., cache_implementation="static")`` size each layer's cache from that layer's weights.
+
+    transformers 5 sizes a ``StaticCache`` it initialises up front (``prefill_chunk_size`` set) from the config's
+    dense head counts (``GenerationMixin._get_static_cache_init_shape``), so a model pruned to different widths per
+    layer failed with ``index_copy_(): Source/destination tensor must have same slice shapes``. Its
+    ``StaticCache.early_initialization`` accepts per-layer lists; this installs, on ``model`` alone, a method that
+    returns them (:func:`static_cache_shapes`). Weights, config and forward are untouched; ``copy.deepcopy`` and
+    pickle carry it to the copy. Done by :func:`apply` and ``aeflib.io.load``; idempotent; a no-op on a model without
+    that method (other transformers versions: the lazily initialised cache reads shapes from the first keys).
+
+    Args:
+        model: A transformers causal LM an aeflib adapter serves, dense or pruned.
+
+    Source: [ours]; transformers ``cache_utils.StaticCache.early_initialization`` (per-layer lists).
+    """
+    if hasattr(type(model), "_get_static_cache_init_shape"):
+        model._get_static_cache_init_shape = _StaticCacheInitShape(model)
 
 
 @torch.no_grad()

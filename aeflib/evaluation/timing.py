@@ -1,28 +1,44 @@
-"""Timing and peak-memory helpers of ``aeflib.evaluation.efficiency``: one batch size, warm-up then medians.
+"""Timing and peak-memory helpers: one model at one batch size, and several models compared interleaved.
 
 Prefill = one forward over ``[batch, seq_len]`` tokens; decode = greedy steps with the KV cache after an untimed
-prefill. Each is run once to warm up, then ``repeats`` times, and the median is kept (``torch.cuda.synchronize``
-around every run on CUDA). Peak memory: CUDA ``torch.cuda.max_memory_allocated``; CPU the process's peak resident set
-size (Linux ``VmHWM`` reset through ``/proc/self/clear_refs``; elsewhere psutil sampled every millisecond).
+prefill. :func:`measure_batch` (used by ``aeflib.evaluation.efficiency``) runs each once to warm up, then
+``repeats`` times, and keeps the median (``torch.cuda.synchronize`` around every run on CUDA). Peak memory: CUDA
+``torch.cuda.max_memory_allocated``; CPU the process's peak resident set size (Linux ``VmHWM`` reset through
+``/proc/self/clear_refs``; elsewhere psutil sampled every millisecond).
+
+**Comparing models** (:func:`compare_latency`): timings of models measured one after the other differ by whatever
+the machine did in between (other processes, frequency scaling, caches), which on a shared CPU easily exceeds the
+difference between two same-shaped models. So the models are timed *interleaved*: after a warm-up of each, every
+round times each model once (prefill, then decode), the order rotating from round to round (A B, B A, A B, ... so
+that no model always runs first). Each latency is reported as the median with its interquartile range over rounds;
+each ratio is the median of the per-round paired ratios with a percentile bootstrap interval over rounds, and a
+ratio whose interval covers 1.0 is reported as "no measurable difference". The machine's load (``os.getloadavg``
+before and after), CPU count and torch threads are recorded with the result.
 
 Source: [ours].
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import math
+import os
+import random
 import re
 import statistics
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["BatchTiming", "PeakMemory", "input_ids", "measure_batch"]
+__all__ = ["MIN_ROUNDS", "BatchTiming", "LatencyComparison", "LatencyRatio", "LatencySpread", "PeakMemory",
+           "compare_latency", "input_ids", "measure_batch"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +52,6 @@ class BatchTiming:
     decode_ms_per_step: float  # one decode step for the whole batch
     peak_mem_bytes: int  # CUDA: max allocated; CPU: peak RSS of the process
     peak_mem_delta_bytes: int  # the peak above what was held before the runs
-
 
 
 # ----------------------------------------------------------------------------------------------------- memory
@@ -176,3 +191,312 @@ def measure_batch(
         peak_mem_bytes=int(mem["peak"]),
         peak_mem_delta_bytes=int(mem["delta"]),
     )
+
+
+# ------------------------------------------------------------------------------------------ interleaved comparison
+#: Rounds below which no interval is computed and no ratio is reported as a difference.
+MIN_ROUNDS = 5
+
+#: Quantities :func:`compare_latency` times: prefill seconds, and decode seconds per step (per generated token).
+QUANTITIES = ("prefill_s", "decode_s_per_token")
+
+
+@dataclass(frozen=True)
+class LatencySpread:
+    """One model's latency over the rounds of a comparison: the samples and their median and quartiles.
+
+    Attributes:
+        samples: Seconds, one per round, in the order taken.
+        median: Median of ``samples`` (seconds).
+        q1: First quartile (seconds; inclusive method, = median with one sample).
+        q3: Third quartile (seconds).
+    """
+
+    samples: list[float]
+    median: float
+    q1: float
+    q3: float
+
+    @classmethod
+    def of(cls, samples: list[float]) -> LatencySpread:
+        """Median and quartiles of ``samples`` (seconds, at least one)."""
+        med = statistics.median(samples)
+        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive") if len(samples) > 1 else (med, med, med)
+        return cls(list(samples), med, q1, q3)
+
+    @property
+    def iqr(self) -> float:
+        """Interquartile range ``q3 - q1`` (seconds)."""
+        return self.q3 - self.q1
+
+
+@dataclass(frozen=True)
+class LatencyRatio:
+    """Latency of one model relative to another, measured in the same interleaved rounds.
+
+    Attributes:
+        quantity: ``"prefill_s"`` or ``"decode_s_per_token"``.
+        model: The model in the numerator.
+        reference: The model in the denominator.
+        ratio: Median over rounds of ``time(model) / time(reference)`` in the same round (< 1: ``model`` faster).
+        low: Lower end of the bootstrap interval of that median; None with fewer than :data:`MIN_ROUNDS` rounds.
+        high: Upper end; None likewise.
+        confidence: Coverage of the interval (e.g. 0.95).
+        rounds: Paired rounds behind the ratio.
+    """
+
+    quantity: str
+    model: str
+    reference: str
+    ratio: float
+    low: float | None
+    high: float | None
+    confidence: float
+    rounds: int
+
+    @property
+    def measurable(self) -> bool:
+        """True when the interval exists and excludes 1.0 (a difference this measurement can claim)."""
+        return self.low is not None and self.high is not None and not self.low <= 1.0 <= self.high
+
+    @property
+    def verdict(self) -> str:
+        """``"no measurable difference"``, ``"faster"``/``"slower"`` with the interval, or why there is no interval."""
+        if self.low is None or self.high is None:
+            return f"no finding: {self.rounds} rounds, an interval needs at least {MIN_ROUNDS}"
+        if not self.measurable:
+            return "no measurable difference"
+        return "faster" if self.ratio < 1 else "slower"
+
+    def __str__(self) -> str:
+        interval = "" if self.low is None else f" [{self.low:.3f}, {self.high:.3f}]"
+        return f"{self.quantity} {self.model} / {self.reference}: {self.ratio:.3f}{interval} ({self.verdict})"
+
+
+@dataclass
+class LatencyComparison:
+    """Latencies of several models timed interleaved, their spreads, paired ratios and the machine's load.
+
+    Attributes:
+        models: Model names in the order given.
+        spreads: ``{quantity: {model: LatencySpread}}`` (decode only when ``decode_tokens > 0``).
+        ratios: One :class:`LatencyRatio` per quantity and pair (later model over earlier one, in ``models`` order).
+        order: ``[[round, model], ...]`` in the order the runs happened; round -1 is the warm-up.
+        settings: ``seq_len``, ``batch_size``, ``decode_tokens``, ``rounds``, ``warmup``, ``confidence``,
+            ``bootstrap``, ``seed``, ``device`` per model, ``input`` (shipped text or random ids).
+        machine: ``cpus``, ``cpus_usable``, ``torch_threads``, ``load_average_before`` / ``_after`` (1, 5, 15 min).
+    """
+
+    models: list[str]
+    spreads: dict[str, dict[str, LatencySpread]]
+    ratios: list[LatencyRatio]
+    order: list[list]
+    settings: dict[str, Any]
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def ratio(self, quantity: str, model: str, reference: str) -> LatencyRatio:
+        """The :class:`LatencyRatio` of ``model`` over ``reference`` for ``quantity``.
+
+        Raises:
+            KeyError: If that pair or quantity was not measured (the message lists what was).
+        """
+        for r in self.ratios:
+            if (r.quantity, r.model, r.reference) == (quantity, model, reference):
+                return r
+        have = [(r.quantity, r.model, r.reference) for r in self.ratios]
+        raise KeyError(f"no ratio {(quantity, model, reference)}; measured: {have}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (spreads with their samples; ratios with ``measurable`` and ``verdict``)."""
+        return {
+            "models": list(self.models),
+            "spreads": {q: {m: dataclasses.asdict(s) for m, s in per.items()} for q, per in self.spreads.items()},
+            "ratios": [{**dataclasses.asdict(r), "measurable": r.measurable, "verdict": r.verdict}
+                       for r in self.ratios],
+            "order": [list(o) for o in self.order],
+            "settings": dict(self.settings),
+            "machine": dict(self.machine),
+        }
+
+    def table(self):
+        """Latency per model: ``pandas.DataFrame`` indexed by model, median and IQR in ms per quantity."""
+        return latency_table(self.to_dict())
+
+    def ratio_table(self):
+        """Ratios: ``pandas.DataFrame`` with quantity, model, reference, ratio, interval and verdict."""
+        return ratio_table(self.to_dict())
+
+    def __str__(self) -> str:
+        parts = []
+        for q, per in self.spreads.items():
+            unit = "prefill" if q == "prefill_s" else "decode/token"
+            parts += [f"{m} {unit} {1e3 * s.median:.2f} ms (IQR {1e3 * s.q1:.2f}-{1e3 * s.q3:.2f})"
+                      for m, s in per.items()]
+        load = self.machine.get("load_average_before")
+        return (f"latency, {self.settings.get('rounds')} interleaved rounds (load {load}): " + "; ".join(parts)
+                + "; " + "; ".join(str(r) for r in self.ratios))
+
+
+def latency_table(d: Mapping[str, Any]):
+    """Median and IQR (ms) of every model and quantity of a :meth:`LatencyComparison.to_dict`, one row per model.
+
+    Returns:
+        ``pandas.DataFrame`` indexed by ``model`` with ``<quantity> median (ms)`` and ``<quantity> IQR (ms)``.
+    """
+    import pandas as pd
+
+    rows: dict[str, dict[str, float]] = {m: {} for m in d["models"]}
+    for q, per in d["spreads"].items():
+        label = "prefill" if q == "prefill_s" else "decode per token"
+        for m, s in per.items():
+            rows[m][f"{label} median (ms)"] = round(1e3 * s["median"], 3)
+            rows[m][f"{label} IQR (ms)"] = f"{1e3 * s['q1']:.3f}–{1e3 * s['q3']:.3f}"
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "model"
+    return frame
+
+
+def ratio_table(d: Mapping[str, Any]):
+    """The ratios of a :meth:`LatencyComparison.to_dict` with their interval and verdict, one row per pair.
+
+    Returns:
+        ``pandas.DataFrame`` with ``quantity, model, reference, ratio, interval, verdict`` (interval "–" when too few
+        rounds).
+    """
+    import pandas as pd
+
+    rows = []
+    for r in d["ratios"]:
+        interval = "–" if r["low"] is None else f"{r['low']:.3f}–{r['high']:.3f} ({100 * r['confidence']:.0f} %)"
+        rows.append({"quantity": r["quantity"], "model": r["model"], "reference": r["reference"],
+                     "ratio": round(r["ratio"], 3), "interval": interval, "verdict": r["verdict"]})
+    return pd.DataFrame(rows)
+
+
+def _median_interval(values: list[float], confidence: float, draws: int, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median of ``values`` (resampling with replacement, seeded)."""
+    rng = random.Random(seed)
+    n = len(values)
+    medians = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(draws))
+    tail = (1 - confidence) / 2
+    return medians[math.floor(tail * draws)], medians[max(math.ceil((1 - tail) * draws) - 1, 0)]
+
+
+def _machine_now() -> dict[str, Any]:
+    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpus": os.cpu_count(), "cpus_usable": usable, "torch_threads": torch.get_num_threads(),
+            "load_average_before": load}
+
+
+def compare_latency(
+    models: Mapping[str, nn.Module],
+    tokenizer: Any = None,
+    *,
+    seq_len: int = 64,
+    batch_size: int = 1,
+    decode_tokens: int = 16,
+    rounds: int = 10,
+    warmup: int = 1,
+    confidence: float = 0.95,
+    bootstrap: int = 2000,
+    seed: int = 0,
+) -> LatencyComparison:
+    """Time several models interleaved (prefill and decode) and compare them with an interval on every ratio.
+
+    After ``warmup`` untimed rounds, each of ``rounds`` rounds times every model once — one prefill of
+    ``[batch_size, seq_len]`` tokens, then ``decode_tokens`` greedy KV-cache steps after an untimed prefill — in an
+    order that rotates by one model per round. Each model runs in eval mode under ``torch.inference_mode`` on the
+    device of its parameters; its training flag is restored, nothing else is changed.
+
+    Args:
+        models: ``{name: model}``, at least two causal LMs taking ``input_ids`` (dense, pruned, recovered, ...);
+            ratios are formed for every pair, the later model over the earlier one.
+        tokenizer: When given, the inputs are shipped Wikipedia test text; else seeded random ids below the
+            smallest vocabulary.
+        seq_len: Prefill length ``L``, >= 1.
+        batch_size: Rows ``B`` of the prefill and of decoding, >= 1.
+        decode_tokens: Greedy decode steps per round, >= 0 (0 = prefill only).
+        rounds: Timed rounds, >= 1; intervals need at least :data:`MIN_ROUNDS` (fewer: ratios carry no interval
+            and no verdict of a difference).
+        warmup: Untimed rounds first, >= 0.
+        confidence: Coverage of the bootstrap intervals, in (0, 1).
+        bootstrap: Bootstrap resamples, >= 100.
+        seed: Seed of the bootstrap (and of random input ids).
+
+    Returns:
+        :class:`LatencyComparison` — seconds throughout (``decode_s_per_token`` = decode seconds / steps).
+
+    Raises:
+        ValueError: For fewer than two models, or an argument outside the ranges above (named with its value).
+
+    Source: [ours].
+    """
+    names = list(models)
+    problems = []
+    if len(names) < 2:
+        problems.append(f"models needs at least two entries, got {names}")
+    for label, value, ok in (("seq_len", seq_len, seq_len >= 1), ("batch_size", batch_size, batch_size >= 1),
+                             ("decode_tokens", decode_tokens, decode_tokens >= 0), ("rounds", rounds, rounds >= 1),
+                             ("warmup", warmup, warmup >= 0), ("confidence", confidence, 0 < confidence < 1),
+                             ("bootstrap", bootstrap, bootstrap >= 100)):
+        if not ok:
+            problems.append(f"{label}={value}")
+    if problems:
+        raise ValueError("compare_latency: " + "; ".join(problems) + " (need >= 2 models, seq_len/batch_size/rounds "
+                         ">= 1, decode_tokens/warmup >= 0, 0 < confidence < 1, bootstrap >= 100)")
+    machine = _machine_now()
+    devices = {n: next(m.parameters()).device for n, m in models.items()}
+    vocab = min(int(m.config.vocab_size) for m in models.values())
+    first = models[names[0]]
+    if tokenizer is None:
+        gen = torch.Generator().manual_seed(seed)
+        base = torch.randint(0, vocab, (batch_size, seq_len), generator=gen)  # [B, L]
+    else:
+        base = input_ids(first, tokenizer, batch_size, seq_len, torch.device("cpu"))  # [B, L]
+    ids = {n: base.to(devices[n]) for n in names}
+    samples: dict[str, dict[str, list[float]]] = {q: {n: [] for n in names} for q in QUANTITIES}
+    order: list[list] = []
+    training = {n: m.training for n, m in models.items()}
+
+    def run(n: str, timed: bool, r: int) -> None:
+        model, x, dev = models[n], ids[n], devices[n]
+        prefill = _time(lambda: model(input_ids=x, use_cache=True), dev)
+        decode = _decode(model, x, decode_tokens, dev) / decode_tokens if decode_tokens > 0 else None
+        order.append([r, n])
+        if timed:
+            samples["prefill_s"][n].append(prefill)
+            if decode is not None:
+                samples["decode_s_per_token"][n].append(decode)
+
+    try:
+        for m in models.values():
+            m.eval()
+        with torch.inference_mode():
+            for _ in range(warmup):
+                for n in names:
+                    run(n, False, -1)
+            for r in range(rounds):
+                k = r % len(names)
+                for n in names[k:] + names[:k]:  # rotate: no model always first
+                    run(n, True, r)
+    finally:
+        for n, m in models.items():
+            m.train(training[n])
+    machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+    spreads = {q: {n: LatencySpread.of(v) for n, v in per.items()} for q, per in samples.items() if all(per.values())}
+    ratios = []
+    for q in spreads:
+        for i, ref in enumerate(names):
+            for n in names[i + 1:]:
+                paired = [a / b for a, b in zip(samples[q][n], samples[q][ref], strict=True)]
+                low = high = None
+                if len(paired) >= MIN_ROUNDS:
+                    low, high = _median_interval(paired, confidence, bootstrap, seed)
+                ratios.append(LatencyRatio(q, n, ref, statistics.median(paired), low, high, confidence, len(paired)))
+    settings = {"seq_len": seq_len, "batch_size": batch_size, "decode_tokens": decode_tokens, "rounds": rounds,
+                "warmup": warmup, "confidence": confidence, "bootstrap": bootstrap, "seed": seed,
+                "device": {n: str(d) for n, d in devices.items()},
+                "input": "shipped Wikipedia test text" if tokenizer is not None else "seeded random ids"}
+    return LatencyComparison(names, spreads, ratios, order, settings, machine)

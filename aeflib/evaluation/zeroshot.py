@@ -216,6 +216,10 @@ def _require_hub_datasets(task_set: str, names: Sequence[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- evaluation
+def _keep_weights_as_they_are(*_args: Any, **_kwargs: Any) -> None:
+    """Stands in for ``model.tie_weights`` while HFLM wraps the model: the weights are scored as they were given."""
+
+
 def _quiet_git_hash() -> str | None:
     """lm-eval's ``get_git_commit_hash`` without git's "fatal: not a git repository" on stderr.
 
@@ -244,7 +248,8 @@ def zeroshot(
 
     Args:
         model: A transformers causal LM (dense or pruned, any per-layer widths) on any device; evaluated in eval
-            mode on the device of its parameters, its training flag restored afterwards. A pruned Bloom needs its
+            mode on the device of its parameters, its training flag restored afterwards, its weights untouched
+            (``result.checksum`` is the checksum of the model scored, verified after scoring). A pruned Bloom needs its
             adapter's ``install_runtime`` (done by ``aeflib.models.load`` and ``aeflib.pruning.apply``).
         tokenizer: Its tokenizer.
         tasks: A key of ``TASK_SETS`` (``"local"``, ``"paper7"``), a list of task names from those tables, or a
@@ -264,6 +269,8 @@ def zeroshot(
         ValueError: For an unknown task set or task without a metric, or a metric the task does not report.
         ZeroShotUnavailableError: If hub datasets are needed and the machine is offline (raised within seconds,
             naming them and pointing to ``tasks="local"``).
+        RuntimeError: If the model's checksum after scoring differs from before (never expected: lm-eval's
+            ``tie_weights`` call is neutralised, so an lm_head stored apart from the embedding stays apart).
 
     Source: [paper] §4 zero-shot with lm-eval-harness; [ours] local tasks, result provenance.
     """
@@ -291,8 +298,12 @@ def zeroshot(
 
     param = next(model.parameters())
     was_training = model.training
+    scored = checksum(model)  # the model as given is the one scored and recorded
     try:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, softmax_dtype=torch.float32)
+        # HFLM calls model.tie_weights() on an in-memory model (lm-eval 0.4.13, HFLM.__init__), which re-ties an
+        # lm_head stored apart from the embedding when the config says tie_word_embeddings: score it as it is
+        with mock.patch.object(model, "tie_weights", _keep_weights_as_they_are):
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, softmax_dtype=torch.float32)
         with mock.patch("lm_eval.evaluator.get_git_commit_hash", _quiet_git_hash):
             out = lm_eval.simple_evaluate(
                 model=lm,
@@ -308,6 +319,12 @@ def zeroshot(
             )
     finally:
         model.train(was_training)
+    after = checksum(model)
+    if after != scored:
+        raise RuntimeError(
+            f"zero-shot evaluation changed the model it scored: checksum {scored} before, {after} after; the "
+            "accuracies would describe neither model. Report this with the lm-eval and transformers versions."
+        )
     wall = time.perf_counter() - start
 
     scores = {}
@@ -328,7 +345,7 @@ def zeroshot(
         samples = {t: [_sample_record(s) for s in out["samples"][t]] for t in table}
     result = ZeroShotResult(
         task_set=task_set, scores=scores, harness=f"lm-eval {lm_eval.__version__}", limit=limit, seed=seed,
-        batch_size=batch_size, checksum=checksum(model), dtype=str(param.dtype).removeprefix("torch."),
+        batch_size=batch_size, checksum=scored, dtype=str(param.dtype).removeprefix("torch."),
         wall_s=round(wall, 3), samples=samples,
     )  # fmt: skip
     log.info("%s", result)
