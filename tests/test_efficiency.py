@@ -1,6 +1,9 @@
-"""Efficiency: analytic MACs against FlopCounterMode, parameter accounting, timings and pruned/dense ratios."""
+"""Efficiency: analytic MACs against FlopCounterMode, parameter accounting, timings, pruned/dense ratios, and the
+interleaved latency comparison (structure and ordering; wall-clock values are never asserted)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -8,6 +11,7 @@ from conftest import TINY_NAMES, prune_nonuniform
 
 import aeflib.models
 from aeflib.evaluation.efficiency import analytic_macs, compare, counted_macs, efficiency
+from aeflib.evaluation.timing import MIN_ROUNDS, LatencyRatio, _median_interval, compare_latency
 from aeflib.pruning import count_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # 2 shared cores: OpenMP barriers thrash under load
@@ -95,3 +99,79 @@ def test_counted_macs_restores_the_attention_implementation():
     assert model.config._attn_implementation == before
     with torch.no_grad():
         model(input_ids=torch.zeros(1, 4, dtype=torch.long))
+
+
+# ---- interleaved comparison (issue 15): structure and ordering, never wall-clock values -----------------------------
+@pytest.fixture(scope="module")
+def two_models():
+    """tiny-gqa dense and pruned to non-uniform widths (two different shapes to time)."""
+    dense = aeflib.models.load("tiny-gqa")
+    return {"dense": dense.model, "pruned": prune_nonuniform(aeflib.models.load("tiny-gqa")).model}, dense.tokenizer
+
+
+def test_compare_latency_interleaves_rotating_rounds_and_reports_spreads(two_models):
+    models, tokenizer = two_models
+    models["pruned"].train()
+    result = compare_latency(models, tokenizer, seq_len=6, decode_tokens=2, rounds=5, warmup=1)
+    assert models["pruned"].training and not models["dense"].training  # flags restored
+    models["pruned"].eval()
+    assert result.order[:2] == [[-1, "dense"], [-1, "pruned"]]  # warm-up of each first
+    timed = result.order[2:]
+    assert [r for r, _ in timed] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert [n for _, n in timed] == ["dense", "pruned", "pruned", "dense"] * 2 + ["dense", "pruned"]  # A B, B A, ...
+    assert set(result.spreads) == {"prefill_s", "decode_s_per_token"}
+    for per in result.spreads.values():
+        for s in per.values():
+            assert len(s.samples) == 5 and min(s.samples) <= s.q1 <= s.median <= s.q3 <= max(s.samples)
+    assert [(r.quantity, r.model, r.reference) for r in result.ratios] == [
+        ("prefill_s", "pruned", "dense"), ("decode_s_per_token", "pruned", "dense")]
+    for r in result.ratios:
+        assert r.rounds == 5 and r.low <= r.ratio <= r.high and r.confidence == 0.95
+        assert r.measurable == (not r.low <= 1.0 <= r.high)
+        assert r.verdict == ("no measurable difference" if not r.measurable else "faster" if r.ratio < 1 else "slower")
+    assert result.ratio("prefill_s", "pruned", "dense") is result.ratios[0]
+    with pytest.raises(KeyError, match="no ratio .*measured"):
+        result.ratio("prefill_s", "dense", "pruned")
+    assert {"cpus", "cpus_usable", "torch_threads", "load_average_before", "load_average_after"} <= set(result.machine)
+    assert result.settings["rounds"] == 5 and result.settings["input"] == "shipped Wikipedia test text"
+    d = json.loads(json.dumps(result.to_dict()))
+    assert d["ratios"][0]["verdict"] == result.ratios[0].verdict
+    assert len(d["spreads"]["prefill_s"]["dense"]["samples"]) == 5
+    assert list(result.table().index) == ["dense", "pruned"]
+    assert list(result.ratio_table()["verdict"]) == [r.verdict for r in result.ratios]
+    assert "interleaved rounds" in str(result)
+
+
+def test_compare_latency_forms_every_pair_and_skips_an_untimed_decode(two_models):
+    models, _ = two_models
+    three = {"dense": models["dense"], "pruned": models["pruned"], "again": models["pruned"]}
+    result = compare_latency(three, seq_len=4, decode_tokens=0, rounds=3, warmup=0)
+    assert set(result.spreads) == {"prefill_s"} and result.settings["input"] == "seeded random ids"
+    assert [(r.model, r.reference) for r in result.ratios] == [("pruned", "dense"), ("again", "dense"),
+                                                               ("again", "pruned")]
+    assert [n for _, n in result.order[:3]] == ["dense", "pruned", "again"]
+    assert [n for _, n in result.order[3:6]] == ["pruned", "again", "dense"]  # rotated by one
+    for r in result.ratios:  # 3 rounds: no interval, no claimed difference
+        assert r.low is None and not r.measurable
+        assert r.verdict == f"no finding: 3 rounds, an interval needs at least {MIN_ROUNDS}"
+
+
+def test_latency_ratio_calls_an_interval_covering_one_no_measurable_difference():
+    def ratio(value, low, high):
+        return LatencyRatio("prefill_s", "b", "a", value, low, high, 0.95, 10)
+
+    assert ratio(0.98, 0.9, 1.05).verdict == "no measurable difference"
+    assert ratio(0.5, 0.4, 0.6).verdict == "faster" and ratio(0.5, 0.4, 0.6).measurable
+    assert ratio(1.5, 1.2, 1.8).verdict == "slower"
+    assert "no measurable difference" in str(ratio(1.0, 0.95, 1.0))  # an end at exactly 1.0 covers it
+    assert _median_interval([2.0] * 7, 0.95, 500, 0) == (2.0, 2.0)
+    assert _median_interval([1.0, 2.0, 3.0, 4.0, 5.0], 0.9, 500, 1) == _median_interval([1.0, 2.0, 3.0, 4.0, 5.0],
+                                                                                        0.9, 500, 1)  # seeded
+
+
+def test_compare_latency_rejects_bad_arguments(two_models):
+    models, _ = two_models
+    with pytest.raises(ValueError, match=r"models needs at least two entries, got \['dense'\]"):
+        compare_latency({"dense": models["dense"]})
+    with pytest.raises(ValueError, match=r"rounds=0; confidence=1.5"):
+        compare_latency(models, rounds=0, confidence=1.5)
