@@ -113,7 +113,7 @@ def test_paper7_metrics_are_the_papers():
 
 def test_zeroshot_rejects_unknown_task_set_and_tasks_without_metric(tokenizer):
     model = aeflib.models.load("tiny-llama").model
-    with pytest.raises(ValueError, match=r"unknown task set 'paper8'.*\['local', 'paper7'\]"):
+    with pytest.raises(ValueError, match=r"unknown task set 'paper8'.*\['local', 'paper7', 'paper7-offline'\]"):
         zeroshot(model, tokenizer, tasks="paper8")
     with pytest.raises(ValueError, match=r"\['lambada_openai'\] have no metric"):
         zeroshot(model, tokenizer, tasks=["aef_qa", "lambada_openai"])

