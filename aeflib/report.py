@@ -77,9 +77,18 @@ def _section_fusion(m: dict) -> list[str]:
     if not f:
         return []
     alphas = ", ".join(f"{kind}s {value:.3f}" for kind, value in f.get("mean_alpha_fine", {}).items())
+    s = f["settings"]
     out = ["## Fusion", "", f"Method `{f.get('method')}` (criterion `{f.get('name')}`; fine "
-           f"`{f['settings'].get('fine')}`, coarse `{f['settings'].get('coarse')}`) — a reconstruction [ours] of the "
-           f"paper's adaptive fusion. Mean α_fine: {alphas}.", ""]
+           f"`{s.get('fine')}`, coarse `{s.get('coarse')}`, `{s.get('normalize')}` normalisation; settings "
+           f"fingerprint `{s.get('fingerprint')}`) — a reconstruction [ours] of the paper's adaptive fusion. "
+           f"Mean α_fine: {alphas}.", ""]
+    rho = f.get("mean_influence")
+    if rho:
+        out += ["What the weights did to the ranking — Spearman correlation of the fused scores with each input "
+                "(mean over layers; 1 = the fused ranking is that input's):", "",
+                markdown_table(["kind", "mean α_fine", f"ρ with {s.get('fine')}", f"ρ with {s.get('coarse')}"],
+                               [[k, f.get("mean_alpha_fine", {}).get(k), v["fine"], v["coarse"]]
+                                for k, v in rho.items()]), ""]
     imp = m.get("importance", {}).get("agreement_mean")
     if imp:
         out += [f"Agreement of {m['importance'].get('fine')} and {m['importance'].get('coarse')} (mean over layers):",

