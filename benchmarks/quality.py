@@ -1,22 +1,29 @@
 """Pruning quality of every criterion and AEF variant on the embedded SmolLM2-135M, without recovery.
 
 For each calibration seed: estimate all criteria once (10 × 64-token windows of the shipped Wikipedia *train*
-split), fuse with every AEF variant, prune a copy of the dense model to the target parameter reduction with each
-method, and measure
+split), fuse with every AEF variant, prune a copy of the dense model with each method at each setting (a parameter
+target such as ``0.2`` = 20 % of all parameters removed, or a per-structure pruning ratio such as ``r0.64``), and
+measure
 
 * ``calib_loss`` — mean next-token loss on *held-out calibration* windows (train split, another seed): the only
   number used to choose the default fusion variant (no evaluation data seen);
-* perplexity (``llm-pruner-128`` protocol) on the shipped Wikipedia and Lee-news *test* splits;
-* with ``--zeroshot-limit N``: the average of the offline zero-shot tasks (lm-eval, ``tasks="local"``), first N
-  items of each task.
+* perplexity (``llm-pruner-128`` protocol) on the first ``--max-windows`` windows of the shipped Wikipedia test split
+  and on the whole Lee-news test split (54 windows), with every window's mean token NLL kept;
+* zero-shot (lm-eval, 0-shot): the ``local`` task set on every item (``--local-limit`` to cut it) and, with
+  ``--paper7-limit N``, the ``paper7-offline`` set on a seeded subset of N items per task (the same items for every
+  model) — the average and each task's metric.
 
-Prints mean ± spread (min..max over seeds) and ratios to dense; writes JSON to benchmarks/results/. Rows already in
-``--out`` (same seed, target and method, with every requested metric) are kept, so an interrupted sweep resumes;
-``--summarize A.json B.json`` prints one table over several result files.
+Per-item results (each zero-shot item's 0/1 under its task's metric and its log-likelihoods; each perplexity
+window's NLL) go to ``<out>.items.json`` beside the rows, so ``--summarize`` computes *paired* intervals (items
+paired by id across methods, bootstrap over items and seeds; ``aeflib.evaluation.paired``) without re-running a
+model. Rows are written one by one, atomically; a rerun keeps every row that has all requested metrics (an AEF row
+also needs the same fusion fingerprint: resolved variant and its settings), so an interrupted sweep resumes. The
+work is ordered so that the baseline estimators come first (vector, element1, element2 at the first two settings),
+then the default AEF variant, the other variants, random and l2, then the remaining settings.
 
-    python benchmarks/quality.py --seeds 42,43,44 --targets 0.2,0.5 --zeroshot-limit 20   # ~1.5 h on 2 cores
-    python benchmarks/quality.py --summarize benchmarks/results/quality_smollm2_*.json
-    python benchmarks/quality.py --smoke                                                  # seconds, tiny model (CI)
+    python benchmarks/quality.py --seeds 42,43,44 --settings 0.2,r0.64,0.5 --paper7-limit 100   # many hours, 2 cores
+    python benchmarks/quality.py --summarize benchmarks/results/quality_paired_smollm2_s*.json [--markdown]
+    python benchmarks/quality.py --smoke                                                         # seconds (CI)
 
 ``aef`` (the default method) is an alias of :data:`aeflib.fusion.DEFAULT_METHOD`, so its row is that variant's row.
 """
@@ -25,10 +32,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import inspect
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,11 +50,15 @@ from _common import write_json  # benchmarks/ is on sys.path: scripts run as fil
 import aeflib
 from aeflib import data, fusion, importance, pruning
 from aeflib.evaluation import perplexity
-from aeflib.evaluation.zeroshot import zeroshot
-from aeflib.models import load
+from aeflib.evaluation.zeroshot import TASK_SETS, zeroshot
 
 BASELINES = ["random", "l2", "vector", "element1", "element2"]
-VARIANTS = ["aef-layer", "aef-element", "aef-learned"]
+ESTIMATORS = ["vector", "element1", "element2"]  # the baselines AEF fuses; "best baseline" is chosen among them
+VARIANTS = [m for m in fusion.FUSIONS if m != "fixed"]
+PAPER7 = "paper7-offline"
+COMMIT = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                        cwd=Path(__file__).parent).stdout.strip() or None  # the code a row was measured with
+CORPORA = {"ppl_wikipedia": "wikipedia", "ppl_lee_news": "lee-news"}
 
 
 @torch.no_grad()
@@ -52,158 +66,311 @@ def calib_loss(model, windows: torch.Tensor) -> float:
     return model(input_ids=windows, labels=windows, use_cache=False).loss.item()
 
 
+def fingerprint(method: str) -> dict | None:
+    """What an AEF row was fused with: the resolved variant, the settings ``fusion.fuse`` uses by default, and a hash
+    of the variant function's source.
+
+    A row whose stored fingerprint differs (another default normalisation or temperature, an edited variant) is
+    recomputed. None for the baselines.
+    """
+    if method not in fusion.FUSIONS:
+        return None
+    skip = {"scores", "method", "model", "adapter", "calibration", "pruning_ratio", "weights", "name"}
+    if method != "aef-learned":
+        skip |= {"steps", "lr"}
+    params = inspect.signature(fusion.fuse).parameters
+    defaults = {k: p.default for k, p in params.items() if k not in skip and p.default is not inspect.Parameter.empty
+                and isinstance(p.default, str | int | float | bool | None)}
+    code = hashlib.sha256(inspect.getsource(fusion.FUSIONS[method][0]).encode()).hexdigest()[:12]
+    return {"variant": method, **defaults, "code": code}
+
+
+def setting_key(setting: tuple[str, float]) -> str:
+    """``("target", 0.2)`` → ``"20 %"``; ``("ratio", 0.64)`` → ``"ratio 0.64"`` (the label rows are grouped by)."""
+    kind, value = setting
+    return f"{100 * value:.0f} %" if kind == "target" else f"ratio {value:.2f}"
+
+
+def parse_settings(text: str) -> list[tuple[str, float]]:
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            out.append(("ratio", float(part[1:])) if part.startswith("r") else ("target", float(part)))
+        except ValueError:
+            raise SystemExit(f"--settings: {part!r} is neither a parameter target (0.2) nor a ratio (r0.64)") from None
+    return out
+
+
+def work_order(seeds: list[int], settings: list[tuple[str, float]]) -> list[tuple[int, tuple[str, float], str]]:
+    """(seed, setting, method) in the order they are run: what separates the estimators first."""
+    first, rest = settings[:2], settings[2:]
+    others = [v for v in VARIANTS if v != fusion.DEFAULT_METHOD]
+    phases = [(first, ESTIMATORS), (first, [fusion.DEFAULT_METHOD]), (first, others),
+              (first, [b for b in BASELINES if b not in ESTIMATORS]), (rest, BASELINES + VARIANTS)]
+    return [(seed, st, m) for sts, methods in phases for seed in seeds for st in sts for m in methods]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--seeds", default="42,43,44")
-    ap.add_argument("--targets", default="0.2", help="target parameter reductions, comma-separated")
-    ap.add_argument("--ratio", type=float, default=None, help="per-structure pruning ratio instead of targets")
-    ap.add_argument("--max-windows", type=int, default=64, help="128-token windows per perplexity (first ones)")
-    ap.add_argument("--out", default="benchmarks/results/quality.json")
-    ap.add_argument("--zeroshot-limit", type=int, default=0,
-                    help="items per offline zero-shot task (0 = no zero-shot; lm-eval is the slow part)")
+    ap.add_argument("--settings", default="0.2,r0.64,0.5",
+                    help="parameter targets (0.2) and per-structure ratios (r0.64), comma-separated "
+                    "(default: %(default)s)")
+    ap.add_argument("--max-windows", type=int, default=300, help="Wikipedia 128-token windows (first ones); Lee news "
+                    "is scored whole (default: %(default)s)")
+    ap.add_argument("--out", default="benchmarks/results/quality_paired_smollm2_s{seed}.json",
+                    help="result file per seed ({seed} is replaced); items go to <stem>.items.json")
+    ap.add_argument("--local-limit", type=int, default=0, help="items per local zero-shot task (0 = all)")
+    ap.add_argument("--no-zeroshot", action="store_true", help="perplexity and calibration loss only")
+    ap.add_argument("--paper7-limit", type=int, default=0, help=f"items per {PAPER7} task, a seeded subset "
+                    "(0 = not measured; lm-eval is the slow part)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
-    ap.add_argument("--summarize", nargs="+", metavar="JSON", help="only print the table of these result files")
-    ap.add_argument("--markdown", action="store_true", help="with --summarize: a Markdown table (for the README)")
-    ap.add_argument("--smoke", action="store_true", help="tiny model, 1 seed, 2 windows: checks the script runs")
+    ap.add_argument("--summarize", nargs="+", metavar="JSON", help="only print the tables of these result files")
+    ap.add_argument("--markdown", action="store_true", help="with --summarize: Markdown tables (for the README)")
+    ap.add_argument("--smoke", action="store_true", help="tiny model, 1 seed, 2 windows, 2 items: checks it runs")
     args = ap.parse_args()
+    args.news_windows = None  # Lee news: every window
     if args.summarize:
-        merged = merge([json.loads(Path(f).read_text()) for f in args.summarize])
-        markdown(merged) if args.markdown else summarize(merged)
+        merged = merge([load_result(f) for f in args.summarize])
+        if args.markdown:
+            markdown(merged)
+        else:
+            summarize(merged)
+            paired_summary(merged)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.smoke:
-        args.model, args.seeds, args.ratio, args.max_windows = "tiny-llama", "42", 0.5, 2
-        args.zeroshot_limit = min(args.zeroshot_limit, 2)
-        args.out = str(Path(tempfile.mkdtemp()) / "quality.json")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    targets = [None] if args.ratio is not None else [float(t) for t in args.targets.split(",")]
+        args.model, args.seeds, args.settings, args.max_windows = "tiny-llama", "42", "r0.5", 2
+        args.local_limit, args.paper7_limit, args.news_windows = 2, 0, 2
+        args.out = str(Path(tempfile.mkdtemp()) / "quality_s{seed}.json")
+    if args.paper7_limit and PAPER7 not in TASK_SETS:
+        raise SystemExit(f"--paper7-limit: this aeflib has no {PAPER7!r} task set (task sets: {sorted(TASK_SETS)})")
+    run(args)
 
+
+def run(args) -> None:
+    from aeflib.models import load
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    settings = parse_settings(args.settings)
     dense, tokenizer, adapter = load(args.model)
     n_cal, len_cal = (4, 16) if args.smoke else (10, 64)
     holdout = data.calibration(tokenizer, n=8 if args.smoke else 32, seq_len=32 if args.smoke else 128, seed=1042)
-    out_path = Path(args.out)
-    previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    if previous and (previous.get("model"), previous.get("max_windows")) != (args.model, args.max_windows):
-        raise SystemExit(f"{out_path} holds another sweep (model {previous.get('model')}, max_windows "
-                         f"{previous.get('max_windows')}); pass another --out")
-    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                           "aeflib": aeflib.__version__, "threads": torch.get_num_threads()},
-               "model": args.model, "max_windows": args.max_windows, "zeroshot_limit": args.zeroshot_limit,
-               "rows": previous.get("rows", []), "command": " ".join(sys.argv)}
-    metrics = ["calib_loss", "ppl_wikipedia", "ppl_lee_news"] + (["zeroshot_avg"] if args.zeroshot_limit else [])
+    metrics = ["calib_loss", *CORPORA] + ([] if args.no_zeroshot else ["zeroshot_avg"])
+    metrics += ["paper7_avg"] if args.paper7_limit else []
+    protocol = {"model": args.model, "max_windows": args.max_windows, "local_limit": args.local_limit or None,
+                "paper7_limit": args.paper7_limit or None}
 
-    def measure(model, known: dict | None = None) -> dict:
-        out = {k: v for k, v in (known or {}).items() if k in metrics}
+    files = {}
+    for seed in seeds:
+        path = Path(args.out.format(seed=seed))
+        previous = load_result(path) if path.is_file() else {}
+        if previous and any(previous.get(k) != v for k, v in protocol.items() if k in previous and
+                            k != "paper7_limit"):
+            raise SystemExit(f"{path} holds another sweep ({ {k: previous.get(k) for k in protocol} }); pass another "
+                             "--out")
+        files[seed] = {"path": path, "items_path": items_path(path), "items": previous.pop("items", {}),
+                       "result": {**previous, **protocol, "rows": previous.get("rows", []),
+                                  "seconds_total": previous.get("seconds_total", 0.0),
+                                  "invocations": previous.get("invocations", 0) + 1, "command": " ".join(sys.argv),
+                                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                              "torch": torch.__version__, "aeflib": aeflib.__version__,
+                                              "threads": torch.get_num_threads()}}}
+
+    def measure(model, known: dict | None, items: dict) -> tuple[dict, dict]:
+        out = {k: v for k, v in (known or {}).items() if k in metrics or k in ("zeroshot", "paper7")}
+        items = dict(items)
         if "calib_loss" not in out:
             out["calib_loss"] = calib_loss(model, holdout)
-        for key, corpus in (("ppl_wikipedia", "wikipedia"), ("ppl_lee_news", "lee-news")):
-            if key not in out:
-                out[key] = perplexity(model, tokenizer, corpus, "test", max_windows=args.max_windows,
-                                      progress=False).value
-        if "zeroshot_avg" in metrics and "zeroshot_avg" not in out:
-            zs = zeroshot(model, tokenizer, tasks="local", limit=args.zeroshot_limit, bootstrap_iters=0)
-            out["zeroshot_avg"] = zs.average
-            out["zeroshot"] = {t: s.value for t, s in zs.scores.items()}
-            out["zeroshot_items"] = {t: s.n_items for t, s in zs.scores.items()}
-        return out
+        for key, corpus in CORPORA.items():
+            if key not in out or corpus not in items.get("nll", {}):
+                p = perplexity(model, tokenizer, corpus, "test", progress=False, per_window=True,
+                               max_windows=args.max_windows if corpus == "wikipedia" else args.news_windows)
+                out[key], out[f"{key}_windows"] = p.value, p.n_windows
+                items["nll"] = {**items.get("nll", {}), corpus: [round(x, 5) for x in p.window_nll]}
+        for key, tasks, limit in (("zeroshot", "local", args.local_limit or None),
+                                  ("paper7", PAPER7, args.paper7_limit or None)):
+            if f"{key}_avg" not in metrics or (f"{key}_avg" in out and key in items):
+                continue
+            zs = zeroshot(model, tokenizer, tasks=tasks, limit=limit, bootstrap_iters=0, log_samples=True)
+            out[f"{key}_avg"] = zs.average
+            out[key] = {t: {"metric": s.metric, "value": s.value, "n": s.n_items,
+                            "split": getattr(s, "split", None)} for t, s in zs.scores.items()}
+            out[f"{key}_seconds"] = zs.wall_s
+            items[key] = zs.item_table()
+        return out, items
 
-    def done(seed, target, method) -> dict | None:
-        for r in results["rows"]:
-            if (r["seed"], r["target_params"], r["method"]) == (seed, target, method):
+    def save(seed: int) -> None:
+        f = files[seed]
+        write_json(f["items"], f["items_path"])  # items first: a row on disk always has its items
+        write_json(f["result"], f["path"])
+
+    def current(seed: int, key: str, method: str) -> dict | None:
+        for r in files[seed]["result"]["rows"]:
+            if (_amount(r), r["method"]) == (key, method):
                 return r
         return None
 
+    def complete(seed: int, key: str, method: str) -> bool:
+        r = current(seed, key, method)
+        row_key = f"{key}|{method}"
+        return (r is not None and all(k in r for k in metrics) and r.get("fusion") == fingerprint(method)
+                and row_key in files[seed]["items"])
+
     t0 = time.perf_counter()
-    results["dense"] = measure(dense, previous.get("dense"))
-    print(f"dense: {results['dense']}", flush=True)
-    for seed in seeds:
-        todo = [(t, m) for t in targets for m in BASELINES + VARIANTS
-                 if not (done(seed, t, m) and all(k in done(seed, t, m) for k in metrics))]
-        if not todo:
+    dense_known = next((f["result"]["dense"] for f in files.values() if "dense" in f["result"]), None)
+    dense_items = next((f["items"]["dense"] for f in files.values() if "dense" in f["items"]), {})
+    dense_row, dense_items = measure(dense, dense_known, dense_items)
+    for seed, f in files.items():
+        f["result"]["dense"], f["items"]["dense"] = dense_row, dense_items
+        save(seed)
+    print(f"dense: {json.dumps(dense_row)}", flush=True)
+
+    cache: dict = {}  # seed -> (calibration, scores, estimate seconds); (seed, setting, variant) -> fused scores
+
+    def scores_for(seed: int):
+        if seed not in cache:
+            calib = data.calibration(tokenizer, n=n_cal, seq_len=len_cal, seed=seed)
+            t = time.perf_counter()
+            scores = importance.estimate(dense, adapter, calib, criteria=BASELINES, seed=seed)
+            cache.clear()  # one seed's scores at a time (the work is seed-major within each phase)
+            cache[seed] = (calib, scores, time.perf_counter() - t)
+        return cache[seed]
+
+    for seed, setting, method in work_order(seeds, settings):
+        key = setting_key(setting)
+        if complete(seed, key, method):
             continue
-        calib = data.calibration(tokenizer, n=n_cal, seq_len=len_cal, seed=seed)
-        t = time.perf_counter()
-        scores = importance.estimate(dense, adapter, calib, criteria=BASELINES, seed=seed)
-        est_s = time.perf_counter() - t
-        for target in targets:
-            if target is None:
-                ratio = args.ratio
-            else:
-                ratio = pruning.plan(dense, adapter, scores["l2"], target_params=target).pruning_ratio
-            if not any(t == target for t, _ in todo):
-                continue
-            methods = {m: scores[m] for m in BASELINES}
-            fusion_s = {}
-            for variant in VARIANTS:
-                if (target, variant) not in todo:
-                    continue
-                t = time.perf_counter()
-                fused = fusion.fuse(scores, variant, model=dense, adapter=adapter, calibration=calib,
-                                    pruning_ratio=ratio)
-                fusion_s[variant] = time.perf_counter() - t
-                methods[variant] = fused.fused
-            for name, per_set in methods.items():
-                if (target, name) not in todo:
-                    continue
-                model = copy.deepcopy(dense)
-                plan = pruning.plan(model, adapter, per_set, pruning_ratio=ratio, criterion=name)
-                pruning.apply(model, adapter, plan)
-                old = done(seed, target, name)
-                row = {"seed": seed, "target_params": target, "pruning_ratio": ratio, "method": name,
-                       "param_reduction": plan.param_reduction, **measure(model, old),
-                       "estimate_seconds": est_s, "fusion_seconds": fusion_s.get(name)}
-                if old is not None:
-                    results["rows"].remove(old)
-                results["rows"].append(row)
-                print(json.dumps(row), flush=True)
-                write_json(results, Path(args.out))
-                del model
-    results["seconds"] = time.perf_counter() - t0
-    write_json(results, Path(args.out))
-    summarize(results)
+        calib, scores, est_s = scores_for(seed)
+        if setting[0] == "target":
+            ratio = pruning.plan(dense, adapter, scores["l2"], target_params=setting[1]).pruning_ratio
+        else:
+            ratio = setting[1]
+        started = time.perf_counter()
+        fusion_s = None
+        if method in fusion.FUSIONS:
+            fused = fusion.fuse(scores, method, model=dense, adapter=adapter, calibration=calib, pruning_ratio=ratio)
+            per_set, fusion_s = fused.fused, time.perf_counter() - started
+        else:
+            per_set = scores[method]
+        model = copy.deepcopy(dense)
+        plan = pruning.plan(model, adapter, per_set, pruning_ratio=ratio, criterion=method)
+        pruning.apply(model, adapter, plan)
+        old = current(seed, key, method)
+        fp = fingerprint(method)
+        if old is not None and old.get("fusion") != fp:
+            old = None  # fused with other settings: measure again
+        row_key = f"{key}|{method}"
+        measured, items = measure(model, old, files[seed]["items"].get(row_key, {}) if old else {})
+        row = {"seed": seed, "target_params": setting[1] if setting[0] == "target" else None,
+               "pruning_ratio": ratio, "method": method, "param_reduction": plan.param_reduction,
+               **measured, "fusion": fp, "fusion_settings": fused.settings if fusion_s is not None else None,
+               "estimate_seconds": est_s, "fusion_seconds": fusion_s, "commit": COMMIT,
+               "row_seconds": time.perf_counter() - started}
+        rows = files[seed]["result"]["rows"]
+        if current(seed, key, method) is not None:
+            rows.remove(current(seed, key, method))
+        rows.append(row)
+        files[seed]["items"][row_key] = items
+        files[seed]["result"]["seconds_total"] += time.perf_counter() - started
+        save(seed)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("zeroshot", "paper7", "fusion_settings")}),
+              flush=True)
+        del model
+    left = [w for w in work_order(seeds, settings) if not complete(w[0], setting_key(w[1]), w[2])]
+    for seed, f in files.items():
+        f["result"]["seconds_last_invocation"] = time.perf_counter() - t0
+        f["result"]["complete"] = not left
+        save(seed)
+    n_rows = sum(len(f["result"]["rows"]) for f in files.values())
+    measured = sum(f["result"]["seconds_total"] for f in files.values())
+    state = "sweep complete" if not left else f"sweep stopped with {len(left)} rows to go"
+    print(f"{state}: {n_rows} rows; measuring the rows took {measured:.0f} s over all invocations; this invocation "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    merged = merge([{**f["result"], "items": f["items"]} for f in files.values()])
+    summarize(merged)
+    paired_summary(merged)
+
+
+def items_path(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".json") + ".items.json")
+
+
+def load_result(path) -> dict:
+    """A result file with its per-item file (``items``: {} when there is none, as in the 64-window sweeps)."""
+    path = Path(path)
+    result = json.loads(path.read_text())
+    ipath = items_path(path)
+    result["items"] = json.loads(ipath.read_text()) if ipath.is_file() else {}
+    return result
 
 
 def merge(files: list[dict]) -> dict:
-    """One result dict from several sweeps of the same model and protocol (later files win on duplicate rows)."""
+    """One result dict from several sweeps of the same model and protocol (later files win on duplicate rows).
+
+    ``items`` of the merged dict maps ``(seed, setting label, method)`` (and ``"dense"``) to that row's per-item
+    results.
+    """
     first = files[0]
     for f in files[1:]:
         if (f["model"], f["max_windows"]) != (first["model"], first["max_windows"]):
             raise SystemExit("cannot merge sweeps of different models or perplexity windows")
-    rows = {}
+    rows, items = {}, {}
     for f in files:
         for r in f["rows"]:
-            rows[(r["seed"], r["target_params"], r["method"])] = r
+            key = (r["seed"], _amount(r), r["method"])
+            rows[key] = r
+            if f"{key[1]}|{key[2]}" in f.get("items", {}):
+                items[key] = f["items"][f"{key[1]}|{key[2]}"]
+        if "dense" in f.get("items", {}):
+            items["dense"] = f["items"]["dense"]
     dense = {}
     for f in files:
         dense.update(f["dense"])
-    return {**first, "dense": dense, "rows": list(rows.values())}
+    return {**first, "dense": dense, "rows": list(rows.values()), "items": items}
+
+
+def _protocol_line(results: dict) -> str:
+    dense = results["dense"]
+    wiki = dense.get("ppl_wikipedia_windows", results["max_windows"])
+    news = dense.get("ppl_lee_news_windows")
+    line = (f"{results['model']}, no recovery; perplexity llm-pruner-128 on the first {wiki} windows of the Wikipedia "
+            f"test split and {'all ' + str(news) if news else 'the first ' + str(results['max_windows'])} windows of "
+            "the Lee news test split")
+    if "zeroshot" in dense:
+        tasks = ", ".join(f"{t} {v['metric']} n={v['n']}" for t, v in dense["zeroshot"].items())
+        line += f"; zero-shot local average ({tasks})"
+    if "paper7" in dense:
+        n = sorted({v["n"] for v in dense["paper7"].values()})
+        line += f"; {PAPER7} average ({len(dense['paper7'])} tasks, {'/'.join(map(str, n))} items each, seeded subset)"
+    return line
 
 
 def summarize(results: dict) -> None:
     dense = results["dense"]
     rows = results["rows"]
-    zs = "zeroshot_avg" in dense
-    print(f"\n{results['model']}, no recovery; perplexity llm-pruner-128 on the first {results['max_windows']} "
-          "windows of each test split" + (f"; zero-shot: average of the local tasks, first "
-                                          f"{results.get('zeroshot_limit')} items each" if zs else "")
-          + "; mean [min..max] over the n calibration seeds; ratio = pruned / dense")
-    head = (f"{'target':>11} {'method':<12} {'n':>2} {'params -%':>9} {'calib loss':>20} {'PPL wiki':>22} {'ratio':>6} "
-            f"{'PPL news':>22} {'ratio':>6}")
-    print(head + (f" {'zero-shot avg':>20} {'ratio':>6}" if zs else ""))
+    zs, p7 = "zeroshot_avg" in dense, "paper7_avg" in dense
+    print("\n" + _protocol_line(results) + "; mean [min..max] over the n calibration seeds; ratio = pruned / dense")
+    head = (f"{'setting':>11} {'method':<12} {'n':>2} {'params -%':>9} {'calib loss':>20} {'PPL wiki':>22} "
+            f"{'ratio':>6} {'PPL news':>22} {'ratio':>6}")
+    print(head + (f" {'zero-shot avg %':>20}" if zs else "") + (f" {PAPER7 + ' %':>20}" if p7 else ""))
     line = (f"{'':>11} {'dense':<12} {'':>2} {'':>9} {dense['calib_loss']:20.3f} {dense['ppl_wikipedia']:22.2f} "
             f"{1:6.2f} {dense['ppl_lee_news']:22.2f} {1:6.2f}")
-    print(line + (f" {dense['zeroshot_avg']:20.3f} {1:6.2f}" if zs else ""))
-    keys = sorted({(_amount(r), r["method"]) for r in rows}, key=lambda k: (k[0], _order(k[1])))
+    print(line + (f" {100 * dense['zeroshot_avg']:20.2f}" if zs else "")
+          + (f" {100 * dense['paper7_avg']:20.2f}" if p7 else ""))
+    keys = sorted({(_amount(r), r["method"]) for r in rows}, key=lambda k: (_setting_order(k[0]), _order(k[1])))
     for target, method in keys:
         sel = [r for r in rows if _amount(r) == target and r["method"] == method]
 
-        def cell(metric: str, fmt: str, sel=sel) -> str:
-            vals = [r[metric] for r in sel if metric in r]
+        def cell(metric: str, fmt: str, sel=sel, scale=1.0) -> str:
+            vals = [scale * r[metric] for r in sel if metric in r]
             if not vals:
                 return "n/a"
-            return f"{statistics.mean(vals):{fmt}} [{min(vals):{fmt}}..{max(vals):{fmt}}]"
+            n = "" if len(vals) == len(sel) else f" n={len(vals)}"
+            return f"{statistics.mean(vals):{fmt}} [{min(vals):{fmt}}..{max(vals):{fmt}}]{n}"
 
         def ratio(metric: str, sel=sel) -> str:
             vals = [r[metric] for r in sel if metric in r]
@@ -213,12 +380,10 @@ def summarize(results: dict) -> None:
                 f"{100 * statistics.mean(r['param_reduction'] for r in sel):9.2f} {cell('calib_loss', '.3f'):>20} "
                 f"{cell('ppl_wikipedia', '.2f'):>22} {ratio('ppl_wikipedia')} {cell('ppl_lee_news', '.2f'):>22} "
                 f"{ratio('ppl_lee_news')}")
-        if zs:
-            n_zs = sum("zeroshot_avg" in r for r in sel)
-            line += f" {cell('zeroshot_avg', '.3f'):>20} {ratio('zeroshot_avg')}" + ("" if n_zs == len(sel) else
-                                                                                   f" (n={n_zs})")
+        line += f" {cell('zeroshot_avg', '.2f', scale=100):>20}" if zs else ""
+        line += f" {cell('paper7_avg', '.2f', scale=100):>20}" if p7 else ""
         print(line)
-    for target in sorted({_amount(r) for r in rows}):
+    for target in sorted({_amount(r) for r in rows}, key=_setting_order):
         variants = [(statistics.mean(r["calib_loss"] for r in rows if r["method"] == v and
                                      _amount(r) == target), v)
                     for v in VARIANTS if any(r["method"] == v and _amount(r) == target for r in rows)]
@@ -230,35 +395,154 @@ def summarize(results: dict) -> None:
     print(f"machine: {m.get('platform')}, {m.get('cpus')} CPUs, torch {m.get('torch')}, threads {m.get('threads')}")
 
 
+#: measure -> (label, per-item key in the items file, sub-key, scale, unit, higher is better)
+PAIRED = {
+    "zeroshot": ("zero-shot local avg", "zeroshot", None, 100.0, "points", True),
+    "paper7": (f"{PAPER7} avg", "paper7", None, 100.0, "points", True),
+    "nll_wikipedia": ("NLL Wikipedia", "nll", "wikipedia", 1.0, "nats", False),
+    "nll_lee_news": ("NLL Lee news", "nll", "lee-news", 1.0, "nats", False),
+}
+
+
+def _item_map(items: dict, measure: str) -> dict | None:
+    """{item id: value} of one row for one measure, or None if the row has no such per-item results."""
+    from aeflib.evaluation.zeroshot_results import item_values
+
+    _, key, sub, *_ = PAIRED[measure]
+    if key not in items:
+        return None
+    if sub is None:
+        return item_values(items[key])
+    return dict(enumerate(items[key][sub])) if sub in items[key] else None
+
+
+def comparisons(results: dict, draws: int = 10_000) -> list[dict]:
+    """Paired intervals per setting: each method against the best baseline estimator, and AEF variants pairwise.
+
+    The best baseline estimator of a setting is the one of vector/element1/element2 with the highest mean zero-shot
+    average (lowest Wikipedia NLL without zero-shot) over its seeds. Items are paired by id, seeds by calibration seed
+    (only seeds both methods have), the bootstrap runs over seeds and items (zero-shot items within their task).
+    """
+    from aeflib.evaluation.paired import paired_bootstrap
+    from aeflib.evaluation.zeroshot_results import task_of
+
+    rows, items = results["rows"], results.get("items", {})
+    out = []
+    for setting in sorted({_amount(r) for r in rows}, key=_setting_order):
+        by_method: dict[str, dict[int, dict]] = {}
+        for key, it in items.items():
+            if isinstance(key, tuple) and key[1] == setting:
+                seed, _, method = key
+                by_method.setdefault(method, {})[seed] = it
+        if not by_method:
+            continue
+
+        def score(method: str, setting=setting) -> float:
+            sel = [r for r in rows if _amount(r) == setting and r["method"] == method]
+            if all("zeroshot_avg" in r for r in sel):
+                return statistics.mean(r["zeroshot_avg"] for r in sel)
+            return -statistics.mean(r["ppl_wikipedia"] for r in sel)
+
+        estimators = [m for m in ESTIMATORS if m in by_method]
+        pairs = []
+        if estimators:
+            best = max(estimators, key=score)
+            pairs += [(best, m, "best estimator") for m in by_method if m != best]
+        aefs = [v for v in VARIANTS if v in by_method]
+        pairs += [(a, b, "AEF variants") for i, a in enumerate(aefs) for b in aefs[i + 1:]]
+        for a, b, kind in pairs:
+            seeds = sorted(set(by_method[a]) & set(by_method[b]))
+            entry = {"setting": setting, "a": a, "b": b, "kind": kind, "seeds": seeds, "measures": {}}
+            for measure, (_label, _key, sub, scale, unit, higher) in PAIRED.items():
+                ia = {s: _item_map(by_method[a][s], measure) for s in seeds}
+                ib = {s: _item_map(by_method[b][s], measure) for s in seeds}
+                if not seeds or any(v is None for v in (*ia.values(), *ib.values())):
+                    continue
+                r = paired_bootstrap(ia, ib, strata=task_of if sub is None else None, draws=draws,
+                                     scale=scale, unit=unit, higher_is_better=higher, labels=(a, b))
+                entry["measures"][measure] = r
+            out.append(entry)
+    return out
+
+
+def paired_summary(results: dict) -> None:
+    comps = comparisons(results)
+    if not comps:
+        print("no per-item results: no paired intervals (sweeps before the .items.json files kept only means)")
+        return
+    print("\npaired 95 % intervals of B − A (items paired by id, seeds by calibration seed; bootstrap over seeds "
+          "and items, 10,000 draws; zero-shot: mean of the task means; NLL: mean token NLL per window, lower is "
+          "better). 'within noise' = the interval holds 0: no claim.")
+    for c in comps:
+        print(f"{c['setting']:>11}  {c['b']} vs {c['a']} ({c['kind']}), seeds {','.join(map(str, c['seeds']))}:")
+        for measure, r in c["measures"].items():
+            digits = 2 if r.unit == "points" else 4
+            print(f"{'':>13}{PAIRED[measure][0]:<22} {r.reading(digits)}")
+
+
 def markdown(results: dict) -> None:
-    """The summary as a Markdown table: mean ± half the min..max spread over seeds, and the ratio to dense."""
+    """The summary as Markdown tables: means over seeds (± half the min..max spread), then the paired intervals."""
     dense, rows = results["dense"], results["rows"]
-    cols = [("calib_loss", "held-out calib. loss", ".3f"), ("ppl_wikipedia", "PPL Wikipedia", ".2f"),
-            ("ppl_lee_news", "PPL Lee news", ".2f")]
-    print("| target | method | seeds | params removed | " + " | ".join(
-        f"{name} | ratio" if key != "calib_loss" else name for key, name, _ in cols) + " |")
-    print("|---" * (4 + 2 * len(cols) - 1) + "|")
-    print("| – | dense | – | – | " + " | ".join(
-        f"{dense[k]:{f}} | 1.00" if k != "calib_loss" else f"{dense[k]:{f}}" for k, _, f in cols) + " |")
-    keys = sorted({(_amount(r), r["method"]) for r in rows}, key=lambda k: (k[0], _order(k[1])))
+    cols = [("calib_loss", "held-out calib. loss", ".3f", 1), ("ppl_wikipedia", "PPL Wikipedia", ".2f", 1),
+            ("ppl_lee_news", "PPL Lee news", ".2f", 1)]
+    cols += [("zeroshot_avg", "zero-shot local avg %", ".2f", 100)] if "zeroshot_avg" in dense else []
+    cols += [("paper7_avg", f"{PAPER7} avg %", ".2f", 100)] if "paper7_avg" in dense else []
+    print(_protocol_line(results) + ".\n")
+    print("| setting | method | seeds | params removed | " + " | ".join(name for _, name, _, _ in cols) + " |")
+    print("|---" * (4 + len(cols)) + "|")
+    print("| – | dense | – | – | " + " | ".join(f"{s * dense[k]:{f}}" for k, _, f, s in cols) + " |")
+    keys = sorted({(_amount(r), r["method"]) for r in rows}, key=lambda k: (_setting_order(k[0]), _order(k[1])))
     for target, method in keys:
         sel = [r for r in rows if _amount(r) == target and r["method"] == method]
         cells = []
-        for key, _, fmt in cols:
-            vals = [r[key] for r in sel]
+        for key, _, fmt, scale in cols:
+            vals = [scale * r[key] for r in sel if key in r]
+            if not vals:
+                cells.append("–")
+                continue
             mean, half = statistics.mean(vals), (max(vals) - min(vals)) / 2
-            cells.append(f"{mean:{fmt}} ± {half:{fmt}}")
-            if key != "calib_loss":
-                cells.append(f"{mean / dense[key]:.2f}")
+            cells.append(f"{mean:{fmt}} ± {half:{fmt}}" + ("" if len(vals) == len(sel) else f" (n={len(vals)})"))
         name = f"{method} (= `aef`)" if method == fusion.DEFAULT_METHOD else method
-        print(f"| {target} | {name} | {len(sel)} | "
+        seeds = ",".join(str(r["seed"]) for r in sorted(sel, key=lambda r: r["seed"]))
+        print(f"| {target} | {name} | {seeds} | "
               f"{100 * statistics.mean(r['param_reduction'] for r in sel):.2f} % | " + " | ".join(cells) + " |")
+    comps = comparisons(results)
+    if not comps:
+        return
+    measures = [m for m in PAIRED if any(m in c["measures"] for c in comps)]
+    print("\nPaired differences B − A, 95 % interval (bootstrap over calibration seeds and paired items); **bold** = "
+          "the interval excludes 0, otherwise within noise.\n")
+    print("| setting | A | B | seeds | " + " | ".join(f"Δ {PAIRED[m][0]} ({PAIRED[m][4]})" for m in measures)
+          + " | reading |")
+    print("|---" * (5 + len(measures)) + "|")
+    for c in comps:
+        cells, verdicts = [], []
+        for m in measures:
+            r = c["measures"].get(m)
+            if r is None:
+                cells.append("–")
+                continue
+            d = 2 if r.unit == "points" else 3
+            text = f"{r.diff:+.{d}f} [{r.lo:+.{d}f}, {r.hi:+.{d}f}]"
+            cells.append(f"**{text}**" if r.excludes_zero else text)
+            if r.excludes_zero:
+                verdicts.append(f"{r.better} better on {PAIRED[m][0]}")
+        reading = "; ".join(verdicts) if verdicts else "within noise on every measure"
+        print(f"| {c['setting']} | {c['a']} | {c['b']} | {','.join(map(str, c['seeds']))} | " + " | ".join(cells)
+              + f" | {reading} |")
 
 
 def _amount(row: dict) -> str:
     """How much a row prunes: its parameter target (``20 %``) or, in ratio mode, its per-structure ratio."""
     t = row["target_params"]
     return f"{100 * t:.0f} %" if t is not None else f"ratio {row['pruning_ratio']:.2f}"
+
+
+def _setting_order(label: str) -> tuple[int, float]:
+    """Parameter targets first (ascending), then ratios (ascending)."""
+    if label.startswith("ratio"):
+        return (1, float(label.split()[1]))
+    return (0, float(label.split()[0]))
 
 
 def _order(method: str) -> int:

@@ -102,11 +102,19 @@ def _ok(run: _Smoke) -> str:
 
 @pytest.mark.parametrize("script", ["quality.py"])
 def test_quality_smoke_prints_every_method_against_dense(smoke, script):
-    out = _ok(smoke(script))
+    run = smoke(script)
+    out = _ok(run)
     assert "ratio = pruned / dense" in out
     for method in ["random", "l2", "vector", "element1", "element2", "aef-layer", "aef-element", "aef-learned"]:
         assert re.search(rf"^\s+ratio 0\.50 {re.escape(method)}\s+1\s", out, re.M), f"no table row for {method}"
     assert re.search(r"^aef = aef-\w+ \(aeflib\.fusion\.DEFAULT_METHOD\)", out, re.M)
+    # per-item results beside the rows, and paired intervals computed from them
+    items = run.json("quality_s42.items.json")
+    assert set(items["dense"]) == {"nll", "zeroshot"} and len(items["dense"]["nll"]["wikipedia"]) == 2
+    ids = items["ratio 0.50|element1"]["zeroshot"]["aef_qa"]["doc_ids"]
+    assert len(ids) == 2 and ids == items["dense"]["zeroshot"]["aef_qa"]["doc_ids"]  # same items for every model
+    assert "paired 95 % intervals of B − A" in out
+    assert re.search(r"^\s+zero-shot local avg\s+aef-layer − (vector|element\d) = [+-]\d+\.\d\d points \[", out, re.M)
 
 
 @pytest.mark.parametrize("script", ["estimation_cost.py"])

@@ -132,3 +132,8 @@ def test_perplexity_per_window_nll_averages_to_the_reported_nll(one_thread):
     assert plain.window_nll is None and "window_nll" not in plain.to_dict()
     assert windows.value == plain.value and len(windows.window_nll) == 6
     assert np.mean(windows.window_nll) == pytest.approx(plain.nll, rel=1e-9)  # equal-length windows
+
+
+def test_a_handful_of_items_gets_no_verdict():
+    r = paired_bootstrap({0: 1.0, 1: 2.0}, {0: 3.0, 1: 4.0})
+    assert r.excludes_zero and r.better is None and r.reading().endswith("too few items to tell")

@@ -33,8 +33,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PairedDifference", "binomial_interval", "mean_interval", "paired_bootstrap"]
+__all__ = ["MIN_ITEMS", "PairedDifference", "binomial_interval", "mean_interval", "paired_bootstrap"]
 
+#: Fewest paired items for which a verdict is given: below it a percentile bootstrap is too narrow to trust.
+MIN_ITEMS = 20
 _CHUNK = 4_000_000  # random indices per block: bounds memory at ~32 MB whatever draws × items
 
 
@@ -67,17 +69,23 @@ class PairedDifference:
 
     @property
     def better(self) -> str | None:
-        """Label of the better method when the interval excludes 0, else None (within noise)."""
-        if not self.excludes_zero:
+        """Label of the better method when the interval excludes 0 (and n >= ``MIN_ITEMS``), else None."""
+        if not self.excludes_zero or self.n < MIN_ITEMS:
             return None
         b_higher = self.lo > 0
         return self.label_b if b_higher == self.higher_is_better else self.label_a
 
     def reading(self, digits: int = 2) -> str:
-        """One line: ``"B − A = +1.20 points [0.30, 2.10]: B better"`` or ``"… within noise"``."""
+        """One line: ``"B − A = +1.20 points [0.30, 2.10] (…): B better"`` or ``"…: within noise"``.
+
+        Below ``MIN_ITEMS`` pairs the verdict is ``"too few items to tell"``.
+        """
         f = f"{{:+.{digits}f}}"
         g = f"{{:.{digits}f}}"
-        verdict = f"{self.better} better" if self.better else "within noise"
+        if self.n < MIN_ITEMS:
+            verdict = "too few items to tell"
+        else:
+            verdict = f"{self.better} better" if self.better else "within noise"
         pct = f"{100 * self.level:g} %"
         return (f"{self.label_b} − {self.label_a} = {f.format(self.diff)} {self.unit} "
                 f"[{g.format(self.lo)}, {g.format(self.hi)}] ({pct}, n={self.n}"
