@@ -1,6 +1,6 @@
 """Importance estimators of the LLM-Pruner family, computed for every group in one set of backward passes.
 
-Notation (paper-notes.md §2): calibration set D of N token windows; L = mean causal-LM cross-entropy over D;
+Notation: calibration set D of N token windows; L = mean causal-LM cross-entropy over D;
 for a weight W with gradient g = dL/dW the *salience* is s = W ⊙ g. A group's slices are cut into *vectors*
 (one weight row, or column, each) and every criterion scores a vector, sums the vectors of a slice, then reduces
 the slices of the group (``sum`` by default):
@@ -16,8 +16,8 @@ the slices of the group (``sum`` by default):
 
 F is the diagonal empirical Fisher F_kk = (1/N) Σ_j (dL(x_j)/dW_k)², from N single-window backward passes.
 
-Dtype policy (field-cases 11, 13): whatever the model dtype, every gradient is upcast to fp32 the moment it exists
-and all accumulation is fp32; the model keeps its dtype.
+Dtype policy: whatever the model dtype, every gradient is upcast to fp32 the moment it exists and all accumulation
+is fp32 (bf16 has 8 mantissa bits: sums of squared gradients in bf16 lose small terms); the model keeps its dtype.
 
 Two paths give the same numbers (a test holds them to 1e-6):
 
@@ -28,6 +28,17 @@ Two paths give the same numbers (a test holds them to 1e-6):
   it then needs one fp32 gradient accumulator per pruned weight, because |Σ| is not Σ||. ``element2`` needs one
   fp32 Fisher accumulator per pruned weight (the absolute value is taken per element, so it cannot be reduced
   to groups earlier).
+* Fisher memory (``fisher_memory_gib``): at LLaMA-7B scale the Fisher accumulators of layers 4..29 (5.26 B weights
+  × 4 bytes = 19.6 GiB) do not fit beside the 12.55 GiB of bf16 weights in 24 GiB. When the all-at-once
+  accumulators would exceed the budget, the pruned layers are scored a *slice* of consecutive layers at a time:
+  only the slice's parameters require grad (so backward stops at the slice's first layer), and the N single-window
+  passes accumulate both the Fisher and the gradient sum (fp32, 8 bytes per weight of the slice). With windows of
+  equal length the mean of the per-window gradients is the gradient of the mean loss, so no full-batch pass is
+  needed and the scores equal the all-at-once ones (a test holds them to 1e-6). The price is time: every slice
+  repeats the N forward passes and the backward passes down to its first layer. At LLaMA-7B (202 M pruned weights
+  per layer, 1.51 GiB of accumulators) the default 5 GiB gives 3 layers per slice, 9 slices for layers 4..29;
+  ``benchmarks/estimation_cost.py`` measures the peak and the wall time. Small models (SmolLM2-135M: 0.32 GiB of
+  Fisher) stay on the all-at-once path, unchanged.
 * ``path="naive"`` — LLM-Pruner's way: full ``.grad`` on every parameter, then score. Kept as the test oracle
   and for the memory benchmark.
 """
@@ -45,7 +56,8 @@ from aeflib.models.adapters import GroupSet, Slice, StructureAdapter
 from aeflib.models.checksum import checksum
 from aeflib.scores import Scores
 
-__all__ = ["ESTIMATORS", "GRADIENT_CRITERIA", "PATHS", "REDUCTIONS", "estimate", "slice_scores"]
+__all__ = ["DEFAULT_FISHER_MEMORY_GIB", "ESTIMATORS", "GRADIENT_CRITERIA", "PATHS", "REDUCTIONS", "estimate",
+           "fisher_layer_slices", "slice_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +105,10 @@ REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 PATHS = ("bounded", "naive")
 
+#: Default memory (GiB) the bounded path may hold in fp32 Fisher / gradient accumulators at once; see
+#: :func:`fisher_layer_slices`. 5 GiB: LLaMA-7B in bf16 (12.55 GiB of weights) then stays within 24 GiB.
+DEFAULT_FISHER_MEMORY_GIB = 5.0
+
 
 def slice_scores(s: Slice, weight: Tensor, grad: Tensor | None, fisher: Tensor | None,
                  criteria: Iterable[str]) -> dict[str, Tensor]:
@@ -126,10 +142,13 @@ class _Accumulator:
         self.needs_fisher = any(ESTIMATORS[c][2] for c in self.criteria)
         # parameter -> the (set key, slice index, slice) entries it feeds
         self.owners: dict[nn.Parameter, list[tuple[str, int, Slice]]] = {}
+        self.layer_of: dict[nn.Parameter, int] = {}
         for gs in sets:
             block = layers[gs.layer]
             for j, s in enumerate(gs.slices):
-                self.owners.setdefault(block.get_parameter(s.param), []).append((gs.key, j, s))
+                p = block.get_parameter(s.param)
+                self.owners.setdefault(p, []).append((gs.key, j, s))
+                self.layer_of[p] = gs.layer
         self.results: dict[tuple[str, int], dict[str, Tensor]] = {}
         self.grad_sum: dict[nn.Parameter, Tensor] = {}     # fp32, only while chunking
         self.fisher: dict[nn.Parameter, Tensor] = {}       # fp32, only for element2
@@ -153,6 +172,44 @@ class _Accumulator:
             self.grad_sum[p] = grad.float().clone()
 
 
+def fisher_layer_slices(layer_numel: dict[int, int], fisher_memory_gib: float | None,
+                        all_at_once_bytes_per_weight: int = 4) -> list[list[int]] | None:
+    """Split the scored layers into slices whose fp32 accumulators fit a memory budget.
+
+    Args:
+        layer_numel: Scored layer index -> number of grouped (pruned) weights in it.
+        fisher_memory_gib: Budget in GiB (2**30 bytes) for the accumulators held at once; ``None``: no limit.
+        all_at_once_bytes_per_weight: Accumulator bytes per weight on the all-at-once path (4: the Fisher; 8 when
+            the calibration is also chunked and needs a gradient sum).
+
+    Returns:
+        ``None`` when all layers' accumulators fit at once (``all_at_once_bytes_per_weight`` bytes per weight);
+        otherwise lists of consecutive layer indices, each holding at most the budget at 8 bytes per weight
+        (Fisher + gradient sum, fp32) — at least one layer per slice, even if one layer alone exceeds the budget.
+
+    Raises:
+        ValueError: If ``fisher_memory_gib`` is not ``None`` and not > 0.
+
+    Source: [ours].
+    """
+    if fisher_memory_gib is not None and not fisher_memory_gib > 0:
+        raise ValueError(f"fisher_memory_gib={fisher_memory_gib!r} must be > 0 (GiB), or None for no limit")
+    budget = None if fisher_memory_gib is None else fisher_memory_gib * 2**30
+    if budget is None or all_at_once_bytes_per_weight * sum(layer_numel.values()) <= budget:
+        return None
+    slices: list[list[int]] = []
+    held = 0
+    for layer in sorted(layer_numel):
+        need = 8 * layer_numel[layer]
+        if slices and held + need <= budget:
+            slices[-1].append(layer)
+            held += need
+        else:
+            slices.append([layer])
+            held = need
+    return slices
+
+
 def _loss(model: nn.Module, ids: Tensor) -> Tensor:
     """Mean next-token cross-entropy of ``ids`` [B, L] (transformers upcasts logits to fp32 for the loss)."""
     return model(input_ids=ids, labels=ids, use_cache=False).loss
@@ -174,6 +231,17 @@ def _backward_passes(model: nn.Module, calibration: Tensor, chunk_size: int) -> 
         yield
 
 
+def _fisher_passes(model: nn.Module, calibration: Tensor) -> Iterable[None]:
+    """One backward per window of that window's own mean loss (unscaled); yields after each.
+
+    The gradient of each pass is dL(x_j)/dW, whose square (÷ N) the Fisher accumulates, as LLM-Pruner's
+    ``param_mix`` does (``loss = model(example_prompts[j:j+1]).loss; loss.backward(); acc_grad += grad² / N``).
+    """
+    for window in calibration.split(1):
+        _loss(model, window).backward()
+        yield
+
+
 def _random_scores(sets: list[GroupSet], seed: int) -> dict[str, Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return {gs.key: torch.rand(gs.n, generator=gen) for gs in sets}
@@ -190,6 +258,7 @@ def estimate(
     chunk_size: int | None = None,
     path: str = "bounded",
     seed: int = 42,
+    fisher_memory_gib: float | None = DEFAULT_FISHER_MEMORY_GIB,
 ) -> Scores:
     """Estimate the importance of every head and channel group of the pruned layers, all criteria at once.
 
@@ -203,16 +272,24 @@ def estimate(
         chunk_size: Windows per backward pass (default: all N in one pass). Smaller bounds activation memory.
         path: ``"bounded"`` (hooks, default) or ``"naive"`` (full ``.grad``, LLM-Pruner's way).
         seed: Seed of the ``random`` criterion.
+        fisher_memory_gib: Only with ``element2`` on the bounded path: GiB of fp32 accumulators held at once. If the
+            all-at-once Fisher (4 bytes per pruned weight) exceeds it, layers are scored a slice at a time (see
+            :func:`fisher_layer_slices` and the module notes): same scores, memory 8 bytes per weight of one slice
+            instead of 4 per weight of all layers, time ≈ one set of N single-window passes per slice instead of
+            N single-window passes plus one full-batch pass. ``None``: always all at once. The naive path (the
+            oracle) ignores it.
 
     Returns:
         :class:`~aeflib.scores.Scores` with one fp32 tensor [n_groups] per criterion and group set, and ``meta``
-        holding the calibration shape, reduction, path, wall time and model checksum.
+        holding the calibration shape, reduction, path, wall time, model checksum and the Fisher layer slices
+        (``fisher_layer_slices``: ``null`` when all at once).
 
     Raises:
-        ValueError: Unknown criterion, reduction or path; calibration not a 2-D integer tensor; chunk_size < 1.
+        ValueError: Unknown criterion, reduction or path; calibration not a 2-D integer tensor; chunk_size < 1;
+            fisher_memory_gib not > 0.
 
     Source: [paper] coarse vector-wise + fine element-wise Taylor estimates; [LLM-Pruner code] formulas, Fisher
-    from single-sample passes, ``group_reduction``; the hook path [ours] (field-case 12).
+    from single-sample passes, ``group_reduction``; the hook path and the layer slices [ours].
     """
     criteria = list(dict.fromkeys([criteria] if isinstance(criteria, str) else criteria))
     unknown = [c for c in criteria if c not in ESTIMATORS]
@@ -229,13 +306,23 @@ def estimate(
     chunk_size = n if chunk_size is None else chunk_size
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1")
+    if fisher_memory_gib is not None and not fisher_memory_gib > 0:
+        raise ValueError(f"fisher_memory_gib={fisher_memory_gib!r} must be > 0 (GiB), or None for no limit")
 
     t0 = time.perf_counter()
     sets = adapter.all_group_sets(model, layers)
     acc = _Accumulator(sets, adapter.decoder_layers(model), criteria)
     device = next(model.parameters()).device
     calibration = calibration.to(device)
-    if acc.needs_grad:
+    layer_slices = None
+    if acc.needs_fisher and path == "bounded":
+        numel: dict[int, int] = {}
+        for p, layer in acc.layer_of.items():
+            numel[layer] = numel.get(layer, 0) + p.numel()
+        layer_slices = fisher_layer_slices(numel, fisher_memory_gib, 8 if chunk_size < n else 4)
+    if layer_slices is not None:
+        _run_bounded_sliced(model, acc, calibration, layer_slices)
+    elif acc.needs_grad:
         (_run_bounded if path == "bounded" else _run_naive)(model, acc, calibration, chunk_size)
     else:
         for p in acc.owners:
@@ -253,7 +340,8 @@ def estimate(
         "criteria": criteria, "reduction": reduction, "path": path, "chunk_size": chunk_size,
         "calibration_shape": list(calibration.shape), "seed": seed, "model_checksum": checksum(model),
         "model_dtype": str(next(model.parameters()).dtype), "layers": sorted({gs.layer for gs in sets}),
-        "units": {gs.key: gs.unit for gs in sets}, "seconds": round(time.perf_counter() - t0, 3),
+        "units": {gs.key: gs.unit for gs in sets}, "fisher_memory_gib": fisher_memory_gib,
+        "fisher_layer_slices": layer_slices, "seconds": round(time.perf_counter() - t0, 3),
     }
     log.info("estimated %s on %d group sets in %.1f s", criteria, len(sets), meta["seconds"])
     return Scores(values, meta)
@@ -304,7 +392,7 @@ def _run_bounded(model: nn.Module, acc: _Accumulator, calibration: Tensor, chunk
                 handles.append(p.register_post_accumulate_grad_hook(hook))
             if acc.needs_fisher:
                 mode["phase"] = "fisher"
-                for _ in _backward_passes(model, calibration, 1):
+                for _ in _fisher_passes(model, calibration):
                     pass
                 mode["phase"] = "grad"
             chunks = _chunks(calibration, chunk_size)
@@ -319,12 +407,54 @@ def _run_bounded(model: nn.Module, acc: _Accumulator, calibration: Tensor, chunk
         raise RuntimeError(f"{len(missing)} grouped parameters received no gradient; is the model's loss connected?")
 
 
+def _run_bounded_sliced(model: nn.Module, acc: _Accumulator, calibration: Tensor, slices: list[list[int]]) -> None:
+    """Fisher and gradient from the N single-window passes, one slice of layers at a time.
+
+    Only the slice's grouped parameters require grad, so autograd records (and backward runs) from the slice's
+    first layer up only. Per window j the hook adds (g_j)² / N to the Fisher and g_j / N to the gradient sum, both
+    fp32; after the N windows, the slice is scored and its accumulators freed. With equal-length windows
+    (1/N) Σ_j g_j is the gradient of the mean loss over all windows, the gradient the all-at-once path takes from
+    one full-batch pass.
+    """
+    n = calibration.shape[0]
+
+    def hook(p: nn.Parameter) -> None:
+        grad, p.grad = p.grad, None
+        g = grad.float()
+        acc.add_fisher(p, g, n)
+        g = g / n
+        if p in acc.grad_sum:
+            acc.grad_sum[p].add_(g)
+        else:
+            acc.grad_sum[p] = g
+
+    for layer_slice in slices:
+        wanted = set(layer_slice)
+        params = [p for p in acc.owners if acc.layer_of[p] in wanted]
+        with _GradScope(model, params):
+            handles = [p.register_post_accumulate_grad_hook(hook) for p in params]
+            try:
+                for _ in _fisher_passes(model, calibration):
+                    pass
+            finally:
+                for h in handles:
+                    h.remove()
+        missing = [p for p in params if p not in acc.grad_sum]
+        if missing:
+            raise RuntimeError(f"{len(missing)} grouped parameters of layers {layer_slice} received no gradient; "
+                               "is the model's loss connected?")
+        for p in params:
+            acc.score(p, acc.grad_sum.pop(p))
+            acc.fisher.pop(p)
+        log.info("scored layers %s (%d windows)", layer_slice, n)
+
+
 def _run_naive(model: nn.Module, acc: _Accumulator, calibration: Tensor, chunk_size: int) -> None:
     """LLM-Pruner's way: every parameter keeps its full ``.grad``; scores are computed afterwards."""
     n = calibration.shape[0]
     with _GradScope(model, acc.owners, everything=True):
         if acc.needs_fisher:
-            for _ in _backward_passes(model, calibration, 1):
+            for _ in _fisher_passes(model, calibration):
                 for p in acc.owners:
                     acc.add_fisher(p, p.grad, n)
                 model.zero_grad(set_to_none=True)

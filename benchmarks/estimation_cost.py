@@ -1,17 +1,22 @@
 """Wall time and peak memory of importance estimation: memory-bounded (hooks) vs naive (full .grad) path.
 
 Each measurement runs in a fresh subprocess so that its peak RSS (``ru_maxrss``) is its own; on CUDA the peak is
-``torch.cuda.max_memory_allocated``. Reported per case: seconds, peak memory, peak / weight bytes, and the
-naive / bounded ratio measured in the same run.
+``torch.cuda.max_memory_allocated``. Reported per case: seconds (wall and CPU), peak memory, peak / weight bytes, and
+the naive / bounded ratio measured in the same run.
 
 Models: the embedded SmolLM2-135M (layers 4..27 scored, as LLM-Pruner's range) and a random-weight model with
 LLaMA-7B widths (hidden 4096, 32 heads, MLP 11008, vocab 32000) but only ``--layers`` decoder layers, all scored.
-The 7B projection assumes per-layer costs add up: peak(32 layers) ≈ peak(k) + (32 − k)·Δ with Δ the measured
-peak increase per extra layer (the script measures k and k+1 layers to get Δ).
+
+``--full7b`` measures the full LLaMA-7B shape instead (32 layers, random weights built directly in bf16 by
+``full7b.random_model`` — meta device, then one tensor at a time, never an fp32 copy — layers 4..29 scored, 10 × 64
+tokens, 2 threads): first order (vector + element1) and with the Fisher term (vector + element1 + element2, default
+``fisher_memory_gib``), bounded path. The naive path is not run there: it holds a bf16 ``.grad`` for every parameter
+(12.55 GiB) beside the weights (12.55 GiB) and fp32 gradient sums for the pruned weights (19.6 GiB) — over 44 GiB.
 
     python benchmarks/estimation_cost.py                 # several minutes on 2 cores
+    python benchmarks/estimation_cost.py --full7b        # ~1 h on 2 cores, peak < 20 GiB -> estimation_cost_full7b.json
     python benchmarks/estimation_cost.py --smoke         # seconds (CI)
-    python benchmarks/estimation_cost.py --device cuda --full7b --dtype bfloat16   # GPU: the full LLaMA-7B shape
+    python benchmarks/estimation_cost.py --device cuda --full7b   # on a GPU
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import write_json  # benchmarks/ is on sys.path: scripts run as files
+from _common import machine, write_json  # benchmarks/ is on sys.path: scripts run as files
 
 #: criteria sets: "all" is every criterion aeflib estimates (one set of backward passes feeds them all)
 CRITERIA = {"first-order": ["vector", "element1"], "with-fisher": ["vector", "element1", "element2"],
@@ -42,7 +47,16 @@ def _child(spec: dict) -> dict:
     from aeflib import data, importance
 
     dtype = aeflib.models.resolve_dtype(spec["dtype"])
-    if spec["model"] == "llama7b-width":
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    build = time.perf_counter()
+    if spec["model"] == "llama-7b-random":
+        from full7b import random_model
+
+        model, adapter = random_model("llama-7b", spec["dtype"], spec["device"])
+        layers = None                                                   # the adapter's 4..29
+        calib = torch.randint(0, 32000, (spec["n"], spec["seq_len"]), generator=torch.Generator().manual_seed(42))
+    elif spec["model"] == "llama7b-width":
         cfg = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
                           num_hidden_layers=spec["layers"], num_attention_heads=32, num_key_value_heads=32)
         with torch.device(spec["device"]):
@@ -54,6 +68,7 @@ def _child(spec: dict) -> dict:
         model, tokenizer, adapter = aeflib.models.load(spec["model"], dtype=dtype, device=spec["device"])
         layers = None
         calib = data.calibration(tokenizer, n=spec["n"], seq_len=spec["seq_len"], seed=42)
+    build_seconds = time.perf_counter() - build
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if spec["device"].startswith("cuda"):
@@ -61,11 +76,13 @@ def _child(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     t, cpu = time.perf_counter(), time.process_time()
-    importance.estimate(model, adapter, calib, criteria=CRITERIA[spec["criteria"]], layers=layers,
-                        path=spec["path"])
+    budget = spec.get("fisher_memory_gib") or importance.DEFAULT_FISHER_MEMORY_GIB
+    scores = importance.estimate(model, adapter, calib, criteria=CRITERIA[spec["criteria"]], layers=layers,
+                                 path=spec["path"], fisher_memory_gib=budget)
     seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
     out = {**spec, "seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
-           "weight_bytes": weight_bytes}
+           "weight_bytes": weight_bytes, "build_seconds": build_seconds, "fisher_memory_gib_used": budget,
+           "fisher_layer_slices": scores.meta["fisher_layer_slices"], "scored_layers": scores.meta["layers"]}
     if spec["device"].startswith("cuda"):
         torch.cuda.synchronize()
         out["peak_bytes"] = torch.cuda.max_memory_allocated()
@@ -91,8 +108,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--layers", type=int, default=2, help="decoder layers of the LLaMA-7B-width model")
-    ap.add_argument("--full7b", action="store_true", help="also the full 32-layer LLaMA-7B shape (GPU)")
-    ap.add_argument("--out", default="benchmarks/results/estimation_cost.json")
+    ap.add_argument("--full7b", action="store_true",
+                    help="only the full LLaMA-7B shape, bf16, 2 threads (-> estimation_cost_full7b.json)")
+    ap.add_argument("--out", default=None, help="default benchmarks/results/estimation_cost[_full7b].json")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     if args.child:
@@ -102,6 +120,11 @@ def main() -> None:
     if args.smoke:
         cases = [dict(model="tiny-llama", layers=0, n=4, seq_len=16, path=p, criteria="with-fisher",
                       device=args.device, dtype=args.dtype) for p in ("bounded", "naive")]
+        cases.append(dict(model="tiny-llama", layers=0, n=4, seq_len=16, path="bounded", criteria="with-fisher",
+                          device=args.device, dtype=args.dtype, fisher_memory_gib=1e-6))   # one layer per slice
+    elif args.full7b:
+        cases = [dict(model="llama-7b-random", layers=32, n=10, seq_len=64, path="bounded", criteria=crit,
+                      device=args.device, dtype="bfloat16", threads=2) for crit in ("first-order", "with-fisher")]
     else:
         cases = []
         for crit in ("first-order", "all"):
@@ -112,24 +135,24 @@ def main() -> None:
             for path in ("bounded", "naive"):
                 cases.append(dict(model="llama7b-width", layers=k, n=10, seq_len=64, path=path,
                                   criteria="first-order", device=args.device, dtype=args.dtype))
-        if args.full7b:
-            for path in ("bounded", "naive"):
-                cases.append(dict(model="llama7b-width", layers=32, n=10, seq_len=64, path=path,
-                                  criteria="with-fisher", device=args.device, dtype=args.dtype))
+    out = Path(args.out or f"benchmarks/results/estimation_cost{'_full7b' if args.full7b else ''}.json")
     rows = []
     for spec in cases:
         row = _run(spec)
         rows.append(row)
-        print(f"{row['model']:>14} L={row['layers']:<2} {row['criteria']:<12} {row['path']:<8} "
+        print(f"{row['model']:>15} L={row['layers']:<2} {row['criteria']:<12} {row['path']:<8} "
               f"{row['seconds']:8.1f} s ({row['cpu_seconds']:7.1f} s CPU)  peak {row['peak_bytes'] / 2**30:6.2f} GiB  "
               f"above weights {row['peak_above_weights_bytes'] / 2**30:6.2f} GiB  "
-              f"peak/weights {row['peak_bytes'] / row['weight_bytes']:5.2f}", flush=True)
+              f"peak/weights {row['peak_bytes'] / row['weight_bytes']:5.2f}  "
+              f"Fisher slices {row['fisher_layer_slices']}", flush=True)
+        if args.full7b:                          # each case takes long: keep what was measured
+            write_json({"machine": machine(), "rows": rows}, out)
     print("\nnaive / bounded, same run:")
     for r in rows:
         if r["path"] != "naive":
             continue
-        b = next(x for x in rows if x["path"] == "bounded" and all(x[k] == r[k] for k in ("model", "layers",
-                                                                                         "criteria")))
+        b = next(x for x in rows if x["path"] == "bounded" and not x.get("fisher_memory_gib")
+                 and all(x[k] == r[k] for k in ("model", "layers", "criteria")))
         print(f"  {r['model']} L={r['layers']} {r['criteria']}: memory above weights "
               f"{r['peak_above_weights_bytes'] / max(b['peak_above_weights_bytes'], 1):.2f}x, "
               f"time {r['seconds'] / b['seconds']:.2f}x")
@@ -142,8 +165,12 @@ def main() -> None:
             projection[path] = wide[(k, path)]["peak_bytes"] + (32 - k) * delta
             print(f"  projected LLaMA-7B (32 layers, {args.dtype}, first-order) peak, {path}: "
                   f"{projection[path] / 2**30:.1f} GiB  (peak(k={k}) + (32-k)·Δ, Δ = {delta / 2**30:.2f} GiB/layer)")
-    out = Path(args.out)
-    if not args.smoke:
+    if args.full7b:
+        first, fisher = rows
+        print(f"\nfull LLaMA-7B shape: with the Fisher term / first order, same run: peak "
+              f"{fisher['peak_bytes'] / first['peak_bytes']:.2f}x, time {fisher['seconds'] / first['seconds']:.2f}x "
+              f"wall, {fisher['cpu_seconds'] / first['cpu_seconds']:.2f}x CPU")
+    elif not args.smoke:
         write_json({"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                 "load_average": os.getloadavg()},
                     "rows": rows, "projection_7b_bytes": projection}, out)

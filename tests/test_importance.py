@@ -44,6 +44,57 @@ def test_chunked_calibration_equals_one_pass(calib):
     assert _relative_error(chunked, whole) < 1e-5
 
 
+def test_fisher_one_layer_slice_at_a_time_equals_all_at_once(tiny, calib):
+    """A budget below one layer's accumulators: every layer is its own slice of N single-window passes.
+
+    In float64 (the model; accumulation stays fp32) so that the comparison tests the identity mean of per-window
+    gradients = gradient of the mean loss, not fp32 GEMM blocking of batch 1 vs batch N (≈1e-6 by itself).
+    """
+    model, _, adapter = tiny
+    model.double()
+    crit = ["vector", "element1", "element2"]
+    whole = estimate(model, adapter, calib, criteria=crit, layers=range(4))
+    sliced = estimate(model, adapter, calib, criteria=crit, layers=range(4), fisher_memory_gib=1e-9)
+    assert whole.meta["fisher_layer_slices"] is None
+    assert sliced.meta["fisher_layer_slices"] == [[0], [1], [2], [3]]
+    assert _relative_error(sliced, whole) < 1e-6
+    naive = estimate(model, adapter, calib, criteria=crit, layers=range(4), path="naive")
+    assert _relative_error(sliced, naive) < 1e-6
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_fisher_slices_pack_consecutive_layers_within_the_budget(calib):
+    gib = 2**30
+    six = {i: gib // 100 for i in range(6)}                 # all at once: 4 B x 6 layers = 0.24 GiB of Fisher
+    assert importance.fisher_layer_slices(six, 0.25) is None
+    assert importance.fisher_layer_slices(six, None) is None
+    assert importance.fisher_layer_slices(six, 0.17) == [[0, 1], [2, 3], [4, 5]]   # 8 B per weight per slice
+    assert importance.fisher_layer_slices(six, 0.1) == [[0], [1], [2], [3], [4], [5]]
+    assert importance.fisher_layer_slices(six, 0.01) == [[0], [1], [2], [3], [4], [5]]   # >= 1 layer per slice
+    model, _, adapter = aeflib.models.load("tiny-gqa")
+    fisher_gib = 4 * sum(p.numel() for p in _grouped_params(model, adapter)) / gib
+    assert estimate(model, adapter, calib, criteria="element2", layers=range(4),
+                    fisher_memory_gib=fisher_gib * 1.01).meta["fisher_layer_slices"] is None
+    assert estimate(model, adapter, calib, criteria="element2", layers=range(4),
+                    fisher_memory_gib=fisher_gib * 0.99).meta["fisher_layer_slices"] == [[0], [1], [2], [3]]
+    first_order = estimate(model, adapter, calib, criteria="element1", layers=range(4), fisher_memory_gib=1e-9)
+    assert first_order.meta["fisher_layer_slices"] is None          # no Fisher asked: one full-batch pass
+
+
+def _grouped_params(model, adapter):
+    layers = adapter.decoder_layers(model)
+    return {layers[gs.layer].get_parameter(s.param) for gs in adapter.all_group_sets(model, range(4))
+            for s in gs.slices}
+
+
+def test_fisher_slices_at_llama7b_scale_stay_within_the_default_budget():
+    """Layers 4..29 of LLaMA-7B, 202.4 M grouped weights each: 19.6 GiB of Fisher at once, 3 layers per slice."""
+    per_layer = 4 * 4096 * 4096 + 3 * 4096 * 11008
+    slices = importance.fisher_layer_slices({i: per_layer for i in range(4, 30)}, importance.DEFAULT_FISHER_MEMORY_GIB)
+    assert [len(s) for s in slices] == [3] * 8 + [2]
+    assert max(8 * per_layer * len(s) for s in slices) <= importance.DEFAULT_FISHER_MEMORY_GIB * 2**30
+
+
 def test_estimation_leaves_weights_flags_and_grads_as_they_were(calib):
     model, _, adapter = aeflib.models.load("tiny-llama")
     before = copy.deepcopy(model.state_dict())
@@ -122,6 +173,34 @@ def test_estimate_matches_a_hand_computed_gradient_on_a_two_layer_model():
     torch.testing.assert_close(scores["vector"]["1.head"][1], vec, rtol=1e-5, atol=1e-9)
 
 
+def test_element2_uses_the_fisher_of_each_windows_own_loss():
+    """F = (1/N) Σ_j (dL(x_j)/dW)², L(x_j) the mean loss of window j alone (LLM-Pruner ``param_mix``), by hand."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
+                      num_attention_heads=2, head_dim=16)
+    model = LlamaForCausalLM(cfg).eval()
+    adapter = aeflib.models.adapter_for(model)
+    ids = torch.randint(0, 50, (3, 8))
+    scores = estimate(model, adapter, ids, criteria=["element2"], layers=[1])
+    sliced = estimate(model, adapter, ids, criteria=["element2"], layers=[1], fisher_memory_gib=1e-9)
+    mlp = model.model.layers[1].mlp
+    weights = (mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
+    fisher = [torch.zeros_like(w) for w in weights]
+    for j in range(3):
+        model.zero_grad()
+        model(input_ids=ids[j:j + 1], labels=ids[j:j + 1]).loss.backward()
+        for f, w in zip(fisher, weights, strict=True):
+            f += w.grad.pow(2) / 3
+    model.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    term = [(w * w.grad - 0.5 * w.pow(2) * f).abs().detach() for w, f in zip(weights, fisher, strict=True)]
+    expected = term[0].sum(1) + term[1].sum(1) + term[2].sum(0)          # gate row + up row + down column
+    torch.testing.assert_close(scores["element2"]["1.channel"], expected, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(sliced["element2"]["1.channel"], expected, rtol=1e-5, atol=1e-9)
+
+
 @pytest.mark.parametrize("reduction", ["sum", "mean", "max", "prod"])
 def test_group_reduction_combines_per_slice_scores(reduction, calib):
     """Oracle by composition: reduce the per-slice scores ourselves and compare (Torch-Pruning's test idea)."""
@@ -140,6 +219,7 @@ def test_group_reduction_combines_per_slice_scores(reduction, calib):
     ({"reduction": "median"}, r"unknown reduction 'median'.*prod"),
     ({"path": "fast"}, r"unknown path 'fast'"),
     ({"chunk_size": 0}, "chunk_size=0 must be >= 1"),
+    ({"fisher_memory_gib": 0}, r"fisher_memory_gib=0 must be > 0 \(GiB\), or None"),
 ])
 def test_estimate_rejects_bad_arguments(kw, message, calib):
     model, _, adapter = aeflib.models.load("tiny-llama")

@@ -1,0 +1,256 @@
+"""The whole pipeline at the paper's 7B shapes, random weights, on one 24 GiB machine: peak memory and time per stage.
+
+For each layout — LLaMA-7B (also Vicuna-7B's shape), Baichuan-7B (fused ``W_pack``) and Bloom-7b1 (fused
+interleaved ``query_key_value``, ALiBi, vocabulary 250,880) — the model is built *directly in bf16* (parameters
+created on the meta device, then materialised one tensor at a time with a cheap random init: never an fp32 copy),
+and then, in one process:
+
+1. ``estimate`` — ``importance.estimate(criteria=["vector", "element2"])`` on the adapter's pruned layers (4..n-2),
+   N × L random token windows (default 10 × 64, the paper's calibration size), default ``fisher_memory_gib``;
+2. ``plan`` — ``pruning.plan`` on element2 at 20 % of all parameters (``target_params=0.2``);
+3. ``fusion forward`` — one calibration-loss forward pass (no grad) of the dense model on the N windows: the unit
+   of ``aef-layer``'s cost (the default ``aef`` when this was written), which measures the loss once unpruned and
+   then with each pruned group set (one layer's heads, or its channels) pruned alone by the fine and by the coarse
+   estimate: at most 1 + 2 × (group sets) passes (one when both estimates remove the same groups);
+4. ``apply`` — physical pruning; 5. ``save`` — ``aeflib.io.save`` to a temporary folder.
+
+Then a fresh process reloads the folder (``aeflib.io.load``) and checks its logits on 2 windows against those of the
+pruned model before saving. Peak RSS (``ru_maxrss``) is read after every stage (it is a running maximum); the
+folder (~10 GiB) is deleted at the end. Random weights make the scores meaningless; the point is that every
+code path runs at the real widths within the memory.
+
+    python benchmarks/full7b.py                              # all three layouts, ~1 h on 2 cores
+    python benchmarks/full7b.py --models llama-7b --n 10
+    python benchmarks/full7b.py --smoke                      # tiny shapes, seconds (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import machine, write_json  # benchmarks/ is on sys.path: scripts run as files
+
+GIB = 2**30
+
+
+def shape_config(name: str):
+    """``(model class, config)`` of a paper model's shape (``llama-7b``, ``baichuan-7b``, ``bloom-7b1``) or a
+    ``smoke-*`` miniature of it; sizes from the hub ``config.json`` files named in ``aeflib.models.MODELS``."""
+    from transformers import BloomConfig, BloomForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from aeflib.models.baichuan import BaichuanConfig, BaichuanForCausalLM
+
+    smoke = name.startswith("smoke-")
+    base = name.removeprefix("smoke-")
+    hidden, inter, layers, heads = (64, 128, 8, 4) if smoke else (4096, 11008, 32, 32)
+    if base == "llama-7b":
+        return LlamaForCausalLM, LlamaConfig(
+            vocab_size=512 if smoke else 32000, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=2048, rms_norm_eps=1e-6,
+            tie_word_embeddings=False)
+    if base == "baichuan-7b":
+        return BaichuanForCausalLM, BaichuanConfig(
+            vocab_size=512 if smoke else 64000, hidden_size=hidden, intermediate_size=inter,
+            num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+            max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0)
+    if base == "bloom-7b1":
+        return BloomForCausalLM, BloomConfig(vocab_size=512 if smoke else 250880, hidden_size=hidden,
+                                             n_layer=30 if not smoke else layers, n_head=heads)
+    raise ValueError(f"unknown shape {name!r}; choose from llama-7b, baichuan-7b, bloom-7b1 (or smoke-<name>)")
+
+
+def random_model(name: str, dtype: str = "bfloat16", device: str = "cpu", seed: int = 0):
+    """Build shape ``name`` with random weights directly in ``dtype`` on ``device``: ``(model, adapter)``.
+
+    Parameters are created on the meta device (``accelerate.init_empty_weights``; buffers such as RoPE's
+    ``inv_freq`` stay real), then each is materialised in ``dtype``: norm weights 1, biases 0, every other tensor
+    N(0, 0.02²). Tied parameters (Bloom's LM head) stay tied. Peak memory ≈ the weights.
+    """
+    import torch
+    from accelerate import init_empty_weights
+
+    import aeflib.models
+
+    cls, config = shape_config(name)
+    with init_empty_weights(include_buffers=False):
+        model = cls(config)
+    torch_dtype = aeflib.models.resolve_dtype(dtype)
+    gen = torch.Generator(device).manual_seed(seed)
+    made: dict[int, torch.nn.Parameter] = {}
+    for module_name, module in model.named_modules():
+        for pname, p in list(module._parameters.items()):
+            if p is None or not p.is_meta:
+                continue
+            if id(p) not in made:
+                t = torch.empty(p.shape, dtype=torch_dtype, device=device)
+                is_norm = "norm" in module_name or "ln" in module_name.split(".")[-1]
+                if pname == "bias":
+                    t.zero_()
+                elif is_norm:
+                    t.fill_(1.0)
+                else:
+                    t.normal_(0.0, 0.02, generator=gen)
+                made[id(p)] = torch.nn.Parameter(t, requires_grad=p.requires_grad)
+            module._parameters[pname] = made[id(p)]
+    model.config.name_or_path = f"random-{name}"
+    model.eval()
+    return model, aeflib.models.adapter_for(model)
+
+
+def _peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+
+
+def _stage(stages: list, name: str, fn):
+    t, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    stages.append({"stage": name, "seconds": round(time.perf_counter() - t, 2),
+                   "cpu_seconds": round(time.process_time() - cpu, 2), "peak_rss_gib_so_far": round(_peak_gib(), 3)})
+    s = stages[-1]
+    print(f"  {name:<15} {s['seconds']:8.1f} s  ({s['cpu_seconds']:8.1f} s CPU)  peak RSS so far "
+          f"{s['peak_rss_gib_so_far']:6.2f} GiB", file=sys.stderr, flush=True)   # stdout carries the JSON
+    return out
+
+
+def _pipeline_child(spec: dict) -> dict:
+    """Build → estimate → plan → one fusion forward → apply → save, in this process."""
+    import torch
+
+    from aeflib import importance, io, pruning
+
+    torch.set_num_threads(spec["threads"])
+    stages: list[dict] = []
+    model, adapter = _stage(stages, "build", lambda: random_model(spec["model"], spec["dtype"], spec["device"]))
+    n_params = sum(p.numel() for p in model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    vocab = model.config.vocab_size
+    calib = torch.randint(0, vocab, (spec["n"], spec["seq_len"]), generator=torch.Generator().manual_seed(42))
+    calib = calib.to(spec["device"])
+    scores = _stage(stages, "estimate", lambda: importance.estimate(
+        model, adapter, calib, criteria=["vector", "element2"], fisher_memory_gib=spec["fisher_memory_gib"]))
+    the_plan = _stage(stages, "plan", lambda: pruning.plan(model, adapter, scores["element2"],
+                                                           target_params=spec["target"],
+                                                           criterion="element2"))
+
+    def one_forward():
+        with torch.no_grad():
+            return float(model(input_ids=calib, labels=calib, use_cache=False).loss)
+
+    loss = _stage(stages, "fusion forward", one_forward)
+    n_sets = len(adapter.all_group_sets(model))
+    _stage(stages, "apply", lambda: pruning.apply(model, adapter, the_plan))
+    probe = calib[:2, :16]
+    with torch.no_grad():
+        logits = model(input_ids=probe, use_cache=False).logits.float()
+    _stage(stages, "save", lambda: io.save(model, None, spec["folder"], adapter=adapter, plan=the_plan))
+    torch.save({"probe": probe.cpu(), "logits": logits.cpu()}, Path(spec["folder"]).parent / "probe.pt")
+    return {"stages": stages, "params": n_params, "params_after": sum(p.numel() for p in model.parameters()),
+            "weight_gib": round(weight_bytes / GIB, 3), "calibration_loss": loss,
+            "pruning_ratio": the_plan.pruning_ratio, "group_sets": n_sets,
+            "fisher_layer_slices": scores.meta["fisher_layer_slices"], "peak_rss_gib": round(_peak_gib(), 3)}
+
+
+def _reload_child(spec: dict) -> dict:
+    """Fresh process: reload the saved folder and compare logits on the probe windows."""
+    import torch
+
+    from aeflib import io
+
+    torch.set_num_threads(spec["threads"])
+    stages: list[dict] = []
+    loaded = _stage(stages, "reload", lambda: io.load(spec["folder"], device=spec["device"]))
+    ref = torch.load(Path(spec["folder"]).parent / "probe.pt")
+    with torch.no_grad():
+        logits = loaded.model(input_ids=ref["probe"].to(spec["device"]), use_cache=False).logits.float().cpu()
+    return {"stages": stages, "logits_equal": bool(torch.equal(logits, ref["logits"])),
+            "logits_max_abs_diff": float((logits - ref["logits"]).abs().max()),
+            "params": sum(p.numel() for p in loaded.model.parameters()), "peak_rss_gib": round(_peak_gib(), 3)}
+
+
+def _run(kind: str, spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, f"--{kind}", json.dumps(spec)], text=True,
+                          stdout=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode:
+        raise RuntimeError(f"{kind} of {spec['model']} failed (exit {proc.returncode}); see stderr above")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--reload", help=argparse.SUPPRESS)
+    ap.add_argument("--models", default="llama-7b,baichuan-7b,bloom-7b1")
+    ap.add_argument("--n", type=int, default=10, help="calibration windows")
+    ap.add_argument("--fisher-memory-gib", type=float, default=None,
+                    help="importance.estimate's budget (default: its DEFAULT_FISHER_MEMORY_GIB; smoke: 1e-6, one "
+                         "layer per slice)")
+    ap.add_argument("--target", type=float, default=0.2, help="share of all parameters to remove (smoke: 0.05)")
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--out", default="benchmarks/results/full7b.json")
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    if args.child or args.reload:
+        fn = _pipeline_child if args.child else _reload_child
+        print(json.dumps(fn(json.loads(args.child or args.reload))))
+        return
+
+    from aeflib.fusion import DEFAULT_METHOD
+
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in names:
+        shape_config(m)                                      # fail fast on a bad name
+    if args.smoke:
+        names = [f"smoke-{m}" for m in names]
+        args.target, args.n, args.seq_len = min(args.target, 0.05), min(args.n, 4), min(args.seq_len, 16)
+        args.fisher_memory_gib = args.fisher_memory_gib or 1e-6
+    if args.fisher_memory_gib is None:
+        from aeflib.importance import DEFAULT_FISHER_MEMORY_GIB
+
+        args.fisher_memory_gib = DEFAULT_FISHER_MEMORY_GIB
+    results = {"machine": machine(), "settings": {**vars(args), "criteria": ["vector", "element2"]},
+               "models": []}
+    out = Path(tempfile.gettempdir()) / "full7b.json" if args.smoke else Path(args.out)
+    for name in names:
+        work = Path(tempfile.mkdtemp(prefix="aef-full7b-"))
+        spec = {"model": name, "n": args.n, "seq_len": args.seq_len, "threads": args.threads,
+                "device": args.device, "dtype": args.dtype, "folder": str(work / "pruned"), "target": args.target,
+                "fisher_memory_gib": args.fisher_memory_gib}
+        print(f"{name} ({args.dtype}, {args.n} x {args.seq_len} tokens, {args.threads} threads):", flush=True)
+        try:
+            row = {"model": name, **_run("child", spec)}
+            print(f"  {'(fresh process)':<15}", flush=True)
+            row["reload"] = _run("reload", spec)
+            row["saved_gib"] = round(sum(f.stat().st_size for f in (work / "pruned").rglob("*") if f.is_file())
+                                     / GIB, 3)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        fwd = next(s for s in row["stages"] if s["stage"] == "fusion forward")
+        row["fusion_forward_passes_at_most"] = 1 + 2 * row["group_sets"]
+        row["fusion_projected_seconds_at_most"] = round(row["fusion_forward_passes_at_most"] * fwd["seconds"], 1)
+        print(f"  params {row['params'] / 1e6:.1f} M -> {row['params_after'] / 1e6:.1f} M "
+              f"(pruning ratio {row['pruning_ratio']:.3f}); weights {row['weight_gib']:.2f} GiB; "
+              f"peak RSS {row['peak_rss_gib']:.2f} GiB (reload process {row['reload']['peak_rss_gib']:.2f} GiB); "
+              f"reloaded logits equal: {row['reload']['logits_equal']}; Fisher layer slices "
+              f"{row['fisher_layer_slices']}", flush=True)
+        print(f"  fusion: one calibration-loss forward {fwd['seconds']:.1f} s; aef-layer needs at most "
+              f"{row['fusion_forward_passes_at_most']} (1 + 2 per group set, {row['group_sets']} sets) -> "
+              f"<= {row['fusion_projected_seconds_at_most']:.0f} s (aef = {DEFAULT_METHOD})", flush=True)
+        results["models"].append(row)
+        write_json(results, out)                     # after each model: a stopped run keeps what it measured
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
