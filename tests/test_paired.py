@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from aeflib.evaluation.paired import binomial_interval, mean_interval, paired_bootstrap
+from aeflib.evaluation.paired import binomial_interval, mean_interval, paired_bootstrap, zeroshot_intervals
 
 
 def _items(n: int, correct: set[int]) -> dict[int, float]:
@@ -137,3 +137,25 @@ def test_perplexity_per_window_nll_averages_to_the_reported_nll(one_thread):
 def test_a_handful_of_items_gets_no_verdict():
     r = paired_bootstrap({0: 1.0, 1: 2.0}, {0: 3.0, 1: 4.0})
     assert r.excludes_zero and r.better is None and r.reading().endswith("too few items to tell")
+
+
+def test_zeroshot_intervals_carry_chance_wilson_and_paired_readings():
+    def table(correct_qa, correct_cloze):
+        return {"aef_qa": {"metric": "acc_norm", "doc_ids": list(range(100)), "correct": correct_qa},
+                "aef_cloze": {"metric": "acc", "doc_ids": list(range(50)), "correct": correct_cloze}}
+
+    dense = table([1.0] * 60 + [0.0] * 40, [1.0] * 25 + [0.0] * 25)
+    pruned = table([1.0] * 30 + [0.0] * 70, [1.0] * 25 + [0.0] * 25)
+    out = zeroshot_intervals({"dense": dense, "pruned": pruned}, pairs=[("dense", "pruned")])
+    qa = out["models"]["dense"]["tasks"]["aef_qa"]
+    lo, hi = binomial_interval(60, 100)
+    assert (qa["value"], qa["chance"], qa["n"]) == (60.0, 25.0, 100)
+    assert (qa["lo"], qa["hi"]) == pytest.approx((100 * lo, 100 * hi))
+    assert out["models"]["pruned"]["average"]["value"] == pytest.approx((30 + 50) / 2)
+    by_task = {p["task"]: p for p in out["paired"]}
+    assert by_task["aef_qa"]["diff"] == pytest.approx(-30) and by_task["aef_qa"]["excludes_zero"]
+    assert by_task["aef_qa"]["reading"].endswith("dense better")
+    assert by_task["aef_cloze"]["reading"].endswith("within noise")  # same answers on every cloze item
+    assert by_task["average"]["diff"] == pytest.approx(-15)
+    with pytest.raises(ValueError, match=r"no zero-shot items for \['lora'\]"):
+        zeroshot_intervals({"dense": dense}, pairs=[("dense", "lora")])

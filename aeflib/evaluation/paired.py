@@ -9,6 +9,7 @@ two separate ones. Entry points::
     paired_bootstrap(a, b, strata=lambda k: k.split("/")[0])        # average of per-task means (zero-shot average)
     mean_interval(values)                     -> (mean, lo, hi)     # one method's bootstrap interval
     binomial_interval(k, n)                   -> (lo, hi)           # Wilson interval of one accuracy
+    zeroshot_intervals({"dense": t0, "pruned": t1}, pairs=[("dense", "pruned")])   # report / notebook 06
 
 The bootstrap is the percentile bootstrap (Efron & Tibshirani 1993, ch. 13): resample the paired items with
 replacement ``draws`` times, recompute the statistic, take the 2.5 and 97.5 percentiles. With several calibration
@@ -33,7 +34,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_ITEMS", "PairedDifference", "binomial_interval", "mean_interval", "paired_bootstrap"]
+__all__ = [
+    "MIN_ITEMS",
+    "PairedDifference",
+    "binomial_interval",
+    "mean_interval",
+    "paired_bootstrap",
+    "zeroshot_intervals",
+]
 
 #: Fewest paired items for which a verdict is given: below it a percentile bootstrap is too narrow to trust.
 MIN_ITEMS = 20
@@ -307,3 +315,70 @@ def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def zeroshot_intervals(
+    tables: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    pairs: Sequence[tuple[str, str]] = (),
+    *,
+    level: float = 0.95,
+    draws: int = 10_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every zero-shot accuracy with its interval and chance level, and paired intervals between models.
+
+    Args:
+        tables: ``{model label: ZeroShotResult.item_table()}`` (only ``doc_ids`` and ``correct`` are read), e.g.
+            ``{"dense": .., "pruned": .., "pruned + LoRA": ..}``.
+        pairs: ``(A, B)`` label pairs; for each, ``B − A`` per task and for the average, items paired by doc id.
+        level: Coverage in (0, 1).
+        draws: Bootstrap replicates, >= 100.
+        seed: Generator seed.
+
+    Returns:
+        ``{"level", "models": {label: {"tasks": {task: {metric, value, lo, hi, n, chance}}, "average": {value,
+        lo, hi, n}}}, "paired": [{a, b, task, diff, lo, hi, n, n_discordant, excludes_zero, reading}]}``, all
+        accuracies in percent. Per task the interval is Wilson's (:func:`binomial_interval`); the average's is the
+        bootstrap over items within tasks (:func:`mean_interval`); ``chance`` is ``zeroshot.CHANCE`` (None if
+        unknown). ``task`` is ``"average"`` for the plain mean over tasks.
+
+    Raises:
+        ValueError: If a pair names a model not in ``tables``, or two paired models were scored on different items.
+
+    Source: [ours] Wilson intervals per task, paired bootstrap for differences.
+    """
+    from aeflib.evaluation.zeroshot import CHANCE
+    from aeflib.evaluation.zeroshot_results import item_values, task_of
+
+    models = {}
+    for label, table in tables.items():
+        tasks = {}
+        for task, t in table.items():
+            k, n = int(round(sum(t["correct"]))), len(t["correct"])
+            lo, hi = binomial_interval(k, n, level)
+            chance = CHANCE.get(task)
+            tasks[task] = {"metric": t.get("metric"), "value": 100 * k / n, "lo": 100 * lo, "hi": 100 * hi, "n": n,
+                           "chance": None if chance is None else 100 * chance}
+        mean, lo, hi = mean_interval(item_values(table), strata=task_of, draws=draws, level=level, seed=seed,
+                                     scale=100)
+        models[label] = {"tasks": tasks, "average": {"value": mean, "lo": lo, "hi": hi,
+                                                     "n": sum(len(t["correct"]) for t in table.values())}}
+    paired = []
+    for a, b in pairs:
+        missing = [m for m in (a, b) if m not in tables]
+        if missing:
+            raise ValueError(f"pair ({a!r}, {b!r}): no zero-shot items for {missing}; models: {sorted(tables)}")
+        va, vb = item_values(tables[a]), item_values(tables[b])
+        for task in [*tables[a], "average"]:
+            if task == "average":
+                sa, sb, strata = va, vb, task_of
+            else:
+                sa = {k: v for k, v in va.items() if task_of(k) == task}
+                sb = {k: v for k, v in vb.items() if task_of(k) == task}
+                strata = None
+            r = paired_bootstrap(sa, sb, strata=strata, draws=draws, level=level, seed=seed, scale=100,
+                                 unit="points", labels=(a, b))
+            paired.append({"a": a, "b": b, "task": task, "diff": r.diff, "lo": r.lo, "hi": r.hi, "n": r.n,
+                           "n_discordant": r.n_discordant, "excludes_zero": r.excludes_zero,
+                           "reading": r.reading()})
+    return {"level": level, "models": models, "paired": paired}
