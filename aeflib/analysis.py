@@ -327,8 +327,11 @@ def evaluation_rows(model: str, setting: str, method: str, *, perplexity=None, z
 def _zeroshot_rows(base: dict, d: dict) -> list[dict]:
     """Rows of a ``ZeroShotResult.to_dict()``: each task under its named metric, then the plain mean (x100)."""
     protocol = f"{d.get('harness', 'lm-eval')}, 0-shot, task set {d.get('task_set')}, limit {d.get('limit')}"
+    if d.get("subset_seed") is not None:
+        protocol += f" (items drawn with subset seed {d['subset_seed']})"
     rows = [{**base, "metric": s["metric"], "task": task, "value": round(100 * s["value"], 4),
-             "protocol": f"{protocol}, {s.get('n_items')} items"} for task, s in d.get("tasks", {}).items()]
+             "protocol": f"{protocol}, {s.get('split') or 'split not recorded'}, {s.get('n_items')} items"}
+            for task, s in d.get("tasks", {}).items()]  # fmt: skip
     if rows and d.get("average") is not None:
         rows.append({**base, "metric": "mean", "task": "average", "value": round(100 * d["average"], 4),
                      "protocol": protocol})

@@ -27,8 +27,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "PAPER_PROTOCOLS", "load_paper_results", "paper_results_path", "paper_table", "relative_to_dense",
-           "run_results", "side_by_side"]
+__all__ = ["COLUMNS", "PAPER_PROTOCOLS", "PAPER_TASKS", "load_paper_results", "paper_results_path", "paper_table",
+           "relative_to_dense", "run_results", "seven_tasks", "side_by_side"]
 
 COLUMNS = ("model", "setting", "method", "metric", "task", "value", "source")
 
@@ -186,3 +186,45 @@ def side_by_side(run, paper, *, settings: tuple[str, ...] = ("dense", "no-tune",
     both = both.sort_values(["_setting", "metric", "_order", "task", "method"], kind="stable")
     columns = ["setting", "metric", "task", "model", "method", "value", "source", "protocol"]
     return both[columns].reset_index(drop=True)
+
+
+#: The paper's seven zero-shot tasks in its column order (lm-eval task names).
+PAPER_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+
+
+def seven_tasks(run, paper, *, settings: tuple[str, ...] = ("dense", "no-tune", "lora")):
+    """The paper's seven zero-shot tasks and their mean: this run's accuracy beside every published one.
+
+    Each value keeps its metric (acc for BoolQ, PIQA, WinoGrande, ARC-e; acc_norm for HellaSwag, ARC-c, OBQA; the
+    mean of the seven), so a run scored with ``paper7`` or ``paper7-offline`` lines up with LLM-Pruner's table
+    column for column. A run scored on a subset says so in its ``protocol`` column (items, split, subset seed).
+
+    Args:
+        run: :func:`run_results` rows.
+        paper: :func:`load_paper_results` rows (usually one model).
+        settings: Settings to show, in this order.
+
+    Returns:
+        ``pandas.DataFrame``: one row per ``(task, metric)`` (the seven in the paper's order, then ``average``),
+        one column per ``(setting, model, method)`` — this run's first in each setting — and, last, ``protocol``:
+        how this run measured that task (empty when it did not score it). Empty when neither scored a task.
+
+    Source: [ours].
+    """
+    import pandas as pd
+
+    tasks = (*PAPER_TASKS, "average")
+    both = side_by_side(run, paper, settings=settings, metrics=("acc", "acc_norm", "mean"))
+    both = both[both["task"].isin(tasks)]
+    if both.empty:
+        return pd.DataFrame()
+    mine = set(run["model"]) if len(run) else set()
+    both = both.assign(_setting=both["setting"].map(_SETTING_ORDER), _mine=~both["model"].isin(mine))
+    table = both.pivot_table(index=["task", "metric"], columns=["_setting", "_mine", "setting", "model", "method"],
+                             values="value", aggfunc="first", sort=True)
+    table.columns = table.columns.droplevel(["_setting", "_mine"])
+    order = {t: i for i, t in enumerate(tasks)}
+    table = table.iloc[sorted(range(len(table)), key=lambda i: order[table.index[i][0]])]
+    protocol = run[run["task"].isin(tasks)].drop_duplicates(["task", "metric"]).set_index(["task", "metric"])
+    table[("protocol", "", "")] = [protocol["protocol"].get(key, "") for key in table.index]
+    return table

@@ -80,3 +80,21 @@ def test_side_by_side_puts_run_rows_beside_published_ones():
     rel = paper.relative_to_dense(table)
     ours_rel = rel[rel["model"] == "smollm2-135m"]
     assert ours_rel["change_percent"].item() == pytest.approx(100 * (45.0 / 30.1 - 1), abs=0.01)
+
+
+def test_seven_tasks_puts_each_task_of_the_run_beside_the_published_one():
+    protocol = "lm-eval 0.4.13, 0-shot, task set paper7-offline, limit 30, validation, 30 items"
+    rows = [{"model": "smollm2-135m", "setting": s, "method": m, "metric": metric, "task": task, "value": v,
+             "protocol": protocol}
+            for s, m, v in (("dense", "dense", 60.0), ("no-tune", "aef", 50.0))
+            for task, metric in (("boolq", "acc"), ("hellaswag", "acc_norm"), ("average", "mean"))]  # fmt: skip
+    ours = paper.run_results({"evaluation": {"rows": rows}}, source="this run")
+    table = paper.seven_tasks(ours, paper.load_paper_results(model="llama-7b"))
+    assert [t for t, _ in table.index] == [*paper.PAPER_TASKS, "average"]
+    assert table.loc[("hellaswag", "acc_norm"), ("dense", "smollm2-135m", "dense")] == 60.0
+    assert table.loc[("hellaswag", "acc_norm"), ("dense", "llama-7b", "dense")] == 72.99
+    assert table.loc[("boolq", "acc"), ("no-tune", "llama-7b", "element1")] == 57.06
+    assert list(table.columns[:3]) == [("dense", "smollm2-135m", "dense"), ("dense", "llama-7b", "dense"),
+                                       ("no-tune", "smollm2-135m", "aef")]  # this run first in each setting
+    assert table.loc[("boolq", "acc"), ("protocol", "", "")] == protocol
+    assert table.loc[("piqa", "acc"), ("protocol", "", "")] == ""  # not scored by this run

