@@ -17,6 +17,7 @@ axes (below them) so that they never cover data.
 | plan_widths             | heads and channels kept per layer                               | 04    |
 | loss_curve              | LoRA training loss and validation loss before/after             | 05    |
 | metric_bars             | one metric across models/settings (perplexity, accuracy, speed) | 06    |
+| zeroshot_intervals      | zero-shot accuracy per task with intervals and chance levels    | 06    |
 | comparison              | methods of one sweep: perplexity vs parameter reduction         | aef compare |
 
 Source: [ours].
@@ -34,7 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 __all__ = ["agreement", "comparison", "fusion_weights", "importance_per_layer", "importance_scatter", "loss_curve",
-           "metric_bars", "plan_widths", "structure"]
+           "metric_bars", "plan_widths", "structure", "zeroshot_intervals"]
 
 _KIND_LABEL = {"head": "attention heads", "channel": "MLP channels"}
 MAX_WIDTH = 10.0                     # inches: JupyterLab's cell width at 100 dpi; wider figures get scaled down
@@ -283,5 +284,46 @@ def comparison(table, protocol: str = "") -> Figure:
     ax.set_title(_title(f"Pruning criteria compared{f' — {protocol}' if protocol else ''}", 60))
     ax.set_xlabel("parameter reduction (%)")
     ax.set_ylabel("perplexity (log scale)")
+    _legend(fig, [ax])
+    return fig
+
+
+@_styled
+def zeroshot_intervals(intervals: dict, title: str) -> Figure:
+    """Zero-shot accuracy per task and their average, one bar per model, with intervals and each task's chance level.
+
+    Args:
+        intervals: :func:`aeflib.evaluation.paired.zeroshot_intervals` output (accuracies in %).
+        title: Title with the protocol (task set, items per task).
+
+    Error bars are the per-task Wilson intervals and the bootstrap interval of the average; a dashed black segment
+    over each task marks its chance level (a uniform guess; none drawn where chance is unknown or 0).
+    """
+    models = list(intervals["models"])
+    first = intervals["models"][models[0]]
+    tasks = [*first["tasks"], "average"]
+    fig, (ax,) = _figure(width=max(5.6, 1.5 * len(tasks) + 2.5), integer_x=False)
+    width = 0.8 / max(len(models), 1)
+    for j, label in enumerate(models):
+        m = intervals["models"][label]
+        cells = [m["tasks"].get(t) if t != "average" else m["average"] for t in tasks]
+        xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(tasks))]
+        values = [c["value"] if c else math.nan for c in cells]
+        err = [[c["value"] - c["lo"] if c else 0 for c in cells], [c["hi"] - c["value"] if c else 0 for c in cells]]
+        ax.bar(xs, values, width=width, label=label, yerr=err, capsize=3, error_kw={"lw": 1})
+    chances = [first["tasks"][t].get("chance") for t in tasks[:-1]]
+    mean_chance = sum(chances) / len(chances) if all(c is not None for c in chances) else None
+    drawn = False
+    for i, chance in enumerate([*chances, mean_chance]):
+        if chance:
+            ax.hlines(chance, i - 0.45, i + 0.45, colors="black", linestyles="--", lw=1.2,
+                      label=None if drawn else "chance (uniform guess)")
+            drawn = True
+    metric = {t: first["tasks"][t].get("metric") for t in tasks[:-1]}
+    ax.set_xticks(range(len(tasks)), [f"{t}\n({metric[t]})" for t in tasks[:-1]] + ["average\n(mean of tasks)"])
+    ax.set_ylim(0, 100)
+    ax.set_title(_title(f"{title} — bars: {100 * intervals['level']:.0f} % intervals", 60))
+    ax.set_xlabel("task (metric)")
+    ax.set_ylabel("accuracy (%)")
     _legend(fig, [ax])
     return fig

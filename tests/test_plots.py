@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import uniform_scores
+from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
@@ -62,9 +63,33 @@ def figures(llama, scores):
         plots.metric_bars(rows, "perplexity", "perplexity", "Perplexity, llm-pruner-128"),
         plots.metric_bars(rows, "acc", "accuracy (%)", "Zero-shot"),
         plots.comparison(compare, "llm-pruner-128, wikipedia"),
+        plots.zeroshot_intervals(_intervals(), "Zero-shot, local tasks, 40 items each"),
         widgets.plan_explorer(model, adapter, scores, interactive=False),
     ]
     return figures
+
+
+def _intervals() -> dict:
+    from aeflib.evaluation.paired import zeroshot_intervals
+
+    def table(k_qa, k_cloze):
+        ids = list(range(40))
+        return {"aef_qa": {"metric": "acc_norm", "doc_ids": ids, "correct": [1] * k_qa + [0] * (40 - k_qa)},
+                "aef_cloze": {"metric": "acc", "doc_ids": ids, "correct": [1] * k_cloze + [0] * (40 - k_cloze)}}
+
+    return zeroshot_intervals({"dense": table(24, 20), "pruned": table(12, 18)}, pairs=[("dense", "pruned")], draws=200)
+
+
+def test_zeroshot_figure_draws_intervals_and_chance():
+    fig = plots.zeroshot_intervals(_intervals(), "Zero-shot, local tasks")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["aef_qa\n(acc_norm)", "aef_cloze\n(acc)",
+                                                            "average\n(mean of tasks)"]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert len(bars) == 2 and all(c.errorbar is not None for c in bars)  # one bar set per model, with intervals
+    chance = [c for c in ax.collections if c.get_label() == "chance (uniform guess)"]
+    assert chance and chance[0].get_segments()[0][0][1] == pytest.approx(25.0)  # aef_qa: 4 answers
+    assert "95 % intervals" in titled(fig)
 
 
 def test_every_plot_returns_a_labelled_figure(figures):
