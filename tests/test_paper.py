@@ -98,3 +98,11 @@ def test_seven_tasks_puts_each_task_of_the_run_beside_the_published_one():
                                        ("no-tune", "smollm2-135m", "aef")]  # this run first in each setting
     assert table.loc[("boolq", "acc"), ("protocol", "", "")] == protocol
     assert table.loc[("piqa", "acc"), ("protocol", "", "")] == ""  # not scored by this run
+    # the mean of two tasks is not the paper's average; the mean of all seven is
+    assert table[("dense", "smollm2-135m", "dense")].isna()[("average", "mean")]
+    metric = {"boolq": "acc", "piqa": "acc", "hellaswag": "acc_norm", "winogrande": "acc", "arc_easy": "acc",
+              "arc_challenge": "acc_norm", "openbookqa": "acc_norm", "average": "mean"}
+    full = [{**rows[0], "task": t, "metric": m} for t, m in metric.items()]
+    ours = paper.run_results({"evaluation": {"rows": full}})
+    table = paper.seven_tasks(ours, paper.load_paper_results(model="llama-7b"))
+    assert table.loc[("average", "mean"), ("dense", "smollm2-135m", "dense")] == 60.0
