@@ -52,6 +52,37 @@ def key_table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(["metric (task)", *[label for _, label in _SETTINGS], "protocol"], body)
 
 
+def _section_zeroshot(m: dict) -> list[str]:
+    """Zero-shot accuracy with intervals and chance levels, and paired differences between the models."""
+    z = m.get("zeroshot_intervals")
+    if not z or not z.get("models"):
+        return []
+    labels = list(z["models"])
+    first = z["models"][labels[0]]
+    pct = f"{100 * z['level']:.0f} %"
+
+    def cell(c: dict | None) -> str:
+        return "–" if c is None else f"{c['value']:.1f} [{c['lo']:.1f}, {c['hi']:.1f}]"
+
+    body = [[f"{t} ({v['metric']})", str(v["n"]), "–" if v["chance"] is None else f"{v['chance']:.0f}",
+             *[cell(z["models"][lab]["tasks"].get(t)) for lab in labels]] for t, v in first["tasks"].items()]
+    body.append(["average (mean of tasks)", str(first["average"]["n"]), "",
+                 *[cell(z["models"][lab]["average"]) for lab in labels]])
+    out = ["## Zero-shot accuracy with intervals", "",
+           f"Accuracy in % with its {pct} interval (per task: Wilson; average: bootstrap over items within tasks), "
+           "beside each task's chance level (a uniform guess). With a few dozen items per task an interval spans "
+           "tens of points.", "",
+           markdown_table(["task (metric)", "items", "chance", *labels], body), ""]
+    if z.get("paired"):
+        rows = [[f"{p['b']} − {p['a']}", p["task"], f"{p['diff']:+.1f} [{p['lo']:+.1f}, {p['hi']:+.1f}]",
+                 str(p["n_discordant"]), p["reading"].rsplit(": ", 1)[-1]] for p in z["paired"]]
+        out += [f"Differences on the same items (paired bootstrap, {pct} interval, points). A difference whose "
+                "interval holds 0 is *within noise*: no finding.", "",
+                markdown_table(["difference", "task", "points [interval]", "items that differ", "reading"], rows),
+                ""]
+    return out
+
+
 def _section_pruning(m: dict) -> list[str]:
     p = m.get("pruning")
     if not p:
@@ -163,6 +194,7 @@ def write_report(run_dir: str | Path, settings=None, records=None, seconds: floa
                  "protocol column. " if ev.get("ppl_max_windows") else "Perplexity is measured on every window of "
                  "each corpus. ") + "Zero-shot tasks are the offline local set unless `zeroshot_tasks` says otherwise; "
                 "accuracies in %. Latencies are this machine's.", ""]
+    out += _section_zeroshot(metrics)
     out += _section_pruning(metrics) + _section_fusion(metrics) + _section_recovery(metrics)
     figures = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").is_dir() else []
     if figures:

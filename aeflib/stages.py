@@ -112,9 +112,13 @@ class Evaluation:
     efficiency: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Rows plus each raw result's ``to_dict()``."""
+        """Rows plus each raw result's ``to_dict()``, and the zero-shot items (doc ids, 0/1) for paired intervals."""
+        items = None
+        if self.zeroshot is not None and self.zeroshot.samples is not None:
+            items = {t: {k: v[k] for k in ("metric", "doc_ids", "correct")}
+                     for t, v in self.zeroshot.item_table().items()}
         return {"rows": self.rows, "perplexity": [p.to_dict() for p in self.perplexity],
-                "zeroshot": None if self.zeroshot is None else self.zeroshot.to_dict(),
+                "zeroshot": None if self.zeroshot is None else self.zeroshot.to_dict(), "zeroshot_items": items,
                 "efficiency": None if self.efficiency is None else _as_dict(self.efficiency)}
 
 
@@ -172,7 +176,8 @@ def evaluate(model: nn.Module, tokenizer, *, name: str, setting: str, method: st
         from aeflib.evaluation.zeroshot import zeroshot
 
         with _silenced(not progress):  # lm-eval draws its own bars and prints bootstrapping notes
-            zs = zeroshot(model, tokenizer, tasks=zeroshot_tasks, limit=zeroshot_limit, batch_size=2 * batch_size)
+            zs = zeroshot(model, tokenizer, tasks=zeroshot_tasks, limit=zeroshot_limit, batch_size=2 * batch_size,
+                          log_samples=True)  # per-item results: intervals and paired differences (notebook 06)
     eff = None
     if efficiency_seq_len:
         from aeflib.evaluation.efficiency import efficiency

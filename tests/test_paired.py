@@ -159,3 +159,19 @@ def test_zeroshot_intervals_carry_chance_wilson_and_paired_readings():
     assert by_task["average"]["diff"] == pytest.approx(-15)
     with pytest.raises(ValueError, match=r"no zero-shot items for \['lora'\]"):
         zeroshot_intervals({"dense": dense}, pairs=[("dense", "lora")])
+
+
+def test_report_shows_intervals_chance_and_calls_small_differences_noise(tmp_path):
+    import json
+
+    from aeflib.report import write_report
+
+    def table(k):
+        return {"aef_qa": {"metric": "acc_norm", "doc_ids": list(range(20)), "correct": [1] * k + [0] * (20 - k)}}
+
+    intervals = zeroshot_intervals({"dense": table(8), "pruned": table(7)}, pairs=[("dense", "pruned")], draws=500)
+    (tmp_path / "metrics.json").write_text(json.dumps({"zeroshot_intervals": intervals}))
+    text = write_report(tmp_path, records=[]).read_text()
+    assert "## Zero-shot accuracy with intervals" in text
+    assert "| aef_qa (acc_norm) | 20 | 25 | 40.0 [21.9, 61.3] | 35.0 [18.1, 56.7] |" in text
+    assert "| pruned − dense | aef_qa | -5.0 [" in text and "| within noise |" in text
