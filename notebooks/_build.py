@@ -431,11 +431,30 @@ Three measurements, each carrying its protocol:
              '    rows, "perplexity", "perplexity (exp of mean token loss)",\n'
              '    f"Perplexity, {ppl_protocol}, max_windows={ppl_max_windows}",\n)\n'
              'run.save_figure(fig, "06_perplexity")\nfig', ()),
-    ("md", "Zero-shot accuracy per task (higher is better; each task under its named metric):"),
-    ("code", "fig = plots.metric_bars(\n"
-             '    rows, "acc", "accuracy (%)",\n'
-             '    f"Zero-shot accuracy, {zeroshot_tasks} tasks, limit={zeroshot_limit}",\n)\n'
+    ("md", "## How sure are the accuracies?\n"
+           "A zero-shot score is a share of items answered right: with n items per task it moves in steps of "
+           "100/n points, and its 95 % interval (Wilson's interval for a proportion) spans about ±100/√n points "
+           "near 50 % — ±10 points at n = 100. The average gets a bootstrap interval over the items of every task. "
+           "Each accuracy is shown with its interval and beside its task's chance level (a uniform guess) **[ours]**:"),
+    ("code", "from aeflib.evaluation.paired import zeroshot_intervals\n\n"
+             "tables = {\n"
+             '    "dense": dense_eval.zeroshot.item_table(),\n'
+             '    "pruned": pruned_eval.zeroshot.item_table(),\n'
+             '    "pruned + LoRA": recovered_eval.zeroshot.item_table(),\n}\n'
+             "intervals = zeroshot_intervals(\n"
+             '    tables, pairs=[("dense", "pruned"), ("pruned", "pruned + LoRA")]\n)\n'
+             'run.merge_metrics("zeroshot_intervals", intervals)\n'
+             "fig = plots.zeroshot_intervals(\n"
+             '    intervals, f"Zero-shot accuracy, {zeroshot_tasks} tasks, limit={zeroshot_limit}"\n)\n'
              'run.save_figure(fig, "06_zeroshot")\nfig', ()),
+    ("md", "The three models answered the *same* items, so a difference between two of them is measured item by "
+           "item (a paired bootstrap over the items): much tighter than comparing two separate intervals. "
+           "`items that differ` counts the items one model got right and the other wrong. A difference whose "
+           "interval holds 0 is **within noise** — not a finding, however large it looks:"),
+    ("code", "import pandas as pd\n\n"
+             'columns = ["b", "a", "task", "diff", "lo", "hi", "n_discordant", "reading"]\n'
+             'pd.DataFrame(intervals["paired"])[columns].round(2).rename(\n'
+             '    columns={"diff": "B − A (points)", "n_discordant": "items that differ"}\n)', (IGNORE,)),
     ("md", "## Efficiency\nThe pruned model's cost relative to the dense one (ratios below 1 = smaller / faster)."),
     ("code", "ratios = aeflib.evaluation.compare(dense_eval.efficiency, pruned_eval.efficiency)\n"
              'analysis.as_table(ratios, column="pruned / dense", digits=3)', (IGNORE,)),
