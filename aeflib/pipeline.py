@@ -79,7 +79,7 @@ class RunSettings:
     zeroshot_limit: int | None = 30  # items per task, the same seeded subset for every model (None: all)
     efficiency_seq_len: int | None = 64
     efficiency_decode_tokens: int = 16
-    efficiency_repeats: int = 3
+    efficiency_repeats: int = 10  # interleaved timing rounds of notebook 06 (8 or more: intervals)
     eval_batch_size: int = 4
     paper_model: str = "llama-7b"
 
@@ -96,7 +96,7 @@ class RunSettings:
                     max_new_tokens=8, recovery_steps=2, recovery_batch_size=2, recovery_micro_batch_size=2,
                     recovery_cutoff=64, recovery_val_size=4, ppl_max_windows=4, zeroshot_tasks="local",
                     zeroshot_limit=4,
-                    efficiency_seq_len=16, efficiency_decode_tokens=4, efficiency_repeats=1)
+                    efficiency_seq_len=16, efficiency_decode_tokens=4, efficiency_repeats=8)
         return cls(**{**base, **overrides})
 
     @classmethod

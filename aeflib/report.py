@@ -52,6 +52,39 @@ def key_table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(["metric (task)", *[label for _, label in _SETTINGS], "protocol"], body)
 
 
+def _ms(spread: dict) -> str:
+    return f"{1e3 * spread['median']:.2f} ({1e3 * spread['q1']:.2f}–{1e3 * spread['q3']:.2f})"
+
+
+def _section_latency(m: dict) -> list[str]:
+    """The models timed interleaved (``evaluation.latency``, a ``LatencyComparison.to_dict()``): spreads, ratios."""
+    lat = m.get("evaluation", {}).get("latency")
+    if not lat:
+        return []
+    s, mach = lat["settings"], lat.get("machine", {})
+    quantities = [q for q in ("prefill_s", "decode_s_per_token") if q in lat["spreads"]]
+    header = ["model", *[{"prefill_s": f"prefill [{s['batch_size']}, {s['seq_len']}] ms",
+                          "decode_s_per_token": "decode ms / token"}[q] for q in quantities]]
+    rows = [[name, *[_ms(lat["spreads"][q][name]) for q in quantities]] for name in lat["models"]]
+    ratio_rows = [[r["quantity"].replace("_s_per_token", " per token").replace("_s", ""),
+                   f"{r['model']} / {r['reference']}", f"{r['ratio']:.3f}",
+                   "–" if r["low"] is None else f"{r['low']:.3f}–{r['high']:.3f}", r["verdict"]]
+                  for r in lat["ratios"]]
+    return ["## Latency", "",
+            f"The models were timed together, interleaved: after {s['warmup']} warm-up round(s), each of "
+            f"{s['rounds']} rounds timed every model once (a prefill of {s['seq_len']} tokens at batch "
+            f"{s['batch_size']}, then {s['decode_tokens']} greedy decode steps with the KV cache), the order rotating "
+            "from round to round. Median (interquartile range) over rounds, in ms:", "",
+            markdown_table(header, rows), "",
+            f"Ratios are medians of the per-round ratios (< 1: faster) with intervals that hold together with "
+            f"{100 * s['confidence']:.0f} % probability (sign-test order statistics over rounds, Bonferroni over "
+            "the ratios). A ratio whose interval covers 1.0 is *no measurable difference*, not a finding.", "",
+            markdown_table(["quantity", "models", "ratio", "interval", "verdict"], ratio_rows), "",
+            f"Machine: {mach.get('cpus_usable', '?')} usable CPUs, {mach.get('torch_threads', '?')} torch threads, "
+            f"load average (1, 5, 15 min) {mach.get('load_average_before')} before and "
+            f"{mach.get('load_average_after')} after; absolute times are this machine's at that load.", ""]
+
+
 def _section_zeroshot(m: dict) -> list[str]:
     """Zero-shot accuracy with intervals and chance levels, and paired differences between the models."""
     z = m.get("zeroshot_intervals")
@@ -193,7 +226,8 @@ def write_report(run_dir: str | Path, settings=None, records=None, seconds: floa
                  "(`ppl_max_windows`), not the whole split, to keep the run short; the window count is in the "
                  "protocol column. " if ev.get("ppl_max_windows") else "Perplexity is measured on every window of "
                  "each corpus. ") + "Zero-shot tasks are the offline local set unless `zeroshot_tasks` says otherwise; "
-                "accuracies in %. Latencies are this machine's.", ""]
+                "accuracies in %. Latencies: see *Latency* below.", ""]
+    out += _section_latency(metrics)
     out += _section_zeroshot(metrics)
     out += _section_pruning(metrics) + _section_fusion(metrics) + _section_recovery(metrics)
     figures = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").is_dir() else []

@@ -141,7 +141,7 @@ def evaluate(model: nn.Module, tokenizer, *, name: str, setting: str, method: st
              ppl_datasets: list[list[str]] | None = (("wikipedia", "test"),), ppl_protocol: str = "llm-pruner-128",
              ppl_max_windows: int | None = None, zeroshot_tasks: str | list[str] | None = "local",
              zeroshot_limit: int | None = None, efficiency_seq_len: int | None = 128,
-             efficiency_decode_tokens: int = 16, efficiency_repeats: int = 3, batch_size: int = 4,
+             efficiency_decode_tokens: int = 16, efficiency_repeats: int = 0, batch_size: int = 4,
              progress: bool = False) -> Evaluation:
     """Perplexity on every ``[corpus, split]``, zero-shot accuracy and efficiency of one model.
 
@@ -159,7 +159,10 @@ def evaluate(model: nn.Module, tokenizer, *, name: str, setting: str, method: st
         zeroshot_limit: Items per task (None = all).
         efficiency_seq_len: Prompt length of the latency measurement; None = skip efficiency.
         efficiency_decode_tokens: Tokens generated in the decode measurement.
-        efficiency_repeats: Repeats per timing (the median is reported).
+        efficiency_repeats: Timed runs of this model alone (median); 0 (default) = parameters and MACs only.
+            Models that one report compares are timed together instead, interleaved, with
+            :func:`aeflib.evaluation.compare_latency` (timed one after the other, machine drift passes for a
+            difference between them).
         batch_size: Batch of perplexity windows and zero-shot requests.
         progress: tqdm bars.
 

@@ -8,10 +8,13 @@ What is measured, for each model dense and pruned:
 * decode speed: ``--decode-tokens`` greedy steps with the KV cache after an (untimed) prefill, at
   ``--decode-batch-sizes`` (default batch 1).
 
-How: :func:`aeflib.evaluation.efficiency` does all of it (one warm-up run, then the median of ``--repeats`` runs,
-``torch.inference_mode``; see its module docstring for the counting conventions); :func:`~aeflib.evaluation.compare`
-gives the ratios. Dense and pruned models are measured back to back in this one process, so machine load drifts
-less between them than between separate runs; the load average is recorded with the results.
+How: :func:`aeflib.evaluation.efficiency` counts parameters and MACs (see its module docstring for the
+conventions); :func:`aeflib.evaluation.compare_latency` times the dense model and every pruned copy of it
+*interleaved* — after a warm-up round, each of ``--repeats`` rounds times every model once, the order rotating — so
+that the machine's drift (other processes on a shared CPU) falls on all models alike. Each time ratio is the median
+of the per-round pruned / dense ratios with an interval over rounds (all intervals of one comparison hold together
+with 95 % probability); a ratio whose interval covers 1.0 is printed with ``~`` (no measurable difference). The
+load average, CPU count and torch threads are recorded.
 
 Models:
 
@@ -28,7 +31,8 @@ Ratios (all pruned / dense of a *cost*, so < 1 = cheaper / faster):
 * ``params``: the parameter reduction the plan achieved (the reference the time ratios are read against: if time
   scaled with the weights, every time ratio would equal it);
 * ``MACs``: the compute per token the pruned model does (compute-bound reference);
-* ``prefill@bsB``: prefill seconds; ``decode@bs1``: seconds per generated token (= dense tok/s / pruned tok/s).
+* ``prefill@bsB``: prefill seconds; ``decode@bs1``: seconds per generated token (= dense tok/s / pruned tok/s);
+  ``~`` before a ratio: no measurable difference.
 
 Commands:
 
@@ -37,8 +41,8 @@ Commands:
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/speed.py --device cuda --layers 32   # GPU, full 7B shape
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/speed.py --smoke          # seconds, tiny models (CI)
 
-Writes ``benchmarks/results/speed_smollm2.json`` (``--out``): machine, settings, every ``EfficiencyResult`` and its
-ratios.
+Writes ``benchmarks/results/speed_smollm2.json`` (``--out``): machine, settings, every ``EfficiencyResult`` (parameters,
+MACs), each pruned model's ratios, intervals and verdicts, and every ``LatencyComparison`` (samples per round).
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from _common import machine, write_json  # noqa: E402  (benchmarks/ is on sys.pa
 
 import aeflib.models  # noqa: E402
 from aeflib import importance, pruning  # noqa: E402
-from aeflib.evaluation import EfficiencyResult, compare, efficiency  # noqa: E402
+from aeflib.evaluation import LatencyComparison, compare, compare_latency, efficiency  # noqa: E402
 
 LLAMA7B = {"hidden": 4096, "heads": 32, "mlp": 11008, "vocab": 32000}
 SMOKE_WIDE = {"hidden": 128, "heads": 4, "mlp": 344, "vocab": 1000}  # --smoke: the same layout, seconds to time
@@ -93,56 +97,65 @@ def llama_wide(layers: int, widths: dict, dtype: torch.dtype):
     return model, aeflib.models.adapter_for(model)
 
 
-def measure(model, tokenizer, args) -> EfficiencyResult:
-    """``efficiency()`` with decoding at ``--decode-batch-sizes`` and prefill only at the other batch sizes.
-
-    Two calls (one per kind of batch size), their timings merged into the first result; MACs and parameters are
-    the same in both.
-    """
-    with_decode = [b for b in args.batch_sizes if b in args.decode_batch_sizes]
-    prefill_only = [b for b in args.batch_sizes if b not in args.decode_batch_sizes]
-    common = dict(seq_len=args.seq_len, repeats=args.repeats, device=args.device)
-    first = efficiency(
-        model,
-        tokenizer,
-        batch_sizes=with_decode or prefill_only,
-        decode_tokens=args.decode_tokens if with_decode else 0,
-        **common,
-    )
-    if with_decode and prefill_only:
-        first.timings.update(efficiency(model, tokenizer, batch_sizes=prefill_only, decode_tokens=0, **common).timings)
-    return first
-
-
-def ratios(dense: EfficiencyResult, pruned: EfficiencyResult) -> dict[str, float]:
-    """``compare()``'s pruned / dense ratios (undefined ones dropped) plus decode seconds per token ratios."""
-    out = {k: v for k, v in compare(dense, pruned).items() if not math.isnan(v)}
-    for key in [k for k in out if k.startswith("decode_tokens_per_s@")]:
-        out["decode_s_per_token@" + key.split("@")[1]] = 1 / out[key] if out[key] else float("nan")
+def latency(models: dict, tokenizer, args) -> dict[int, LatencyComparison]:
+    """``compare_latency`` of all ``models`` at each batch size (decode timed at ``--decode-batch-sizes`` only)."""
+    out = {}
+    for b in args.batch_sizes:
+        out[b] = compare_latency(
+            models,
+            tokenizer,
+            seq_len=args.seq_len,
+            batch_size=b,
+            decode_tokens=args.decode_tokens if b in args.decode_batch_sizes else 0,
+            rounds=args.repeats,
+            warmup=1,
+        )
     return out
 
 
 def bench_model(name: str, dense, tokenizer, adapter, plans: list[tuple[dict, pruning.PruningPlan]], args) -> dict:
-    """Measure ``dense`` and a pruned copy per plan; print one line each; return the JSON record."""
-    record = {"model": name, "dense": None, "pruned": []}
-    t = time.perf_counter()
-    base = measure(dense, tokenizer, args)
+    """Count ``dense`` and a pruned copy per plan, time them all interleaved; print lines; return the JSON record."""
+    record = {"model": name, "dense": None, "pruned": [], "latency": {}}
+    base = efficiency(dense, tokenizer, seq_len=args.seq_len, repeats=0)  # parameters and MACs
     record["dense"] = base.to_dict()
-    print(f"{name} dense: {base}  [{time.perf_counter() - t:.0f} s]", flush=True)
+    models = {"dense": dense}
+    labels = {}
     for label, the_plan in plans:
         model = copy.deepcopy(dense)
         pruning.apply(model, adapter, the_plan)
-        t = time.perf_counter()
-        res = measure(model, tokenizer, args)
-        what = f"ratio {label['pruning_ratio']:.3f}" + (
-            f" (target {label['target_params']})" if label["target_params"] else ""
-        )
-        print(f"{name} pruned, {what}: {res}  [{time.perf_counter() - t:.0f} s]", flush=True)
+        key = f"pruned r{label['pruning_ratio']:.3f}"
+        models[key], labels[key] = model, (label, the_plan)
+    t = time.perf_counter()
+    timed = latency(models, tokenizer, args)
+    print(f"{name}: {len(models)} models timed interleaved in {time.perf_counter() - t:.0f} s", flush=True)
+    for b, comparison in timed.items():
+        print(f"  bs {b}: {comparison}", flush=True)
+        record["latency"][str(b)] = comparison.to_dict()
+    for key, (label, the_plan) in labels.items():
+        res = efficiency(models[key], tokenizer, seq_len=args.seq_len, repeats=0)
+        ratios = {k: v for k, v in compare(base, res).items() if not math.isnan(v)}
+        intervals, verdicts = {}, {}
+        for b, comparison in timed.items():
+            for quantity in comparison.spreads:
+                r = comparison.ratio(quantity, key, "dense")
+                ratios[f"{quantity}@bs{b}"] = r.ratio
+                intervals[f"{quantity}@bs{b}"] = [r.low, r.high]
+                verdicts[f"{quantity}@bs{b}"] = r.verdict
         record["pruned"].append(
-            {**label, "plan": the_plan.summary(), "efficiency": res.to_dict(), "ratios": ratios(base, res)}
+            {**label, "plan": the_plan.summary(), "efficiency": res.to_dict(), "ratios": ratios,
+             "intervals": intervals, "verdicts": verdicts}
         )
-        del model
+    del models
     return record
+
+
+def _cell(p: dict, key: str) -> str:
+    """A ratio, or ``~`` + ratio when its interval covers 1.0 (no measurable difference), or ``?`` (no interval)."""
+    value = p["ratios"].get(key, float("nan"))
+    verdict = p.get("verdicts", {}).get(key)
+    if verdict is None or verdict in ("faster", "slower"):
+        return f"{value:.3f}"
+    return ("~" if verdict == "no measurable difference" else "?") + f"{value:.3f}"
 
 
 def print_table(records: list[dict], args) -> None:
@@ -152,18 +165,27 @@ def print_table(records: list[dict], args) -> None:
     print(
         f"\npruned / dense, measured in the same run (cost ratios: < 1 = cheaper / faster; prefill = seconds for "
         f"[batch, {args.seq_len}] tokens, decode = seconds per token over {args.decode_tokens} greedy steps; "
-        f"medians of {args.repeats} runs)"
+        f"all models timed interleaved, {args.repeats} rounds after a warm-up; each time ratio is the median of the "
+        f"per-round ratios)"
     )
     print(f"{'model':<28} {'target':>6} {'ratio':>6} " + " ".join(f"{c:>12}" for c, _ in cols))
     for rec in records:
         for p in rec["pruned"]:
             target = "-" if p.get("target_params") is None else f"{p['target_params']:.2f}"
-            cells = " ".join(f"{p['ratios'].get(key, float('nan')):12.3f}" for _, key in cols)
+            cells = " ".join(f"{_cell(p, key):>12}" for _, key in cols)
             print(f"{rec['model']:<28} {target:>6} {p['pruning_ratio']:6.3f} {cells}")
     print(
         "(params = the parameter-reduction reference: the time ratio if time scaled with the weights; "
-        "MACs = the compute reference)"
+        "MACs = the compute reference; ~ = no measurable difference: the interval of the ratio covers 1.0; "
+        "? = too few rounds for an interval)"
     )
+    print("\nintervals (sign-test order statistics over rounds; per batch size all hold together with 95 % "
+          "probability):")
+    for rec in records:
+        for p in rec["pruned"]:
+            parts = [f"{k} {p['ratios'][k]:.3f} [{lo:.3f}, {hi:.3f}]" for k, (lo, hi) in p["intervals"].items()
+                     if lo is not None]
+            print(f"  {rec['model']} r{p['pruning_ratio']:.3f}: " + ("; ".join(parts) or "none (too few rounds)"))
 
 
 def main() -> None:
@@ -176,7 +198,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,8", help="prefill batch sizes")
     ap.add_argument("--decode-batch-sizes", default="1", help="batch sizes also timed decoding (subset of the above)")
     ap.add_argument("--decode-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per quantity after one warm-up (median)")
+    ap.add_argument("--repeats", type=int, default=10, help="interleaved timing rounds after one warm-up round "
+                    "(>= 5 for an interval)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
@@ -186,7 +209,7 @@ def main() -> None:
     wide = LLAMA7B
     if args.smoke:  # tiny-llama cannot reach a parameter target (almost all its parameters are embeddings): ratios
         args.model, args.ratios, args.layers, args.seq_len = "tiny-llama", "0.2,0.5", 1, 16
-        args.batch_sizes, args.decode_tokens, args.repeats = "1,2", 4, 1
+        args.batch_sizes, args.decode_tokens, args.repeats = "1,2", 4, 5
         args.out = str(Path(tempfile.mkdtemp(prefix="aeflib-speed-smoke-")) / "speed.json")
         wide = SMOKE_WIDE
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -199,7 +222,7 @@ def main() -> None:
     t_all = time.perf_counter()
 
     # 1. the real model: a plan per target (its per-structure ratio is then reused for the wide model)
-    dense, tokenizer, adapter = aeflib.models.load(args.model, dtype=dtype)
+    dense, tokenizer, adapter = aeflib.models.load(args.model, dtype=dtype, device=args.device)
     if args.ratios:
         plans = [
             ({"target_params": None, "pruning_ratio": r}, l2_plan(dense, adapter, ratio=r))
@@ -217,6 +240,7 @@ def main() -> None:
     if args.layers > 0:
         name = f"llama7b-width-L{args.layers}" if wide is LLAMA7B else f"llama-wide-smoke-L{args.layers}"
         model, wide_adapter = llama_wide(args.layers, wide, dtype)
+        model.to(args.device)
         wide_plans = [
             (label, l2_plan(model, wide_adapter, ratio=label["pruning_ratio"], layers=range(args.layers)))
             for label, _ in plans

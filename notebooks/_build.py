@@ -389,7 +389,9 @@ Three measurements, each carrying its protocol:
   `zeroshot_limit` items drawn once with a fixed seed — the same items for every model — recorded with the split
   and the item ids **[ours]**. `"paper7"` runs the same tasks from the hub; `"local"` three small tasks cut from
   the shipped text **[ours]**.
-* **Efficiency** — parameters, and the latency of a forward pass and of decoding, on this machine **[ours]**."""),
+* **Efficiency** — parameters and MACs per token; and the latency of a forward pass and of decoding on this
+  machine, the three models timed together, interleaved, so that the machine's drift is not read as a difference
+  between them; a ratio whose interval covers 1.0 is *no measurable difference* **[ours]**."""),
     ("md", "## Parameters\nThe same values as before, plus the evaluation sizes."),
     ("params", params("# [corpus, split] pairs; the paper: wikitext2/test and ptb/validation (hub)\n"
                       'ppl_datasets = [["wikipedia", "test"]]\nppl_protocol = "llm-pruner-128"\n'
@@ -397,14 +399,15 @@ Three measurements, each carrying its protocol:
                       'zeroshot_tasks = "paper7-offline"  # the paper\'s seven, offline; "paper7": hub; "local"\n'
                       "zeroshot_limit = 30           # items per task, seeded subset (None: all)\n"
                       "efficiency_seq_len = 64       # prompt tokens of the latency measurement (None: skip)\n"
-                      "efficiency_decode_tokens = 16\nefficiency_repeats = 3\n"
+                      "efficiency_decode_tokens = 16\n"
+                      "efficiency_repeats = 10       # interleaved timing rounds (8 or more for intervals)\n"
                       "eval_batch_size = 4")),
     ("md", SETUP_MD), ("code", SETUP + "\nimport aeflib.evaluation\nimport aeflib.io", ()),
     ("md", "Every model is evaluated with the same settings:"),
     ("code", "settings = dict(\n"
              "    ppl_datasets=ppl_datasets, ppl_protocol=ppl_protocol, ppl_max_windows=ppl_max_windows,\n"
              "    zeroshot_tasks=zeroshot_tasks, zeroshot_limit=zeroshot_limit,\n"
-             "    efficiency_seq_len=efficiency_seq_len, efficiency_repeats=efficiency_repeats,\n"
+             "    efficiency_seq_len=efficiency_seq_len,\n"
              "    efficiency_decode_tokens=efficiency_decode_tokens, batch_size=eval_batch_size,\n"
              "    progress=progress,\n)\n"
              'analysis.as_table(settings, index="parameter")', ()),
@@ -455,13 +458,31 @@ Three measurements, each carrying its protocol:
              'columns = ["b", "a", "task", "diff", "lo", "hi", "n_discordant", "reading"]\n'
              'pd.DataFrame(intervals["paired"])[columns].round(2).rename(\n'
              '    columns={"diff": "B − A (points)", "n_discordant": "items that differ"}\n)', (IGNORE,)),
-    ("md", "## Efficiency\nThe pruned model's cost relative to the dense one (ratios below 1 = smaller / faster)."),
+    ("md", "## Efficiency\nThe pruned model's size and compute relative to the dense one (below 1 = smaller)."),
     ("code", "ratios = aeflib.evaluation.compare(dense_eval.efficiency, pruned_eval.efficiency)\n"
              'analysis.as_table(ratios, column="pruned / dense", digits=3)', (IGNORE,)),
+    ("md", "## Latency\nThe three models timed together: after a warm-up, every round times each of them once "
+           "(a prefill, then greedy decoding), the order rotating from round to round. Median and interquartile "
+           "range over the rounds, in ms:"),
+    ("code", "models = {\"dense\": dense, \"pruned\": pruned, \"pruned + LoRA\": recovered}\n"
+             "latency = aeflib.evaluation.compare_latency(\n"
+             "    models, tokenizer, seq_len=efficiency_seq_len,\n"
+             "    decode_tokens=efficiency_decode_tokens, rounds=efficiency_repeats,\n)\n"
+             "latency.table()", (IGNORE,)),
+    ("md", "Each ratio is the median of the per-round ratios (below 1 = faster), with an interval from the "
+           "rounds; all intervals of the table hold together with 95 % probability. An interval that covers 1.0 "
+           "is *no measurable difference*. The pruned and the "
+           "recovered model have the same shapes (LoRA is merged): a difference between them would be the "
+           "machine's."),
+    ("code", "latency.ratio_table()", (IGNORE,)),
+    ("md", "The machine while timing (load average over 1, 5 and 15 minutes; above the CPU count, other "
+           "processes competed for the cores):"),
+    ("code", 'analysis.as_table(latency.machine, index="machine")', (IGNORE,)),
     ("md", "## Record\nAll rows and raw results go to the evaluation section of `metrics.json` (read by 07)."),
     ("code", 'run.merge_metrics("evaluation", {\n'
              '    "rows": rows, "settings": settings, "dense": dense_eval.to_dict(),\n'
-             '    "pruned": pruned_eval.to_dict(), "recovered": recovered_eval.to_dict(),\n})\n'
+             '    "pruned": pruned_eval.to_dict(), "recovered": recovered_eval.to_dict(),\n'
+             '    "latency": latency.to_dict(),\n})\n'
              "run.listing()", (IGNORE,)),
 ]
 

@@ -11,7 +11,7 @@ from conftest import TINY_NAMES, prune_nonuniform
 
 import aeflib.models
 from aeflib.evaluation.efficiency import analytic_macs, compare, counted_macs, efficiency
-from aeflib.evaluation.timing import MIN_ROUNDS, LatencyRatio, _median_interval, compare_latency
+from aeflib.evaluation.timing import LatencyRatio, _median_interval, compare_latency, rounds_needed
 from aeflib.pruning import count_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # 2 shared cores: OpenMP barriers thrash under load
@@ -112,31 +112,32 @@ def two_models():
 def test_compare_latency_interleaves_rotating_rounds_and_reports_spreads(two_models):
     models, tokenizer = two_models
     models["pruned"].train()
-    result = compare_latency(models, tokenizer, seq_len=6, decode_tokens=2, rounds=5, warmup=1)
+    result = compare_latency(models, tokenizer, seq_len=6, decode_tokens=2, rounds=8, warmup=1)
     assert models["pruned"].training and not models["dense"].training  # flags restored
     models["pruned"].eval()
     assert result.order[:2] == [[-1, "dense"], [-1, "pruned"]]  # warm-up of each first
     timed = result.order[2:]
-    assert [r for r, _ in timed] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-    assert [n for _, n in timed] == ["dense", "pruned", "pruned", "dense"] * 2 + ["dense", "pruned"]  # A B, B A, ...
+    assert [r for r, _ in timed] == [r for r in range(8) for _ in range(2)]
+    assert [n for _, n in timed] == ["dense", "pruned", "pruned", "dense"] * 4  # A B, B A, ...
     assert set(result.spreads) == {"prefill_s", "decode_s_per_token"}
     for per in result.spreads.values():
         for s in per.values():
-            assert len(s.samples) == 5 and min(s.samples) <= s.q1 <= s.median <= s.q3 <= max(s.samples)
+            assert len(s.samples) == 8 and min(s.samples) <= s.q1 <= s.median <= s.q3 <= max(s.samples)
     assert [(r.quantity, r.model, r.reference) for r in result.ratios] == [
         ("prefill_s", "pruned", "dense"), ("decode_s_per_token", "pruned", "dense")]
     for r in result.ratios:
-        assert r.rounds == 5 and r.low <= r.ratio <= r.high and r.confidence == 0.95
+        assert r.rounds == 8 and r.rounds_needed == 7 and r.low <= r.ratio <= r.high and r.confidence == 0.95
         assert r.measurable == (not r.low <= 1.0 <= r.high)
         assert r.verdict == ("no measurable difference" if not r.measurable else "faster" if r.ratio < 1 else "slower")
     assert result.ratio("prefill_s", "pruned", "dense") is result.ratios[0]
     with pytest.raises(KeyError, match="no ratio .*measured"):
         result.ratio("prefill_s", "dense", "pruned")
     assert {"cpus", "cpus_usable", "torch_threads", "load_average_before", "load_average_after"} <= set(result.machine)
-    assert result.settings["rounds"] == 5 and result.settings["input"] == "shipped Wikipedia test text"
+    assert result.settings["rounds"] == 8 and result.settings["input"] == "shipped Wikipedia test text"
+    assert "Bonferroni over 2 ratios" in result.settings["interval"]
     d = json.loads(json.dumps(result.to_dict()))
     assert d["ratios"][0]["verdict"] == result.ratios[0].verdict
-    assert len(d["spreads"]["prefill_s"]["dense"]["samples"]) == 5
+    assert len(d["spreads"]["prefill_s"]["dense"]["samples"]) == 8
     assert list(result.table().index) == ["dense", "pruned"]
     assert list(result.ratio_table()["verdict"]) == [r.verdict for r in result.ratios]
     assert "interleaved rounds" in str(result)
@@ -153,20 +154,27 @@ def test_compare_latency_forms_every_pair_and_skips_an_untimed_decode(two_models
     assert [n for _, n in result.order[3:6]] == ["pruned", "again", "dense"]  # rotated by one
     for r in result.ratios:  # 3 rounds: no interval, no claimed difference
         assert r.low is None and not r.measurable
-        assert r.verdict == f"no finding: 3 rounds, an interval needs at least {MIN_ROUNDS}"
+        assert r.verdict == f"no finding: 3 rounds, an interval needs at least {rounds_needed(0.95, 3)}"
 
 
 def test_latency_ratio_calls_an_interval_covering_one_no_measurable_difference():
     def ratio(value, low, high):
-        return LatencyRatio("prefill_s", "b", "a", value, low, high, 0.95, 10)
+        return LatencyRatio("prefill_s", "b", "a", value, low, high, 0.95, 10, 8)
 
     assert ratio(0.98, 0.9, 1.05).verdict == "no measurable difference"
     assert ratio(0.5, 0.4, 0.6).verdict == "faster" and ratio(0.5, 0.4, 0.6).measurable
     assert ratio(1.5, 1.2, 1.8).verdict == "slower"
     assert "no measurable difference" in str(ratio(1.0, 0.95, 1.0))  # an end at exactly 1.0 covers it
-    assert _median_interval([2.0] * 7, 0.95, 500, 0) == (2.0, 2.0)
-    assert _median_interval([1.0, 2.0, 3.0, 4.0, 5.0], 0.9, 500, 1) == _median_interval([1.0, 2.0, 3.0, 4.0, 5.0],
-                                                                                        0.9, 500, 1)  # seeded
+
+
+
+def test_median_interval_is_the_sign_test_interval():
+    # n = 10 at 95 %: [2nd smallest, 2nd largest] misses with 2 * P(Bin(10, 1/2) <= 1) = 2.1 %; the 3rd: 10.9 %
+    assert _median_interval([float(x) for x in range(10, 0, -1)], 0.95) == (2.0, 9.0)
+    assert _median_interval([2.0] * 7, 0.95) == (2.0, 2.0)
+    assert _median_interval([1.0, 2.0, 3.0, 4.0, 5.0], 0.95) is None  # [min, max] of 5 misses 6.25 % > 5 %
+    assert _median_interval([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 0.95) == (1.0, 6.0)
+    assert rounds_needed(0.95) == 6 and rounds_needed(0.95, 6) == 8  # Bonferroni: more ratios, more rounds
 
 
 def test_compare_latency_rejects_bad_arguments(two_models):
@@ -175,3 +183,26 @@ def test_compare_latency_rejects_bad_arguments(two_models):
         compare_latency({"dense": models["dense"]})
     with pytest.raises(ValueError, match=r"rounds=0; confidence=1.5"):
         compare_latency(models, rounds=0, confidence=1.5)
+
+
+def test_report_shows_latency_spreads_and_calls_an_interval_over_one_no_measurable_difference(tmp_path):
+    from aeflib.evaluation.timing import LatencyComparison, LatencySpread
+    from aeflib.report import write_report
+
+    spreads = {"prefill_s": {"dense": LatencySpread.of([0.010, 0.011, 0.012]),
+                             "pruned": LatencySpread.of([0.006, 0.0065, 0.007]),
+                             "pruned + LoRA": LatencySpread.of([0.0061, 0.0066, 0.0068])}}
+    ratios = [LatencyRatio("prefill_s", "pruned", "dense", 0.6, 0.55, 0.65, 0.95, 10, 7),
+              LatencyRatio("prefill_s", "pruned + LoRA", "dense", 0.61, 0.56, 0.66, 0.95, 10, 7),
+              LatencyRatio("prefill_s", "pruned + LoRA", "pruned", 1.02, 0.95, 1.08, 0.95, 10, 7)]
+    settings = {"seq_len": 64, "batch_size": 1, "decode_tokens": 0, "rounds": 10, "warmup": 1, "confidence": 0.95}
+    machine = {"cpus_usable": 2, "torch_threads": 1, "load_average_before": [1.5, 1.2, 1.0],
+               "load_average_after": [1.6, 1.2, 1.0]}
+    latency = LatencyComparison(["dense", "pruned", "pruned + LoRA"], spreads, ratios, [], settings, machine)
+    (tmp_path / "metrics.json").write_text(json.dumps({"evaluation": {"latency": latency.to_dict()}}))
+    text = write_report(tmp_path).read_text()
+    section = text[text.index("## Latency"):]
+    assert "| dense | 11.00 (10.50–11.50) |" in section  # median (IQR) in ms
+    assert "| prefill | pruned / dense | 0.600 | 0.550–0.650 | faster |" in section
+    assert "| prefill | pruned + LoRA / pruned | 1.020 | 0.950–1.080 | no measurable difference |" in section
+    assert "[1.5, 1.2, 1.0] before" in section and "1 torch threads" in section

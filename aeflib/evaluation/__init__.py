@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aeflib.evaluation.efficiency import BatchTiming, EfficiencyResult, analytic_macs, compare, counted_macs, efficiency
 from aeflib.evaluation.perplexity import PROTOCOLS, PerplexityProtocol, PerplexityResult, perplexity
+from aeflib.evaluation.timing import LatencyComparison, LatencyRatio, LatencySpread, compare_latency
 from aeflib.evaluation.zeroshot import (
     TASK_SETS,
     TaskScore,
@@ -24,6 +25,10 @@ __all__ = [
     "compare",
     "counted_macs",
     "efficiency",
+    "LatencyComparison",
+    "LatencyRatio",
+    "LatencySpread",
+    "compare_latency",
     "TASK_SETS",
     "TaskScore",
     "ZeroShotResult",

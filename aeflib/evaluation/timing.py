@@ -11,8 +11,10 @@ the machine did in between (other processes, frequency scaling, caches), which o
 difference between two same-shaped models. So the models are timed *interleaved*: after a warm-up of each, every
 round times each model once (prefill, then decode), the order rotating from round to round (A B, B A, A B, ... so
 that no model always runs first). Each latency is reported as the median with its interquartile range over rounds;
-each ratio is the median of the per-round paired ratios with a percentile bootstrap interval over rounds, and a
-ratio whose interval covers 1.0 is reported as "no measurable difference". The machine's load (``os.getloadavg``
+each ratio is the median of the per-round paired ratios with a distribution-free interval over rounds (order
+statistics of the sign test, exact coverage for independent rounds; Bonferroni over all ratios of one comparison,
+so that ``confidence`` holds for the whole table), and a ratio whose interval covers 1.0 is reported as "no
+measurable difference". The machine's load (``os.getloadavg``
 before and after), CPU count and torch threads are recorded with the result.
 
 Source: [ours].
@@ -24,7 +26,6 @@ import dataclasses
 import gc
 import math
 import os
-import random
 import re
 import statistics
 import threading
@@ -37,8 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["MIN_ROUNDS", "BatchTiming", "LatencyComparison", "LatencyRatio", "LatencySpread", "PeakMemory",
-           "compare_latency", "input_ids", "measure_batch"]
+__all__ = ["BatchTiming", "LatencyComparison", "LatencyRatio", "LatencySpread", "PeakMemory",
+           "compare_latency", "input_ids", "measure_batch", "rounds_needed"]
 
 
 @dataclass(frozen=True)
@@ -194,9 +195,6 @@ def measure_batch(
 
 
 # ------------------------------------------------------------------------------------------ interleaved comparison
-#: Rounds below which no interval is computed and no ratio is reported as a difference.
-MIN_ROUNDS = 5
-
 #: Quantities :func:`compare_latency` times: prefill seconds, and decode seconds per step (per generated token).
 QUANTITIES = ("prefill_s", "decode_s_per_token")
 
@@ -239,10 +237,13 @@ class LatencyRatio:
         model: The model in the numerator.
         reference: The model in the denominator.
         ratio: Median over rounds of ``time(model) / time(reference)`` in the same round (< 1: ``model`` faster).
-        low: Lower end of the bootstrap interval of that median; None with fewer than :data:`MIN_ROUNDS` rounds.
+        low: Lower end of the interval of that median (an order statistic of the per-round ratios); None with
+            fewer than ``rounds_needed`` rounds.
         high: Upper end; None likewise.
-        confidence: Coverage of the interval (e.g. 0.95).
+        confidence: Family-wise coverage: all intervals of the comparison hold together with this probability.
         rounds: Paired rounds behind the ratio.
+        rounds_needed: Fewest rounds for which an interval at ``confidence`` exists (it grows with the number of
+            ratios of the comparison).
     """
 
     quantity: str
@@ -253,6 +254,7 @@ class LatencyRatio:
     high: float | None
     confidence: float
     rounds: int
+    rounds_needed: int
 
     @property
     def measurable(self) -> bool:
@@ -263,7 +265,7 @@ class LatencyRatio:
     def verdict(self) -> str:
         """``"no measurable difference"``, ``"faster"``/``"slower"`` with the interval, or why there is no interval."""
         if self.low is None or self.high is None:
-            return f"no finding: {self.rounds} rounds, an interval needs at least {MIN_ROUNDS}"
+            return f"no finding: {self.rounds} rounds, an interval needs at least {self.rounds_needed}"
         if not self.measurable:
             return "no measurable difference"
         return "faster" if self.ratio < 1 else "slower"
@@ -283,7 +285,7 @@ class LatencyComparison:
         ratios: One :class:`LatencyRatio` per quantity and pair (later model over earlier one, in ``models`` order).
         order: ``[[round, model], ...]`` in the order the runs happened; round -1 is the warm-up.
         settings: ``seq_len``, ``batch_size``, ``decode_tokens``, ``rounds``, ``warmup``, ``confidence``,
-            ``bootstrap``, ``seed``, ``device`` per model, ``input`` (shipped text or random ids).
+            ``interval`` (the method), ``seed``, ``device`` per model, ``input`` (shipped text or random ids).
         machine: ``cpus``, ``cpus_usable``, ``torch_threads``, ``load_average_before`` / ``_after`` (1, 5, 15 min).
     """
 
@@ -373,13 +375,42 @@ def ratio_table(d: Mapping[str, Any]):
     return pd.DataFrame(rows)
 
 
-def _median_interval(values: list[float], confidence: float, draws: int, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap interval of the median of ``values`` (resampling with replacement, seeded)."""
-    rng = random.Random(seed)
-    n = len(values)
-    medians = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(draws))
-    tail = (1 - confidence) / 2
-    return medians[math.floor(tail * draws)], medians[max(math.ceil((1 - tail) * draws) - 1, 0)]
+def _order_statistic_rank(n: int, confidence: float) -> int:
+    """Largest ``k`` with ``P(k-th smallest <= median <= k-th largest) >= confidence`` for ``n`` samples; 0: none.
+
+    The sign test's interval for a median: it misses when at most ``k - 1`` of ``n`` independent samples fall on one
+    side, probability ``2 * P(Binomial(n, 1/2) <= k - 1)``.
+    """
+    k, miss = 0, 2 * 0.5**n  # miss probability of [min, max] (k = 1)
+    while k + 1 <= (n + 1) // 2 and miss <= 1 - confidence:
+        k += 1
+        miss += 2 * math.comb(n, k) * 0.5**n  # widen: k-th order statistics -> (k+1)-th
+    return k
+
+
+def _median_interval(values: list[float], confidence: float) -> tuple[float, float] | None:
+    """Distribution-free interval of the median of ``values`` (sign test order statistics); None if too few."""
+    k = _order_statistic_rank(len(values), confidence)
+    if k == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[k - 1], ordered[len(values) - k]
+
+
+def rounds_needed(confidence: float, n_ratios: int = 1) -> int:
+    """Fewest rounds for which ``n_ratios`` intervals hold together with probability ``confidence`` (Bonferroni).
+
+    Args:
+        confidence: Family-wise coverage in (0, 1), e.g. 0.95.
+        n_ratios: Ratios reported together (>= 1).
+
+    Returns:
+        The smallest ``n`` with ``2 / 2**n <= (1 - confidence) / n_ratios`` (the ``[min, max]`` interval's miss
+        probability): 6 for one ratio at 95 %, 8 for six.
+
+    Source: [ours]; the sign-test interval of a median.
+    """
+    return math.ceil(math.log2(2 * n_ratios / (1 - confidence)))
 
 
 def _machine_now() -> dict[str, Any]:
@@ -399,7 +430,6 @@ def compare_latency(
     rounds: int = 10,
     warmup: int = 1,
     confidence: float = 0.95,
-    bootstrap: int = 2000,
     seed: int = 0,
 ) -> LatencyComparison:
     """Time several models interleaved (prefill and decode) and compare them with an interval on every ratio.
@@ -417,12 +447,13 @@ def compare_latency(
         seq_len: Prefill length ``L``, >= 1.
         batch_size: Rows ``B`` of the prefill and of decoding, >= 1.
         decode_tokens: Greedy decode steps per round, >= 0 (0 = prefill only).
-        rounds: Timed rounds, >= 1; intervals need at least :data:`MIN_ROUNDS` (fewer: ratios carry no interval
-            and no verdict of a difference).
+        rounds: Timed rounds, >= 1; intervals need :func:`rounds_needed` rounds (8 for three models at 95 %;
+            fewer: ratios carry no interval and no verdict of a difference). A multiple of the number of models
+            puts each model first equally often.
         warmup: Untimed rounds first, >= 0.
-        confidence: Coverage of the bootstrap intervals, in (0, 1).
-        bootstrap: Bootstrap resamples, >= 100.
-        seed: Seed of the bootstrap (and of random input ids).
+        confidence: Family-wise coverage of all ratio intervals together, in (0, 1) (each interval is built at
+            ``1 - (1 - confidence) / n_ratios``).
+        seed: Seed of the random input ids (without a tokenizer).
 
     Returns:
         :class:`LatencyComparison` — seconds throughout (``decode_s_per_token`` = decode seconds / steps).
@@ -438,13 +469,12 @@ def compare_latency(
         problems.append(f"models needs at least two entries, got {names}")
     for label, value, ok in (("seq_len", seq_len, seq_len >= 1), ("batch_size", batch_size, batch_size >= 1),
                              ("decode_tokens", decode_tokens, decode_tokens >= 0), ("rounds", rounds, rounds >= 1),
-                             ("warmup", warmup, warmup >= 0), ("confidence", confidence, 0 < confidence < 1),
-                             ("bootstrap", bootstrap, bootstrap >= 100)):
+                             ("warmup", warmup, warmup >= 0), ("confidence", confidence, 0 < confidence < 1)):
         if not ok:
             problems.append(f"{label}={value}")
     if problems:
         raise ValueError("compare_latency: " + "; ".join(problems) + " (need >= 2 models, seq_len/batch_size/rounds "
-                         ">= 1, decode_tokens/warmup >= 0, 0 < confidence < 1, bootstrap >= 100)")
+                         ">= 1, decode_tokens/warmup >= 0, 0 < confidence < 1)")
     machine = _machine_now()
     devices = {n: next(m.parameters()).device for n, m in models.items()}
     vocab = min(int(m.config.vocab_size) for m in models.values())
@@ -486,17 +516,19 @@ def compare_latency(
     machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
     spreads = {q: {n: LatencySpread.of(v) for n, v in per.items()} for q, per in samples.items() if all(per.values())}
+    pairs = [(n, ref) for i, ref in enumerate(names) for n in names[i + 1:]]
+    n_ratios = len(pairs) * len(spreads)
+    each = 1 - (1 - confidence) / n_ratios  # Bonferroni: the whole table holds with `confidence`
     ratios = []
     for q in spreads:
-        for i, ref in enumerate(names):
-            for n in names[i + 1:]:
-                paired = [a / b for a, b in zip(samples[q][n], samples[q][ref], strict=True)]
-                low = high = None
-                if len(paired) >= MIN_ROUNDS:
-                    low, high = _median_interval(paired, confidence, bootstrap, seed)
-                ratios.append(LatencyRatio(q, n, ref, statistics.median(paired), low, high, confidence, len(paired)))
+        for n, ref in pairs:
+            paired = [a / b for a, b in zip(samples[q][n], samples[q][ref], strict=True)]
+            low, high = _median_interval(paired, each) or (None, None)
+            ratios.append(LatencyRatio(q, n, ref, statistics.median(paired), low, high, confidence, len(paired),
+                                       rounds_needed(confidence, n_ratios)))
     settings = {"seq_len": seq_len, "batch_size": batch_size, "decode_tokens": decode_tokens, "rounds": rounds,
-                "warmup": warmup, "confidence": confidence, "bootstrap": bootstrap, "seed": seed,
+                "warmup": warmup, "confidence": confidence, "seed": seed,
+                "interval": f"sign-test order statistics of the per-round ratios, Bonferroni over {n_ratios} ratios",
                 "device": {n: str(d) for n, d in devices.items()},
                 "input": "shipped Wikipedia test text" if tokenizer is not None else "seeded random ids"}
     return LatencyComparison(names, spreads, ratios, order, settings, machine)
