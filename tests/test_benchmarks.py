@@ -30,6 +30,7 @@ SMOKES = {  # script -> extra arguments after --smoke
     "pipeline.py": ["--stages", "01"],
     "io_roundtrip.py": [],
     "recovery_smollm2.py": [],
+    "zeroshot_speed.py": [],
 }
 
 
@@ -122,6 +123,24 @@ def test_estimation_cost_smoke_prints_naive_over_bounded(smoke, script):
     out = _ok(smoke(script))
     assert "naive / bounded, same run:" in out
     assert re.search(r"memory above weights \d+\.\d+x, time \d+\.\d+x", out)
+
+
+@pytest.mark.parametrize("script", ["zeroshot_speed.py"])
+def test_zeroshot_speed_smoke_prints_requests_per_second_per_model_and_set(smoke, script):
+    run = smoke(script)
+    out = _ok(run)
+    assert "paper7-offline / local = " in out
+    result = run.json("zeroshot_speed.json")
+    records = {(r["model"], r["task_set"]): r for r in result["records"]}
+    assert set(records) == {(m, s) for m in ("dense", "pruned ratio 0.25") for s in ("paper7-offline", "local")}
+    for r in records.values():
+        assert r["requests"] >= 2 * r["items"] > 0 and r["wall_s"] > 0 and r["requests_per_s"] > 0
+    offline = records[("dense", "paper7-offline")]["tasks"]
+    assert [t["items"] for t in offline.values()] == [2] * 7
+    assert offline["arc_easy"]["split"] == "test" and offline["boolq"]["split"] == "validation"
+    same = records[("pruned ratio 0.25", "paper7-offline")]["tasks"]
+    assert all(same[t]["items_hash"] == v["items_hash"] for t, v in offline.items())  # same items for every model
+    assert records[("pruned ratio 0.25", "local")]["params"] < records[("dense", "local")]["params"]
 
 
 @pytest.mark.parametrize("script", ["speed.py"])
