@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Comparison:
-    """Result of :func:`compare`: the table (one row per method, dense first) and the files written."""
+    """Result of :func:`compare`: the table (one row per method, dense first), the files written, paired intervals.
+
+    ``paired`` holds one dict per (method, measure) against the reference method (the best baseline criterion):
+    ``{"a", "b", "measure", "diff", "lo", "hi", "n", "excludes_zero", "reading"}`` — zero-shot average in points
+    (items paired by id), mean token NLL per perplexity window in nats (windows paired).
+    """
 
     table: Any              # pandas.DataFrame
     run_dir: Path
@@ -37,6 +42,7 @@ class Comparison:
     markdown: Path
     figure: Path
     seconds: float
+    paired: list = field(default_factory=list)
 
 
 def _scores_for(loaded, run, settings, criteria: list[str], force: bool):
@@ -82,7 +88,8 @@ def compare(settings=None, methods: Sequence[str] = ("random", "l2", "vector", "
         progress: Progress bars.
 
     Returns:
-        :class:`Comparison`.
+        :class:`Comparison`, with paired 95 % intervals of every method against the best baseline criterion
+        (zero-shot items and perplexity windows paired; also in ``comparison.md``).
 
     Raises:
         ValueError: An unknown method (lists the choices).
@@ -113,22 +120,30 @@ def compare(settings=None, methods: Sequence[str] = ("random", "l2", "vector", "
                                     adapter=dense.adapter, calibration=calib, pruning_ratio=ratio,
                                     temperature=settings.temperature).scores
 
-    def measure(model, tokenizer) -> dict[str, Any]:
-        out = {}
+    items: dict[str, dict[str, dict]] = {}  # method -> measure -> {item id: value}, for paired intervals
+
+    def measure(model, tokenizer, method: str) -> dict[str, Any]:
+        from aeflib.evaluation.zeroshot_results import item_values
+
+        out, mine = {}, items.setdefault(method, {})
         for corpus, split in settings.ppl_datasets:
             p = perplexity(model, tokenizer, corpus=corpus, split=split, protocol=settings.ppl_protocol,
                            max_windows=settings.ppl_max_windows, batch_size=settings.eval_batch_size,
-                           progress=progress)
+                           progress=progress, per_window=True)
             out[f"perplexity_{corpus}" if len(settings.ppl_datasets) > 1 else "perplexity"] = round(p.value, 4)
+            mine[f"NLL {corpus}"] = dict(enumerate(p.window_nll))
         if zeroshot:
             from aeflib.evaluation.zeroshot import zeroshot as zs
 
-            out["zeroshot_mean"] = round(100 * zs(model, tokenizer, tasks=settings.zeroshot_tasks,
-                                                  limit=settings.zeroshot_limit).average, 2)
+            result = zs(model, tokenizer, tasks=settings.zeroshot_tasks, limit=settings.zeroshot_limit,
+                        log_samples=True)
+            out["zeroshot_mean"] = round(100 * result.average, 2)
+            mine["zero-shot average"] = item_values(result.item_table())
         return out
 
     rows = [{"method": "dense", "criterion": None, "pruning_ratio": 0.0, "param_reduction": 0.0,
-             "parameters": aeflib.pruning.count_parameters(dense.model), **measure(dense.model, dense.tokenizer)}]
+             "parameters": aeflib.pruning.count_parameters(dense.model), **measure(dense.model, dense.tokenizer,
+                                                                                   "dense")}]
     plans = {}
     for m in methods:
         started = time.perf_counter()
@@ -139,12 +154,46 @@ def compare(settings=None, methods: Sequence[str] = ("random", "l2", "vector", "
         plans[m] = p.to_dict()
         rows.append({"method": m, "criterion": m, "pruning_ratio": round(ratio, 4),
                      "param_reduction": round(p.param_reduction, 4), "parameters": p.params_after,
-                     **measure(model, tokenizer), "seconds": round(time.perf_counter() - started, 1)})
+                     **measure(model, tokenizer, m), "seconds": round(time.perf_counter() - started, 1)})
         log.info("compare: %s done", m)
-    return _write(run, rows, plans, settings, ratio, methods, t0, plots)
+    return _write(run, rows, plans, settings, ratio, methods, t0, plots, _paired(rows, items))
 
 
-def _write(run, rows, plans, settings, ratio, methods, t0, plots) -> Comparison:
+#: Criteria a fused method is measured against: the best of these in the comparison is the reference.
+BASELINES = ("random", "l1", "l2", "vector", "element1", "element2")
+
+
+def _paired(rows: list[dict[str, Any]], items: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
+    """Paired 95 % intervals of every method against the best baseline criterion of the comparison.
+
+    The reference is the baseline with the highest zero-shot average when zero-shot was measured, else the lowest
+    first perplexity; every other pruned method is compared with it on each measure, items (or windows) paired.
+    """
+    from aeflib.evaluation.paired import paired_bootstrap
+    from aeflib.evaluation.zeroshot_results import task_of
+
+    pruned = [r for r in rows if r["method"] != "dense"]
+    base = [r for r in pruned if r["method"] in BASELINES]
+    if not base or len(pruned) < 2:
+        return []
+    ppl_key = next(k for k in rows[0] if k.startswith("perplexity"))
+    ref = (max(base, key=lambda r: r["zeroshot_mean"]) if "zeroshot_mean" in rows[0]
+           else min(base, key=lambda r: r[ppl_key]))["method"]
+    out = []
+    for r in pruned:
+        if r["method"] == ref:
+            continue
+        for measure, b in items[r["method"]].items():
+            zs = measure == "zero-shot average"
+            res = paired_bootstrap(items[ref][measure], b, strata=task_of if zs else None, scale=100 if zs else 1,
+                                   unit="points" if zs else "nats", higher_is_better=zs, labels=(ref, r["method"]))
+            out.append({"a": ref, "b": r["method"], "measure": measure, "diff": res.diff, "lo": res.lo,
+                        "hi": res.hi, "n": res.n, "excludes_zero": res.excludes_zero,
+                        "reading": res.reading(2 if zs else 4)})
+    return out
+
+
+def _write(run, rows, plans, settings, ratio, methods, t0, plots, paired=()) -> Comparison:
     import pandas as pd
 
     table = pd.DataFrame(rows)
@@ -158,11 +207,19 @@ def _write(run, rows, plans, settings, ratio, methods, t0, plots) -> Comparison:
     md = run / "comparison.md"
     from aeflib.report import markdown_table
 
-    md.write_text(header + markdown_table(list(table.columns), table.values.tolist()) + "\n")
+    text = header + markdown_table(list(table.columns), table.values.tolist()) + "\n"
+    if paired:
+        text += (f"\nPaired differences against {paired[0]['a']} (the best baseline criterion here), 95 % "
+                 "interval from a bootstrap over the paired items (zero-shot: points; perplexity windows: mean token "
+                 "NLL, nats, lower is better). A difference whose interval holds 0 is within noise.\n\n"
+                 + markdown_table(["method", "measure", "B − A [interval]", "reading"],
+                                  [[p["b"], p["measure"], f"{p['diff']:+.4g} [{p['lo']:+.4g}, {p['hi']:+.4g}]",
+                                    p["reading"].rsplit(": ", 1)[-1]] for p in paired]) + "\n")
+    md.write_text(text)
     fig_path = run.save_figure(plots.comparison(table, protocol), "comparison")
     run.merge_metrics("comparison", {"rows": rows, "plans": plans, "pruning_ratio": ratio, "methods": list(methods),
-                                     "settings": settings.parameters()})
-    return Comparison(table, run.root, csv, md, fig_path, round(time.perf_counter() - t0, 1))
+                                     "settings": settings.parameters(), "paired": list(paired)})
+    return Comparison(table, run.root, csv, md, fig_path, round(time.perf_counter() - t0, 1), list(paired))
 
 
 # ---- the paper's protocol ------------------------------------------------------------------------------------------

@@ -175,3 +175,16 @@ def test_report_shows_intervals_chance_and_calls_small_differences_noise(tmp_pat
     assert "## Zero-shot accuracy with intervals" in text
     assert "| aef_qa (acc_norm) | 20 | 25 | 40.0 [21.9, 61.3] | 35.0 [18.1, 56.7] |" in text
     assert "| pruned − dense | aef_qa | -5.0 [" in text and "| within noise |" in text
+
+
+def test_aef_compare_reports_paired_intervals_against_the_best_baseline(tmp_path, one_thread):
+    from aeflib import pipeline
+    from aeflib.pipeline import RunSettings
+
+    out = pipeline.compare(RunSettings.tiny("tiny-gqa"), ["random", "vector"], name="c", runs_root=tmp_path)
+    ppl = dict(zip(out.table["method"], out.table["perplexity"], strict=True))
+    ref = min(("random", "vector"), key=ppl.get)
+    assert [(p["a"], p["b"]) for p in out.paired] == [(ref, ({"random", "vector"} - {ref}).pop())]
+    assert all(p["measure"] == "NLL wikipedia" and p["n"] == 4 for p in out.paired)  # 4 windows paired
+    text = out.markdown.read_text()
+    assert f"Paired differences against {ref}" in text and "too few items to tell" in text
