@@ -214,17 +214,22 @@ def fusion_table(fusion):
     """Fusion weights per (layer, kind) of a :class:`~aeflib.fusion.FusionResult` (or its ``to_dict()``).
 
     Returns:
-        ``pandas.DataFrame`` with ``layer, kind, alpha_fine, alpha_coarse`` and, for ``aef-layer``, the measured
-        calibration-loss increase of pruning the set by each estimate alone (``dloss_fine``, ``dloss_coarse``).
+        ``pandas.DataFrame`` with ``layer, kind, alpha_fine, alpha_coarse``, the influence ``rho_fine, rho_coarse``
+        (Spearman correlation of the fused scores with each input, :func:`aeflib.fusion.influence`) and, for the
+        variants that measure it, the calibration-loss increase of pruning the set by each estimate alone
+        (``dloss_fine``, ``dloss_coarse``).
     """
     import pandas as pd
 
     d = fusion if isinstance(fusion, dict) else fusion.to_dict()
     increase = d.get("details", {}).get("loss_increase", {})
+    rho = d.get("influence", {})
     rows = []
     for key, (a_f, a_c) in d["weights"].items():
         layer, kind = key.split(".")
         row = {"layer": int(layer), "kind": kind, "alpha_fine": round(a_f, 4), "alpha_coarse": round(a_c, 4)}
+        if key in rho:
+            row.update(rho_fine=rho[key][0], rho_coarse=rho[key][1])
         if key in increase:
             row.update(dloss_fine=round(increase[key]["fine"], 5), dloss_coarse=round(increase[key]["coarse"], 5))
         rows.append(row)

@@ -24,7 +24,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 Model = Annotated[str, typer.Option(help="Registry name (see `aef models`) or a local checkpoint folder.")]
 Method = Annotated[str, typer.Option(help="Ranking criterion: random, l1, l2, vector, element1, element2, aef, "
-                                          "aef-layer, aef-element, aef-learned.")]
+                                          "aef-layer, aef-layer-tuned, aef-element, aef-blend, aef-agree, "
+                                          "aef-learned.")]
 Target = Annotated[float | None, typer.Option(help="Share of ALL parameters to remove, in (0, 1), solved for a "
                                                    "ratio (default: 0.2; tiny-* models use --pruning-ratio 0.25 "
                                                    "instead).")]
@@ -100,6 +101,12 @@ def run(
     layers: Annotated[str | None, typer.Option(help="Pruned decoder layers START:STOP (default: adapter's).")] = None,
     calib_n: Annotated[int | None, typer.Option(help="Calibration windows.")] = None,
     recovery_steps: Annotated[int | None, typer.Option(help="LoRA optimizer steps.")] = None,
+    normalize_with: Annotated[str | None, typer.Option(help="Normalisation of both estimates before fusing: rank "
+                                                            "(default), zscore or sum.")] = None,
+    fusion_steps: Annotated[int | None, typer.Option(help="aef-learned: most Adam steps (default 50).")] = None,
+    fusion_lr: Annotated[float | None, typer.Option(help="aef-learned: Adam learning rate (default 0.1).")] = None,
+    fusion_patience: Annotated[int | None, typer.Option(help="aef-learned: stop after this many steps without a "
+                                                             "lower held-out loss (default 8).")] = None,
     ppl_max_windows: Annotated[int | None, typer.Option(help="Perplexity windows per corpus.")] = None,
     zeroshot_limit: Annotated[int | None, typer.Option(help="Zero-shot items per task.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, or auto (accelerate sharding).")] = None,
@@ -115,7 +122,9 @@ def run(
     chosen = None if stages is None else [s.strip() for s in stages.split(",") if s.strip()]
     try:
         settings = _settings(model, method, target_params, pruning_ratio, layers=_layers(layers), calib_n=calib_n,
-                             recovery_steps=recovery_steps, ppl_max_windows=ppl_max_windows,
+                             recovery_steps=recovery_steps, normalize_with=normalize_with,
+                             fusion_steps=fusion_steps, fusion_lr=fusion_lr, fusion_patience=fusion_patience,
+                             ppl_max_windows=ppl_max_windows,
                              zeroshot_limit=zeroshot_limit, device=device, dtype=dtype)
         _select(chosen)
     except ValueError as err:

@@ -310,12 +310,76 @@ def _joint_loss(model: nn.Module, masks: _GroupMask, sets: list[GroupSet], score
         masks.clear()
 
 
-def _measure_sets(model, masks, sets, f, c, ratio, windows) -> tuple[float, dict[str, tuple[float, float]]]:
+class _Prefix:
+    """Every decoder layer's output on some windows, so that a forward pass can restart at layer ℓ.
+
+    Pruning one set of layer ℓ leaves layers 0..ℓ-1 unchanged, so their outputs are computed once (unmasked) and
+    replayed: while :meth:`loss_from` runs, the ``forward`` of each earlier layer is replaced by a function that
+    returns its recorded output. The loss is the same as a full forward pass; the skipped layers cost nothing.
+    """
+
+    def __init__(self, model: nn.Module, adapter: StructureAdapter, windows: Tensor, chunk: int = 16):
+        self.model, self.layers = model, list(adapter.decoder_layers(model))
+        self.chunks = list(windows.split(chunk))
+        self.outputs: list[list] = [[None] * len(self.layers) for _ in self.chunks]
+        self._chunk = 0
+
+        def record(j: int):
+            def hook(module, args, output):
+                self.outputs[self._chunk][j] = output
+            return hook
+
+        handles = [layer.register_forward_hook(record(j)) for j, layer in enumerate(self.layers)]
+        try:
+            self.base = self._run()
+        finally:
+            for h in handles:
+                h.remove()
+
+    @torch.no_grad()
+    def _run(self) -> float:
+        total, n = 0.0, sum(ids.shape[0] for ids in self.chunks)
+        for i, ids in enumerate(self.chunks):
+            self._chunk = i
+            total += self.model(input_ids=ids, labels=ids, use_cache=False).loss.float().item() * ids.shape[0] / n
+        return total
+
+    def loss_from(self, start: int) -> float:
+        """Loss with layers ``0..start-1`` replayed from the unmasked pass (masks act from ``start`` on)."""
+
+        def replay(j: int):
+            return lambda *args, **kwargs: self.outputs[self._chunk][j]
+
+        own = [self.layers[j].__dict__.get("forward") for j in range(start)]   # e.g. accelerate's wrapper
+        for j in range(start):
+            self.layers[j].forward = replay(j)
+        try:
+            return self._run()
+        finally:
+            for j in range(start):
+                if own[j] is None:
+                    del self.layers[j].forward       # back to the class's forward
+                else:
+                    self.layers[j].forward = own[j]
+
+
+def _measure_sets(model, masks, sets, f, c, ratio, windows, adapter=None) -> tuple[float, dict]:
     """Loss increase on ``windows`` of pruning each set alone by the fine and by the coarse estimate.
 
-    A set the ratio leaves whole, or where both estimates remove the same groups, costs no extra forward pass.
+    A set the ratio leaves whole, or where both estimates remove the same groups, costs no extra forward pass;
+    with ``adapter`` the layers before the pruned set are replayed, not recomputed (:class:`_Prefix`).
     """
-    base = _loss(model, windows)
+    if adapter is not None:
+        prefix = _Prefix(model, adapter, windows)
+        base = prefix.base
+
+        def loss(layer: int) -> float:
+            return prefix.loss_from(layer)
+    else:
+        base = _loss(model, windows)
+
+        def loss(layer: int) -> float:
+            return _loss(model, windows)
     increase = {}
     try:
         for gs in sets:
@@ -325,12 +389,12 @@ def _measure_sets(model, masks, sets, f, c, ratio, windows) -> tuple[float, dict
                 continue
             keep_f, keep_c = _removal_mask(f[k], gs, ratio), _removal_mask(c[k], gs, ratio)
             masks.masks[k] = keep_f
-            d_f = _loss(model, windows) - base
+            d_f = loss(gs.layer) - base
             if torch.equal(keep_f, keep_c):
                 d_c = d_f
             else:
                 masks.masks[k] = keep_c
-                d_c = _loss(model, windows) - base
+                d_c = loss(gs.layer) - base
             masks.masks[k] = None
             increase[k] = (d_f, d_c)
     finally:
@@ -396,18 +460,18 @@ def _aef_element(f: dict[str, Tensor], c: dict[str, Tensor], temperature: float,
     return fused, weights, {}
 
 
-def _aef_layer(f, c, temperature, *, model, masks, calibration, sets, ratio, **_) -> tuple:
+def _aef_layer(f, c, temperature, *, model, adapter, masks, calibration, sets, ratio, **_) -> tuple:
     """Gate per set from the measured loss increase of pruning that set alone by each estimate."""
-    base, increase = _measure_sets(model, masks, sets, f, c, ratio, calibration)
+    base, increase = _measure_sets(model, masks, sets, f, c, ratio, calibration, adapter)
     gates = {k: _layer_gate(*increase[k], temperature) for k in f}
     return _blend(f, c, gates), gates, {
         "base_loss": base, "loss_increase": {k: {"fine": d[0], "coarse": d[1]} for k, d in increase.items()}}
 
 
-def _aef_layer_tuned(f, c, temperature, *, model, masks, calibration, holdout, sets, ratio, **_) -> tuple:
+def _aef_layer_tuned(f, c, temperature, *, model, adapter, masks, calibration, holdout, sets, ratio, **_) -> tuple:
     """aef-layer's measurements on the fit windows; τ / hard / either input alone picked on held-out windows."""
     fit, held = split_holdout(calibration, holdout)
-    base, increase = _measure_sets(model, masks, sets, f, c, ratio, fit)
+    base, increase = _measure_sets(model, masks, sets, f, c, ratio, fit, adapter)
     candidates = {"fine": {k: (1.0, 0.0) for k in f}, "hard": {k: _layer_gate(*increase[k], 0) for k in f},
                   **{f"tau={t:g}": {k: _layer_gate(*increase[k], t) for k in f} for t in TEMPERATURES},
                   "coarse": {k: (0.0, 1.0) for k in f}}
@@ -649,7 +713,8 @@ def fuse(
         sets = [gs for gs in adapter.all_group_sets(model, layers) if gs.key in f]
         masks = _GroupMask(model, adapter, sets)
         try:
-            fused, gates, details = fn(f, c, temperature, model=model, masks=masks, sets=sets, ratio=pruning_ratio,
+            fused, gates, details = fn(f, c, temperature, model=model, adapter=adapter, masks=masks, sets=sets,
+                                       ratio=pruning_ratio,
                                        calibration=calibration.to(device), steps=steps, lr=lr, patience=patience,
                                        holdout=None if holdout is None else holdout.to(device))
         finally:
@@ -702,7 +767,8 @@ def oracle_choice(
     sets = [gs for gs in adapter.all_group_sets(model, layers) if gs.key in f]
     masks = _GroupMask(model, adapter, sets)
     try:
-        fused, gates, details = _aef_layer(f, c, 0, model=model, masks=masks, sets=sets, ratio=pruning_ratio,
+        fused, gates, details = _aef_layer(f, c, 0, model=model, adapter=adapter, masks=masks, sets=sets,
+                                           ratio=pruning_ratio,
                                            calibration=evaluation.to(next(model.parameters()).device))
     finally:
         masks.remove()

@@ -62,6 +62,10 @@ class RunSettings:
     fine: str = "element2"
     coarse: str = "vector"
     temperature: float = 1.0
+    normalize_with: str = "rank"
+    fusion_steps: int = 50
+    fusion_lr: float = 0.1
+    fusion_patience: int = 8
     show_group: int = 0
     prompt: str = "The history of the city"
     max_new_tokens: int = 24
@@ -138,7 +142,8 @@ class RunSettings:
             ValueError: Naming the bad value and the valid choices: an unknown model (neither a registry name nor
                 an existing folder), method, criterion or dtype; neither or both of ``pruning_ratio`` and
                 ``target_params``, or one outside (0, 1); ``layers`` not ``None`` or ``[start, stop]`` with
-                ``0 <= start < stop``.
+                ``0 <= start < stop``; an unknown ``normalize_with``, ``fusion_steps`` / ``fusion_patience`` < 1 or
+                ``fusion_lr`` <= 0.
 
         Source: [ours].
         """
@@ -166,6 +171,16 @@ class RunSettings:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not 0 < value < 1):
                 raise ValueError(f"{name}={value!r}: give a number strictly between 0 and 1 (e.g. 0.2)")
+        from aeflib.fusion import NORMALIZATIONS
+
+        if self.normalize_with not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalize_with {self.normalize_with!r}; choose one of {sorted(NORMALIZATIONS)}")
+        for name in ("fusion_steps", "fusion_patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}: give an integer >= 1")
+        if isinstance(self.fusion_lr, bool) or not isinstance(self.fusion_lr, (int, float)) or not self.fusion_lr > 0:
+            raise ValueError(f"fusion_lr={self.fusion_lr!r}: give a number > 0 (e.g. 0.1)")
         if self.dtype not in DTYPES:
             raise ValueError(f"unsupported dtype {self.dtype!r}; choose one of {list(DTYPES)}")
         layers = self.layers

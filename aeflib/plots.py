@@ -173,18 +173,41 @@ def agreement(table, a: str, b: str, pruning_ratio: float) -> Figure:
 
 @_styled
 def fusion_weights(table, method: str = "") -> Figure:
-    """α_fine per layer for heads and channels (from :func:`aeflib.analysis.fusion_table`); α_coarse = 1 − α_fine."""
-    fig, (ax,) = _figure()
+    """α_fine per layer (left) and the influence it had (right), from :func:`aeflib.analysis.fusion_table`.
+
+    The right panel shows the Spearman correlation of the fused scores with the fine (solid) and the coarse
+    (dashed) estimate per layer, when the table has ``rho_fine`` / ``rho_coarse``; α_coarse = 1 − α_fine.
+    """
+    has_rho = "rho_fine" in table.columns
+    fig, axes = _figure(2, width=9.6, height=3.8) if has_rho else _figure()
+    ax = axes[0]
     for kind in ("head", "channel"):
         part = table[table["kind"] == kind]
         ax.plot(part["layer"], part["alpha_fine"], marker="o", ms=4, label=_KIND_LABEL[kind])
     ax.axhline(0.5, color="grey", lw=0.6, ls="--", label="equal weights (0.5)")
-    _layer_ticks(ax, sorted(set(table["layer"].tolist())))
+    layers = sorted(set(table["layer"].tolist()))
+    _layer_ticks(ax, layers)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"Fusion weights per layer{f' ({method})' if method else ''}")
+    ax.set_title("Fusion weight of the fine estimate")
     ax.set_xlabel("decoder layer (0-based)")
     ax.set_ylabel("α_fine (weight of fine estimate)")
-    _legend(fig, [ax], ncol=3)
+    if has_rho:
+        ax = axes[1]
+        for i, kind in enumerate(("head", "channel")):
+            part = table[table["kind"] == kind]
+            color = f"C{i}"
+            ax.plot(part["layer"], part["rho_fine"], marker="o", ms=4, color=color, label=f"{_KIND_LABEL[kind]}: "
+                    "ρ with fine")
+            ax.plot(part["layer"], part["rho_coarse"], marker="s", ms=4, ls="--", color=color,
+                    label=f"{_KIND_LABEL[kind]}: ρ with coarse")
+        _layer_ticks(ax, layers)
+        ax.set_ylim(-1.05, 1.05)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_title("Influence: rank correlation of fused with each")
+        ax.set_xlabel("decoder layer (0-based)")
+        ax.set_ylabel("Spearman ρ (−1 to 1)")
+    fig.suptitle(_title(f"AEF fusion per layer{f' ({method})' if method else ''}"))
+    _legend(fig, list(axes), ncol=3)
     return fig
 
 

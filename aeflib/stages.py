@@ -92,11 +92,19 @@ def importance_section(scores, agreement_table, fine: str, coarse: str) -> dict[
 
 
 def fusion_section(result, comparisons: dict[str, Any]) -> dict[str, Any]:
-    """What stage 03 records: the method, its settings, mean fusion weights per kind, ranking agreement."""
+    """What stage 03 records: the method, its settings, mean fusion weights and influence per kind, agreement.
+
+    ``mean_influence`` is the mean over layers of the Spearman correlation of the fused scores with each input
+    (:func:`aeflib.fusion.influence`): what the weights did to the ranking.
+    """
     weights = {kind: [v for k, v in result.weights.items() if k.endswith("." + kind)] for kind in ("head", "channel")}
     mean_fine = {kind: round(sum(a for a, _ in w) / len(w), 4) for kind, w in weights.items() if w}
+    rho = {kind: [v for k, v in getattr(result, "influence", {}).items() if k.endswith("." + kind)]
+           for kind in ("head", "channel")}
+    mean_rho = {kind: {"fine": round(sum(a for a, _ in r) / len(r), 4),
+                       "coarse": round(sum(b for _, b in r) / len(r), 4)} for kind, r in rho.items() if r}
     return {"name": result.name, "method": result.method, "settings": result.settings,
-            "mean_alpha_fine": mean_fine,
+            "mean_alpha_fine": mean_fine, "mean_influence": mean_rho,
             "agreement_mean": {versus: t.groupby("kind")[["spearman", "kendall", "overlap"]].mean().round(4)
                                .to_dict(orient="index") for versus, t in comparisons.items()}}
 

@@ -4,8 +4,9 @@ For each calibration seed (10 × 64-token windows of the shipped Wikipedia *trai
 the parameters removed, and the per-layer pruning ratio 0.64 of the paper's 50 % LLaMA-7B setting), estimate the
 vector, element1 and element2 importance once, fuse with every AEF variant of ``aeflib.fusion.FUSIONS`` (except
 ``fixed``), prune a copy of the dense model with each, and measure the mean token NLL of every window of a
-*held-out calibration* set (train split, 32 × 128 tokens, seed 1042 — the same windows as the "held-out calib.
-loss" of ``benchmarks/quality.py``; never the evaluation split). Also the fusion's wall and CPU seconds.
+*held-out calibration* set (train split, seed 1042, 128-token windows — the first 16 of the 32 windows behind the
+"held-out calib. loss" of ``benchmarks/quality.py``; never the evaluation split). Also the fusion's wall and CPU
+seconds. Two methods whose plans remove the same groups share one measurement (their losses are equal anyway).
 
 The default rule: among the variants, the one with the lowest mean paired difference to element1 (held-out NLL,
 windows paired, seeds 42-44) averaged over both settings. Each variant's difference to element1 gets a two-stage
@@ -127,6 +128,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="42,43,44")
     ap.add_argument("--settings", default="p0.2,r0.64", help="p<share of parameters> or r<pruning ratio>")
     ap.add_argument("--methods", default=",".join(ORDER), help="baselines and variants to run, comma-separated")
+    ap.add_argument("--holdout-n", type=int, default=16, help="held-out 128-token windows (seed 1042)")
     ap.add_argument("--out", default="benchmarks/results/fusion_select_smollm2.json")
     ap.add_argument("--summarize", action="store_true", help="only print the table and the rule of --out")
     ap.add_argument("--smoke", action="store_true", help="tiny model, 1 seed, few windows: checks the script runs")
@@ -149,7 +151,8 @@ def main() -> None:
 
     dense, tokenizer, adapter = load(args.model)
     n_cal, len_cal = (6, 16) if args.smoke else (10, 64)
-    holdout = data.calibration(tokenizer, n=6 if args.smoke else 32, seq_len=32 if args.smoke else 128, seed=1042)
+    holdout = data.calibration(tokenizer, n=6 if args.smoke else 32, seq_len=32 if args.smoke else 128,
+                               seed=1042)[: args.holdout_n]
     previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
     if previous and previous.get("model") != args.model:
         raise SystemExit(f"{out_path} holds another model ({previous.get('model')}); pass another --out")
@@ -167,6 +170,7 @@ def main() -> None:
         calib = data.calibration(tokenizer, n=n_cal, seq_len=len_cal, seed=seed)
         scores = importance.estimate(dense, adapter, calib, criteria=BASELINES, seed=seed)
         for setting in settings:
+            measured: dict[str, tuple] = {}   # plan (kept groups) -> (method, window NLL), this seed and setting
             target, ratio = _setting(setting)
             if target is not None:
                 ratio = pruning.plan(dense, adapter, scores["vector"], target_params=target).pruning_ratio
@@ -184,16 +188,21 @@ def main() -> None:
                     row.update(fusion_seconds=round(time.perf_counter() - wall, 2),
                                fusion_cpu_seconds=round(time.process_time() - cpu, 2), **_summary(result))
                     per_set = result.fused
-                model = copy.deepcopy(dense)
-                plan = pruning.plan(model, adapter, per_set, pruning_ratio=ratio, criterion=method)
-                pruning.apply(model, adapter, plan)
-                nll = window_nll(model, holdout)
+                plan = pruning.plan(dense, adapter, per_set, pruning_ratio=ratio, criterion=method)
+                key = json.dumps([plan.keep_heads, plan.keep_channels], sort_keys=True)
+                if key not in measured:
+                    model = copy.deepcopy(dense)
+                    pruning.apply(model, adapter, plan)
+                    measured[key] = (method, window_nll(model, holdout))
+                    del model
+                else:
+                    row["same_plan_as"] = measured[key][0]
+                nll = measured[key][1]
                 row.update(param_reduction=plan.param_reduction, calib_loss=statistics.mean(nll), window_nll=nll,
                            load_average=machine()["load_average"])
                 results["rows"].append(row)
                 print(json.dumps({k: v for k, v in row.items() if k not in ("window_nll", "settings")}), flush=True)
                 write_json(results, out_path)
-                del model
     results["seconds"] = round(time.perf_counter() - t0, 1)
     results["summary"] = summarize(results)
     write_json(results, out_path)

@@ -215,21 +215,32 @@ granularity" from "the results from complex and multilayer structures" — then 
 important pruned.
 
 **What is aeflib's reconstruction [ours]:** the formula is not public. aeflib normalises both estimates within each
-(layer, kind) and fuses I = α_fine · f̂ + α_coarse · ĉ, with the weights α from one of these named variants:
+(layer, kind) — by default to ranks scaled to [0, 1], so both have the same spread and *equal weights give equal
+influence* — and fuses I = α_fine · f̂ + α_coarse · ĉ, with the weights α from one of these named variants:
 
 | method | fusion weights α |
 |---|---|
-| `aef-layer` | one softmax gate per (layer, kind) over the *measured* calibration-loss increase of pruning that set by each estimate alone |
+| `aef-layer` | one softmax gate per (layer, kind) over the *measured* calibration-loss increase ΔL of pruning that set by each estimate alone: softmax(−ΔL / (τ · mean absolute ΔL)) |
+| `aef-layer-tuned` | the same measurements on part of the calibration windows; τ, the hard choice or either estimate alone picked by the loss of the jointly pruned model on the held-out rest |
 | `aef-element` | per-group attention softmax([f̂_i, ĉ_i] / τ) on rank-scaled scores |
-| `aef-learned` | gate logits trained for a few Adam steps through a soft mask of the groups to remove |
+| `aef-blend` | one α_fine per kind (heads, channels) from a grid, picked on calibration windows |
+| `aef-agree` | per group: removed if both estimates remove it, kept if both keep it; the disputed groups ordered by a blend picked on calibration windows |
+| `aef-learned` | gate logits trained with Adam through a soft mask of the groups to remove, early-stopped on held-out calibration windows |
+
+Every choice is made on calibration windows (train split), never on evaluation text.
 
 `aef` is an alias of the variant chosen on calibration data only (`aeflib.fusion.DEFAULT_METHOD`): pruning
 SmolLM2-135M by 20 % with each variant, `aef-layer` left the lowest loss on held-out *calibration* windows over three
 seeds (4.742 nats/token vs 4.780 for `aef-learned` and 4.792 for `aef-element`; `benchmarks/quality.py`). With
 α = (1, 0) or (0, 1) the fusion reproduces the element-wise or the vector-wise ranking exactly (a test holds it)."""),
-    ("md", "## Parameters\nThe same values as before, plus the two estimates to fuse and the gate temperature."),
-    ("params", params('fine = "element2"\ncoarse = "vector"\ntemperature = 1.0             # softmax temperature of the '
-                      'gates')),
+    ("md", "## Parameters\nThe same values as before, plus the two estimates to fuse, how they are normalised, "
+           "the gate temperature and the training budget of `aef-learned`."),
+    ("params", params('fine = "element2"\ncoarse = "vector"\n'
+                      'normalize_with = "rank"       # rank, zscore or sum; rank: equal weights, equal influence\n'
+                      "temperature = 1.0             # softmax temperature of the gates\n"
+                      "fusion_steps = 50             # aef-learned: most Adam steps\n"
+                      "fusion_lr = 0.1               # aef-learned: Adam learning rate\n"
+                      "fusion_patience = 8           # aef-learned: steps without a lower held-out loss")),
     ("md", SETUP_MD),
     ("code", SETUP + "\nimport aeflib.data\nimport aeflib.fusion\nfrom aeflib.scores import Scores", ()),
     ("md", LOAD_MD + "\n\nThe scores come from notebook 02."),
@@ -243,17 +254,22 @@ The fused criterion is added to the scores (named after the method) and saved ba
 weights and the evidence behind them go to `fusion.json`. The model's weights are not changed."""),
     ("code", "result = aeflib.fusion.fuse(\n"
              "    scores, stages.fusion_method(method), fine=fine, coarse=coarse,\n"
-             "    temperature=temperature, model=m, adapter=adapter, calibration=calib,\n"
-             "    pruning_ratio=ratio,\n)\n"
+             "    normalize_with=normalize_with, temperature=temperature,\n"
+             "    model=m, adapter=adapter, calibration=calib, pruning_ratio=ratio,\n"
+             "    steps=fusion_steps, lr=fusion_lr, patience=fusion_patience,\n)\n"
              'result.scores.save(run / "scores.safetensors")\nrun.save_json("fusion.json", result.to_dict())\n'
              'analysis.as_table({"fused criterion": result.name, "method": result.method,\n'
              "                   **result.settings})", ()),
-    ("md", """## Fusion weights per layer and kind
-α_fine is the weight of the fine estimate (α_coarse = 1 − α_fine). For `aef-layer` the table also shows the
-measured calibration-loss increase (nats per token) of pruning the set by each estimate alone: the estimate whose
+    ("md", """## Fusion weights and their influence per layer and kind
+α_fine is the weight of the fine estimate (α_coarse = 1 − α_fine). A weight is not yet an effect: `rho_fine` and
+`rho_coarse` are the Spearman rank correlations of the fused scores with each estimate — 1 means the fused
+ranking *is* that estimate's. With rank normalisation, equal weights give about equal correlations; with `sum`
+normalisation the estimate that spreads more would dominate at α = 0.5. For the measuring variants the table also
+shows the calibration-loss increase (nats per token) of pruning the set by each estimate alone: the estimate whose
 choice hurts less gets the larger weight."""),
     ("code", 'weights = analysis.fusion_table(result)\nweights.set_index(["layer", "kind"])', ()),
-    ("md", "The weights per layer: heads and channels can lean to different estimates, and so can layers."),
+    ("md", "Per layer, the weights (left) and what they did to the ranking (right): heads and channels can "
+           "lean to different estimates, and so can layers."),
     ("code", 'fig = plots.fusion_weights(weights, result.method)\nrun.save_figure(fig, "03_fusion_weights")\nfig', ()),
     ("md", """## The fused ranking against each estimate
 How close is the fused ranking to the fine and to the coarse one? Where a gate is near 1 or 0, the fused ranking

@@ -83,6 +83,25 @@ def test_measuring_methods_give_convex_weights_and_leave_model_unchanged(method,
     assert p.criterion == method
 
 
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gqa", "tiny-baichuan", "tiny-bloom"])
+def test_replaying_the_layers_before_a_pruned_set_gives_the_full_forward_loss(name, calib):
+    """aef-layer restarts the forward at the pruned layer (``_Prefix``): same increases as full forward passes."""
+    model, _, adapter = aeflib.models.load(name)
+    scores = estimate(model, adapter, calib, criteria=["vector", "element1"])
+    f, c = scores["element1"], scores["vector"]
+    sets = [gs for gs in adapter.all_group_sets(model) if gs.key in f]
+    masks = fusion._GroupMask(model, adapter, sets)
+    try:
+        full = fusion._measure_sets(model, masks, sets, f, c, 0.5, calib)
+        replayed = fusion._measure_sets(model, masks, sets, f, c, 0.5, calib, adapter)
+    finally:
+        masks.remove()
+    assert replayed[0] == pytest.approx(full[0], abs=1e-6)
+    for k, (d_f, d_c) in full[1].items():
+        assert replayed[1][k] == pytest.approx((d_f, d_c), abs=1e-5), k
+    assert all("forward" not in layer.__dict__ for layer in adapter.decoder_layers(model))
+
+
 def test_aef_layer_prefers_the_estimate_whose_removal_hurts_less(calib):
     """Give the coarse estimate the true ranking and the fine one its reverse: the gate must favour coarse."""
     model, _, adapter = aeflib.models.load("tiny-llama")

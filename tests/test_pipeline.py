@@ -250,6 +250,10 @@ def test_compare_estimates_once_and_writes_table_and_figure(tmp_path):
     (["--layers", "abc"], r"--layers 'abc': give START:STOP"),
     (["--layers", "3:1"], r"--layers '3:1': give START:STOP"),
     (["--stages", "01,09"], r"unknown stage '09'"),
+    (["--normalize-with", "minmax"], r"unknown normalize_with 'minmax'; choose one of \['rank', 'sum', 'zscore'\]"),
+    (["--fusion-steps", "0"], r"fusion_steps=0: give an integer >= 1"),
+    (["--fusion-patience", "0"], r"fusion_patience=0: give an integer >= 1"),
+    (["--fusion-lr", "0"], r"fusion_lr=0\.0: give a number > 0"),
 ])
 def test_cli_run_rejects_bad_arguments_with_one_line_and_exit_2(stand_ins, args, message):
     runs = stand_ins / "runs"
