@@ -118,7 +118,9 @@ def compare(settings=None, methods: Sequence[str] = ("random", "l2", "vector", "
     for m in fused:
         scores = aeflib.fusion.fuse(scores, m, fine=settings.fine, coarse=settings.coarse, model=dense.model,
                                     adapter=dense.adapter, calibration=calib, pruning_ratio=ratio,
-                                    temperature=settings.temperature).scores
+                                    temperature=settings.temperature, normalize_with=settings.normalize_with,
+                                    steps=settings.fusion_steps, lr=settings.fusion_lr,
+                                    patience=settings.fusion_patience).scores
 
     items: dict[str, dict[str, dict]] = {}  # method -> measure -> {item id: value}, for paired intervals
 
