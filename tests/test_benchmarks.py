@@ -244,3 +244,30 @@ def test_machine_describes_cores_versions_and_load(common):
     assert info["cpus"] == os.cpu_count() and info["torch"] == torch.__version__
     assert info["torch_threads"] == torch.get_num_threads() and len(info["load_average"]) == 3
     assert "aeflib" in info and "gpu" in info
+
+
+def test_quality_runs_estimators_first_and_refits_rows_whose_fusion_changed(monkeypatch):
+    """Work order of the sweep, and the fingerprint that makes an AEF row be measured again."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import quality
+
+    from aeflib import fusion
+
+    order = quality.work_order([42, 43], quality.parse_settings("0.2,r0.64,0.5"))
+    assert len(order) == 2 * 3 * len(quality.BASELINES + quality.VARIANTS)
+    first = order[: 2 * 2 * len(quality.ESTIMATORS)]
+    assert {m for _, _, m in first} == set(quality.ESTIMATORS) and {s for _, s, _ in first} == {("target", 0.2),
+                                                                                             ("ratio", 0.64)}
+    assert order[len(first)][2] == fusion.DEFAULT_METHOD
+    assert all(s == ("target", 0.5) for _, s, _ in order[-len(quality.BASELINES + quality.VARIANTS) * 2:])
+    assert quality.fingerprint("vector") is None
+    before = quality.fingerprint("aef-element")
+    assert before["variant"] == "aef-element" and "normalize_with" in before
+
+    def fuse(scores, method="aef", *, normalize_with="zscore", temperature=1.0):  # another default normalisation
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(quality.fusion, "fuse", fuse)
+    assert quality.fingerprint("aef-element")["normalize_with"] == "zscore"
+    with pytest.raises(SystemExit, match=r"'x1' is neither a parameter target \(0.2\) nor a ratio \(r0.64\)"):
+        quality.parse_settings("0.2,x1")
