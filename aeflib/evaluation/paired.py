@@ -17,7 +17,7 @@ seeds it is two-stage (resample seeds, then items within each chosen seed), so t
 seed-to-seed variation of a pruning method and the finite item sample. With ``strata`` (e.g. the task of each
 zero-shot item) items are resampled within their stratum and the statistic is the plain mean of the stratum means —
 the paper's "average" over tasks. All of it is vectorised numpy with a seeded generator: 10,000 draws over 1,000
-items take a few hundredths of a second.
+items took 0.34 s (median of 5) on the 2-core machine at a load average of 13, 3 seeds × 1,000 items 0.85 s.
 
 Source: [ours] after Koehn 2004, "Statistical significance tests for machine translation evaluation" (paired
 bootstrap over test items) and Dror et al. 2018 (ACL), "The hitchhiker's guide to testing statistical significance
