@@ -78,7 +78,9 @@ def test_compare_gives_pruned_over_dense_ratios():
     ratios = compare(dense, pruned)
     assert ratios["params_total"] == pytest.approx(pruned.params_total / dense.params_total)
     assert ratios["params_total"] < 1 and ratios["macs_per_token"] < 1 and ratios["macs_per_token_attention"] < 1
-    assert {"prefill_s@bs1", "decode_tokens_per_s@bs1", "peak_mem_delta_bytes@bs1"} <= set(ratios)
+    assert "peak_mem_delta_bytes@bs1" in ratios
+    assert not any(k.startswith(("prefill", "decode")) for k in ratios)  # separately timed: not a comparison
+    assert pruned.machine["torch_threads"] >= 1 and len(pruned.machine["load_average_after"]) == 3
     assert "peak_mem_bytes@bs1" not in ratios  # CPU: absolute RSS is the process history, not comparable
     with pytest.raises(ValueError, match="seq_len 32 .pruned. with MACs at seq_len 16"):
         compare(dense, efficiency(loaded.model, seq_len=32, repeats=0))

@@ -58,10 +58,11 @@ def _untied_with_tied_config(folder):
 
 @pytest.fixture(scope="module", params=SUBJECTS)
 def subject(request, tmp_path_factory):
-    """``(Loaded, calibration, scores, training)`` built once per module for each subject model.
+    """``(Loaded, calibration, scores, reference fingerprint)`` built once per module for each subject model.
 
-    ``training``: the mode the measurements find the model in — eval as aeflib hands models out, training mode for
-    the pruned ones (a measurement switches to eval and must restore the flag).
+    The measurements find the model in eval mode, as aeflib hands models out, except the pruned ones, left in
+    training mode (a measurement switches to eval and must restore the flag). Every measurement must leave the
+    model as the reference fingerprint describes it (so the "before" of one test is the "after" of the previous).
     """
     if request.param == "untied-config-tied":
         loaded = _untied_with_tied_config(tmp_path_factory.mktemp("untied"))
@@ -73,7 +74,8 @@ def subject(request, tmp_path_factory):
             prune_nonuniform(loaded)
     calib = torch.randint(0, 49152, (2, 8), generator=torch.Generator().manual_seed(0))  # [2, 8]
     scores = importance.estimate(loaded.model, loaded.adapter, calib, criteria=["vector", "element2"])  # fusion's
-    return loaded, calib, scores, request.param.endswith("/pruned")
+    loaded.model.train(request.param.endswith("/pruned"))
+    return loaded, calib, scores, fingerprint(loaded.model)
 
 
 def fingerprint(model: torch.nn.Module) -> dict:
@@ -100,7 +102,7 @@ def fingerprint(model: torch.nn.Module) -> dict:
     }
 
 
-def _same(before: dict, after: dict) -> list[str]:
+def _changed(before: dict, after: dict) -> list[str]:
     return [k for k in before if not (torch.equal(before[k], after[k]) if k == "logits" else before[k] == after[k])]
 
 
@@ -132,15 +134,28 @@ MEASUREMENTS = {
 
 @pytest.mark.parametrize("measurement", list(MEASUREMENTS))
 def test_measurement_leaves_its_subject_as_found(subject, measurement):
-    loaded, calib, scores, training = subject
-    loaded.model.train(training)
-    before = fingerprint(loaded.model)
-    try:
-        MEASUREMENTS[measurement](loaded, calib, scores)
-        changed = _same(before, fingerprint(loaded.model))
-    finally:
-        loaded.model.eval()
+    loaded, calib, scores, before = subject
+    MEASUREMENTS[measurement](loaded, calib, scores)
+    changed = _changed(before, fingerprint(loaded.model))
     assert not changed, f"{measurement} changed {changed}"
+
+
+def test_the_fingerprint_sees_each_kind_of_change(tmp_path):
+    """The property test can fail: every change a measurement could make shows in the fingerprint."""
+    model = _untied_with_tied_config(tmp_path).model
+    changes = {
+        "tied": lambda m: m.tie_weights(),  # what lm-eval's HFLM did
+        "training": lambda m: m.train(),
+        "params": lambda m: m.model.norm.weight.requires_grad_(False),
+        "attn_implementation": lambda m: setattr(m.config, "_attn_implementation", "eager"),
+        "hooks": lambda m: m.model.layers[0].register_forward_hook(lambda *a: None),
+        "checksum": lambda m: m.model.norm.weight.data.mul_(2),
+    }
+    for expected, change in changes.items():
+        before = fingerprint(model)
+        with torch.no_grad():
+            change(model)
+        assert expected in _changed(before, fingerprint(model)), expected
 
 
 def test_every_fusion_variant_is_checked():

@@ -3,7 +3,7 @@
 Entry points::
 
     efficiency(model, tokenizer=None, seq_len=128, batch_sizes=(1,), decode_tokens=32, repeats=5) -> EfficiencyResult
-    compare(dense, pruned)           -> {quantity: pruned / dense}
+    compare(dense, pruned)           -> {quantity: pruned / dense}   sizes, MACs, memory (never times)
     analytic_macs(model, seq_len)    -> (per-layer MACs per token, lm_head MACs per token)
     counted_macs(model, seq_len)     -> MACs per token counted by torch.utils.flop_counter (the cross-check)
 
@@ -15,12 +15,15 @@ Convention: a prefill of ``seq_len`` tokens with the full score matrix (as ``Flo
 MAC counters count it; a causal kernel skips about half of the attention part); embedding lookups, norms,
 activations, rotary/ALiBi biases and softmax are not counted. FLOPs = 2 * MACs.
 
-**Timing**: prefill = one forward over ``[batch, seq_len]`` tokens; decode = ``decode_tokens`` greedy steps with the
-KV cache after a prefill. Each is run once to warm up, then ``repeats`` times; the median is reported
-(``torch.cuda.synchronize`` around each run on CUDA). **Peak memory**: CUDA ``torch.cuda.max_memory_allocated``
-(absolute, and above the allocation before the runs); CPU the peak resident set size of the process during the runs
-(Linux ``VmHWM`` after a reset through ``/proc/self/clear_refs``; elsewhere psutil sampled every millisecond), and
-its increase over the resident size before the runs.
+**Timing** of one model: prefill = one forward over ``[batch, seq_len]`` tokens; decode = ``decode_tokens`` greedy
+steps with the KV cache after a prefill. Each is run once to warm up, then ``repeats`` times; the median is reported
+(``torch.cuda.synchronize`` around each run on CUDA), with the machine's load. Two models timed one after the other
+are not compared: whatever the machine did in between passes for a difference. Models are compared by
+:func:`aeflib.evaluation.compare_latency`, which times them interleaved and gives every ratio an interval. **Peak
+memory**: CUDA ``torch.cuda.max_memory_allocated`` (absolute, and above the allocation before the runs); CPU the
+peak resident set size of the process during the runs (Linux ``VmHWM`` after a reset through
+``/proc/self/clear_refs``; elsewhere psutil sampled every millisecond), and its increase over the resident size
+before the runs.
 
 Source: the quantities LLM-Pruner's statistics table gives for dense vs pruned models (#params, #MACs, memory,
 latency); [ours] the analytic per-layer count, its FlopCounterMode cross-check and the timing protocol.
@@ -38,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from aeflib.evaluation.timing import BatchTiming, PeakMemory, input_ids, measure_batch
+from aeflib.evaluation.timing import BatchTiming, PeakMemory, input_ids, machine_now, measure_batch
 from aeflib.models.checksum import checksum
 
 __all__ = ["BatchTiming", "EfficiencyResult", "analytic_macs", "compare", "counted_macs", "efficiency"]
@@ -69,6 +72,7 @@ class EfficiencyResult:
     repeats: int
     memory_method: str
     timings: dict[int, BatchTiming] = field(default_factory=dict)  # batch size -> timing
+    machine: dict[str, Any] = field(default_factory=dict)  # CPUs, torch threads, load average before/after timing
 
     @property
     def flops_per_token(self) -> int:
@@ -238,7 +242,9 @@ def efficiency(
     attention = sum(2 * seq_len * w.n_heads * w.head_dim for w in adapter.all_widths(model))
     memory = PeakMemory(target)
     timings: dict[int, BatchTiming] = {}
+    machine: dict[str, Any] = {}
     if repeats > 0:
+        machine = machine_now()
         was_training = model.training
         model.to(target).eval()
         try:
@@ -249,6 +255,7 @@ def efficiency(
                     log.info("batch %d: %s", b, timings[b])
         finally:
             model.to(home).train(was_training)
+        machine["load_average_after"] = machine_now()["load_average_before"]
     result = EfficiencyResult(
         model_type=str(getattr(model.config, "model_type", type(model).__name__)),
         checksum=checksum(model),
@@ -268,13 +275,14 @@ def efficiency(
         repeats=repeats,
         memory_method=memory.method,
         timings=timings,
+        machine=machine,
     )
     log.info("%s", result)
     return result
 
 
 def compare(dense: EfficiencyResult, pruned: EfficiencyResult) -> dict[str, float]:
-    """Ratios pruned / dense of every efficiency quantity both results hold.
+    """Ratios pruned / dense of the sizes, MACs and memory both results hold — never of their times.
 
     Args:
         dense: The reference (unpruned) model's result.
@@ -282,10 +290,11 @@ def compare(dense: EfficiencyResult, pruned: EfficiencyResult) -> dict[str, floa
 
     Returns:
         ``{"params_total": r, "params_layers": r, "macs_per_token": r, "macs_per_token_attention": r,
-        "prefill_s@bs<B>": r, "decode_tokens_per_s@bs<B>": r, "peak_mem_delta_bytes@bs<B>": r, ...}``
-        (``peak_mem_bytes@bs<B>`` too when both ran on CUDA; on CPU the absolute peak RSS reflects everything the
-        process held before, so only the increase is compared); a latency ratio < 1 and a tokens/s ratio > 1 mean
-        the pruned model is faster. Batch sizes only one result timed are skipped.
+        "peak_mem_delta_bytes@bs<B>": r}`` (``peak_mem_bytes@bs<B>`` too when both ran on CUDA; on CPU the
+        absolute peak RSS reflects everything the process held before, so only the increase is compared). Batch
+        sizes only one result measured are skipped. Times of two separately timed results are not a comparison
+        (the machine's drift between them passes for a difference): time the models together with
+        :func:`aeflib.evaluation.compare_latency`.
 
     Raises:
         ValueError: If the two results were computed for different ``seq_len`` (MACs would not be comparable).
@@ -306,7 +315,7 @@ def compare(dense: EfficiencyResult, pruned: EfficiencyResult) -> dict[str, floa
         "macs_per_token": ratio(dense.macs_per_token, pruned.macs_per_token),
         "macs_per_token_attention": ratio(dense.macs_per_token_attention, pruned.macs_per_token_attention),
     }
-    names = ["prefill_s", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_mem_delta_bytes"]
+    names = ["peak_mem_delta_bytes"]
     if dense.device.startswith("cuda") and pruned.device.startswith("cuda"):
         names.append("peak_mem_bytes")  # CPU peak RSS is the whole process's history, not the model's
     for b in sorted(set(dense.timings) & set(pruned.timings)):

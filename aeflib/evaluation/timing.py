@@ -39,7 +39,8 @@ import torch
 from torch import nn
 
 __all__ = ["BatchTiming", "LatencyComparison", "LatencyRatio", "LatencySpread", "PeakMemory",
-           "compare_latency", "input_ids", "measure_batch", "rounds_needed"]
+           "compare_latency", "input_ids", "machine_now", "measure_batch",
+           "rounds_needed"]
 
 
 @dataclass(frozen=True)
@@ -413,7 +414,11 @@ def rounds_needed(confidence: float, n_ratios: int = 1) -> int:
     return math.ceil(math.log2(2 * n_ratios / (1 - confidence)))
 
 
-def _machine_now() -> dict[str, Any]:
+def machine_now() -> dict[str, Any]:
+    """The machine now: CPUs (all, usable), torch threads, load average (1, 5, 15 min) as ``load_average_before``.
+
+    Callers add ``load_average_after``. A load above the usable CPUs means other processes competed for them.
+    """
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpus": os.cpu_count(), "cpus_usable": usable, "torch_threads": torch.get_num_threads(),
@@ -475,7 +480,7 @@ def compare_latency(
     if problems:
         raise ValueError("compare_latency: " + "; ".join(problems) + " (need >= 2 models, seq_len/batch_size/rounds "
                          ">= 1, decode_tokens/warmup >= 0, 0 < confidence < 1)")
-    machine = _machine_now()
+    machine = machine_now()
     devices = {n: next(m.parameters()).device for n, m in models.items()}
     vocab = min(int(m.config.vocab_size) for m in models.values())
     first = models[names[0]]
