@@ -39,6 +39,7 @@ Commands:
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/speed.py                  # ~10 min on 2 idle cores
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/speed.py --threads 1      # on a busy shared machine
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/speed.py --device cuda --layers 32   # GPU, full 7B shape
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/speed.py --control        # + an A/A control model
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/speed.py --smoke          # seconds, tiny models (CI)
 
 Writes ``benchmarks/results/speed_smollm2.json`` (``--out``): machine, settings, every ``EfficiencyResult`` (parameters,
@@ -119,6 +120,8 @@ def bench_model(name: str, dense, tokenizer, adapter, plans: list[tuple[dict, pr
     base = efficiency(dense, tokenizer, seq_len=args.seq_len, repeats=0)  # parameters and MACs
     record["dense"] = base.to_dict()
     models = {"dense": dense}
+    if args.control:  # an A/A control: the same model twice must come out as no measurable difference
+        models["dense copy"] = copy.deepcopy(dense)
     labels = {}
     for label, the_plan in plans:
         model = copy.deepcopy(dense)
@@ -131,6 +134,13 @@ def bench_model(name: str, dense, tokenizer, adapter, plans: list[tuple[dict, pr
     for b, comparison in timed.items():
         print(f"  bs {b}: {comparison}", flush=True)
         record["latency"][str(b)] = comparison.to_dict()
+    if args.control:
+        record["control"] = {
+            f"{q}@bs{b}": {"ratio": r.ratio, "interval": [r.low, r.high], "verdict": r.verdict}
+            for b, comparison in timed.items()
+            for q in comparison.spreads
+            for r in [comparison.ratio(q, "dense copy", "dense")]
+        }
     for key, (label, the_plan) in labels.items():
         res = efficiency(models[key], tokenizer, seq_len=args.seq_len, repeats=0)
         ratios = {k: v for k, v in compare(base, res).items() if not math.isnan(v)}
@@ -186,6 +196,9 @@ def print_table(records: list[dict], args) -> None:
             parts = [f"{k} {p['ratios'][k]:.3f} [{lo:.3f}, {hi:.3f}]" for k, (lo, hi) in p["intervals"].items()
                      if lo is not None]
             print(f"  {rec['model']} r{p['pruning_ratio']:.3f}: " + ("; ".join(parts) or "none (too few rounds)"))
+        if "control" in rec:
+            parts = [f"{k} {c['ratio']:.3f} ({c['verdict']})" for k, c in rec["control"].items()]
+            print(f"  {rec['model']} control, dense copy / dense: " + "; ".join(parts))
 
 
 def main() -> None:
@@ -200,6 +213,8 @@ def main() -> None:
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=10, help="interleaved timing rounds after one warm-up round "
                     "(>= 5 for an interval)")
+    ap.add_argument("--control", action="store_true", help="also time a copy of the dense model (A/A control: "
+                    "its ratio to the dense model must be 'no measurable difference')")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
