@@ -21,7 +21,9 @@ also needs the same fusion fingerprint: resolved variant and its settings), so a
 work is ordered so that the baseline estimators come first (vector, element1, element2 at the first two settings),
 then the default AEF variant, the other variants, random and l2, then the remaining settings.
 
-    python benchmarks/quality.py --seeds 42,43,44 --settings 0.2,r0.64,0.5 --paper7-limit 100   # many hours, 2 cores
+    python benchmarks/quality.py --seeds 42,43,44 --settings 0.2,r0.64,0.5 --threads 1          # days on 2 busy cores
+    python benchmarks/quality.py ... --paper7-limit 100     # a later pass adds paper7-offline to the finished rows
+    python benchmarks/quality.py ... --methods aef-layer --out 'benchmarks/results/quality_paired_aef_s{seed}.json'
     python benchmarks/quality.py --summarize benchmarks/results/quality_paired_smollm2_s*.json [--markdown]
     python benchmarks/quality.py --smoke                                                         # seconds (CI)
 
@@ -126,6 +128,8 @@ def main() -> None:
     ap.add_argument("--no-zeroshot", action="store_true", help="perplexity and calibration loss only")
     ap.add_argument("--paper7-limit", type=int, default=0, help=f"items per {PAPER7} task, a seeded subset "
                     "(0 = not measured; lm-eval is the slow part)")
+    ap.add_argument("--methods", default=None, help="only these methods, comma-separated (default: all, in the work "
+                    "order); e.g. a second process on the AEF rows with its own --out")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     ap.add_argument("--summarize", nargs="+", metavar="JSON", help="only print the tables of these result files")
     ap.add_argument("--markdown", action="store_true", help="with --summarize: Markdown tables (for the README)")
@@ -148,6 +152,9 @@ def main() -> None:
         args.out = str(Path(tempfile.mkdtemp()) / "quality_s{seed}.json")
     if args.paper7_limit and PAPER7 not in TASK_SETS:
         raise SystemExit(f"--paper7-limit: this aeflib has no {PAPER7!r} task set (task sets: {sorted(TASK_SETS)})")
+    unknown = sorted(set(args.methods.split(",") if args.methods else []) - set(BASELINES + VARIANTS))
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {BASELINES + VARIANTS}")
     run(args)
 
 
@@ -240,7 +247,9 @@ def run(args) -> None:
             cache[seed] = (calib, scores, time.perf_counter() - t)
         return cache[seed]
 
-    for seed, setting, method in work_order(seeds, settings):
+    wanted = None if not args.methods else args.methods.split(",")
+    order = [w for w in work_order(seeds, settings) if wanted is None or w[2] in wanted]
+    for seed, setting, method in order:
         key = setting_key(setting)
         if complete(seed, key, method):
             continue
@@ -280,7 +289,7 @@ def run(args) -> None:
         print(json.dumps({k: v for k, v in row.items() if k not in ("zeroshot", "paper7", "fusion_settings")}),
               flush=True)
         del model
-    left = [w for w in work_order(seeds, settings) if not complete(w[0], setting_key(w[1]), w[2])]
+    left = [w for w in order if not complete(w[0], setting_key(w[1]), w[2])]
     for seed, f in files.items():
         f["result"]["seconds_last_invocation"] = time.perf_counter() - t0
         f["result"]["complete"] = not left
