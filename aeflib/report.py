@@ -94,7 +94,8 @@ def _zeroshot_sentence(ev: dict) -> str:
                                "package)", "paper7": "the paper's seven tasks (hub)",
              "local": "aeflib's three local tasks"}.get(tasks, f"`{tasks}`")  # fmt: skip
     items = "every item" if limit is None else f"{limit} items per task, the same seeded subset for every model"
-    return f"Zero-shot: {named}, {items}; accuracies in %. "
+    return (f"Zero-shot: {named}, {items}; accuracies in % (each with its interval and chance level under *Zero-shot "
+            "accuracy with intervals*). ")
 
 
 def _section_zeroshot(m: dict) -> list[str]:
