@@ -14,7 +14,7 @@ bootstrap interval (seeds, then windows; ``aeflib.evaluation.paired``); a differ
 its interval excludes zero.
 
     python benchmarks/fusion_select.py                          # seeds 42,43,44; p0.2 and r0.64 (~1-2 h, 2 cores)
-    python benchmarks/fusion_select.py --summarize              # table + rule from the JSON only
+    python benchmarks/fusion_select.py --summarize [A.json B.json]   # table + rule from result files only
     python benchmarks/fusion_select.py --smoke                  # seconds, tiny model (CI)
 
 Rows already in ``--out`` (same seed, setting and method) are kept, so an interrupted run resumes.
@@ -130,12 +130,14 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(ORDER), help="baselines and variants to run, comma-separated")
     ap.add_argument("--holdout-n", type=int, default=16, help="held-out 128-token windows (seed 1042)")
     ap.add_argument("--out", default="benchmarks/results/fusion_select_smollm2.json")
-    ap.add_argument("--summarize", action="store_true", help="only print the table and the rule of --out")
+    ap.add_argument("--summarize", nargs="*", metavar="JSON",
+                    help="only print the table and the rule of these result files (default: --out), merged")
     ap.add_argument("--smoke", action="store_true", help="tiny model, 1 seed, few windows: checks the script runs")
     args = ap.parse_args()
     out_path = Path(args.out)
-    if args.summarize:
-        summarize(json.loads(out_path.read_text()))
+    if args.summarize is not None:
+        files = [json.loads(Path(f).read_text()) for f in (args.summarize or [out_path])]
+        summarize({**files[0], "rows": [r for f in files for r in f["rows"]]})
         return
     if args.smoke:
         args.model, args.seeds, args.settings = "tiny-llama", "42", "r0.5"
@@ -193,12 +195,12 @@ def main() -> None:
                 if key not in measured:
                     model = copy.deepcopy(dense)
                     pruning.apply(model, adapter, plan)
-                    measured[key] = (method, window_nll(model, holdout))
+                    measured[key] = (method, window_nll(model, holdout), plan.param_reduction)
                     del model
                 else:
                     row["same_plan_as"] = measured[key][0]
-                nll = measured[key][1]
-                row.update(param_reduction=plan.param_reduction, calib_loss=statistics.mean(nll), window_nll=nll,
+                _, nll, reduction = measured[key]
+                row.update(param_reduction=reduction, calib_loss=statistics.mean(nll), window_nll=nll,
                            load_average=machine()["load_average"])
                 results["rows"].append(row)
                 print(json.dumps({k: v for k, v in row.items() if k not in ("window_nll", "settings")}), flush=True)
