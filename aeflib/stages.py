@@ -162,9 +162,9 @@ def evaluate(model: nn.Module, tokenizer, *, name: str, setting: str, method: st
         ppl_datasets: ``[[corpus, split], ...]`` for :func:`aeflib.evaluation.perplexity`; empty/None = skip.
         ppl_protocol: Perplexity protocol name.
         ppl_max_windows: Windows scored per corpus (None = the whole split).
-        zeroshot_tasks: ``"local"``, ``"paper7"`` or task names for :func:`~aeflib.evaluation.zeroshot.zeroshot`;
-            None = skip.
-        zeroshot_limit: Items per task (None = all).
+        zeroshot_tasks: ``"paper7-offline"``, ``"paper7"``, ``"local"`` or task names for
+            :func:`~aeflib.evaluation.zeroshot.zeroshot`; None = skip.
+        zeroshot_limit: Items per task, a seeded subset, the same for every model (None = all).
         efficiency_seq_len: Prompt length of the latency measurement; None = skip efficiency.
         efficiency_decode_tokens: Tokens generated in the decode measurement.
         efficiency_repeats: Timed runs of this model alone (median); 0 (default) = parameters and MACs only.

@@ -49,7 +49,7 @@ class ZeroShotResult:
     ``average`` is the plain mean of the per-task values under their named metrics (the paper's "Average").
     """
 
-    task_set: str  # "paper7", "local" or "custom"
+    task_set: str  # "paper7", "paper7-offline", "local" or "custom"
     scores: dict[str, TaskScore]
     harness: str  # "lm-eval 0.4.13"
     limit: int | float | None
