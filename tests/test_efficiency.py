@@ -185,6 +185,8 @@ def test_compare_latency_rejects_bad_arguments(two_models):
         compare_latency({"dense": models["dense"]})
     with pytest.raises(ValueError, match=r"rounds=0; confidence=1.5"):
         compare_latency(models, rounds=0, confidence=1.5)
+    with pytest.raises(ValueError, match=r"seq_len=None"):  # e.g. notebook 06 with efficiency_seq_len = None
+        compare_latency(models, seq_len=None)
 
 
 def test_report_shows_latency_spreads_and_calls_an_interval_over_one_no_measurable_difference(tmp_path):

@@ -472,11 +472,15 @@ def compare_latency(
     problems = []
     if len(names) < 2:
         problems.append(f"models needs at least two entries, got {names}")
-    for label, value, ok in (("seq_len", seq_len, seq_len >= 1), ("batch_size", batch_size, batch_size >= 1),
-                             ("decode_tokens", decode_tokens, decode_tokens >= 0), ("rounds", rounds, rounds >= 1),
-                             ("warmup", warmup, warmup >= 0), ("confidence", confidence, 0 < confidence < 1)):
+    def whole(v: Any, least: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+    for label, value, ok in (("seq_len", seq_len, whole(seq_len, 1)), ("batch_size", batch_size, whole(batch_size, 1)),
+                             ("decode_tokens", decode_tokens, whole(decode_tokens, 0)),
+                             ("rounds", rounds, whole(rounds, 1)), ("warmup", warmup, whole(warmup, 0)),
+                             ("confidence", confidence, isinstance(confidence, float) and 0 < confidence < 1)):
         if not ok:
-            problems.append(f"{label}={value}")
+            problems.append(f"{label}={value!r}")
     if problems:
         raise ValueError("compare_latency: " + "; ".join(problems) + " (need >= 2 models, seq_len/batch_size/rounds "
                          ">= 1, decode_tokens/warmup >= 0, 0 < confidence < 1)")
