@@ -50,10 +50,16 @@ def _child(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     build = time.perf_counter()
+    sampler = None
     if spec["model"] == "llama-7b-random":
-        from full7b import random_model
+        from full7b import MemorySampler, random_model, random_model_mmap
 
-        model, adapter = random_model("llama-7b", spec["dtype"], spec["device"])
+        if spec["device"] == "cpu":
+            model, adapter = random_model_mmap("llama-7b", spec["dtype"])
+            sampler = MemorySampler().__enter__()
+            anon_before = sampler.peak["RssAnon"]
+        else:
+            model, adapter = random_model("llama-7b", spec["dtype"], spec["device"])
         layers = None                                                   # the adapter's 4..29
         calib = torch.randint(0, 32000, (spec["n"], spec["seq_len"]), generator=torch.Generator().manual_seed(42))
     elif spec["model"] == "llama7b-width":
@@ -91,6 +97,12 @@ def _child(spec: dict) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         out["peak_bytes"] = peak
         out["peak_above_weights_bytes"] = peak - rss_before
+    if sampler is not None:                 # weights memory-mapped: what the run needs = weights + own memory
+        sampler.__exit__()
+        out["sampled_peak_gib"] = sampler.gib()
+        out["anon_before_bytes"] = anon_before
+        out["peak_above_weights_bytes"] = sampler.peak["RssAnon"] - anon_before
+        out["needed_bytes"] = weight_bytes + sampler.peak["RssAnon"]
     return out
 
 
@@ -124,7 +136,7 @@ def main() -> None:
                           device=args.device, dtype=args.dtype, fisher_memory_gib=1e-6))   # one layer per slice
     elif args.full7b:
         cases = [dict(model="llama-7b-random", layers=32, n=10, seq_len=64, path="bounded", criteria=crit,
-                      device=args.device, dtype="bfloat16", threads=2) for crit in ("first-order", "with-fisher")]
+                      device=args.device, dtype="bfloat16", threads=2) for crit in ("with-fisher", "first-order")]
     else:
         cases = []
         for crit in ("first-order", "all"):
@@ -135,6 +147,9 @@ def main() -> None:
             for path in ("bounded", "naive"):
                 cases.append(dict(model="llama7b-width", layers=k, n=10, seq_len=64, path=path,
                                   criteria="first-order", device=args.device, dtype=args.dtype))
+    if args.full7b and args.device == "cpu":     # write the random weights file once, in its own process
+        subprocess.run([sys.executable, str(Path(__file__).with_name("full7b.py")), "--prepare", "llama-7b"],
+                       check=True)
     out = Path(args.out or f"benchmarks/results/estimation_cost{'_full7b' if args.full7b else ''}.json")
     rows = []
     for spec in cases:
@@ -145,6 +160,11 @@ def main() -> None:
               f"above weights {row['peak_above_weights_bytes'] / 2**30:6.2f} GiB  "
               f"peak/weights {row['peak_bytes'] / row['weight_bytes']:5.2f}  "
               f"Fisher slices {row['fisher_layer_slices']}", flush=True)
+        if "needed_bytes" in row:
+            print(f"{'':>15} weights memory-mapped: weights {row['weight_bytes'] / 2**30:.2f} GiB + peak own "
+                  f"(anonymous) memory {row['sampled_peak_gib']['anon']:.2f} GiB = needed "
+                  f"{row['needed_bytes'] / 2**30:.2f} GiB; peak RSS {row['sampled_peak_gib']['rss']:.2f} GiB",
+                  flush=True)
         if args.full7b:                          # each case takes long: keep what was measured
             write_json({"machine": machine(), "rows": rows}, out)
     print("\nnaive / bounded, same run:")
@@ -166,7 +186,7 @@ def main() -> None:
             print(f"  projected LLaMA-7B (32 layers, {args.dtype}, first-order) peak, {path}: "
                   f"{projection[path] / 2**30:.1f} GiB  (peak(k={k}) + (32-k)·Δ, Δ = {delta / 2**30:.2f} GiB/layer)")
     if args.full7b:
-        first, fisher = rows
+        first, fisher = (next(r for r in rows if r["criteria"] == c) for c in ("first-order", "with-fisher"))
         print(f"\nfull LLaMA-7B shape: with the Fisher term / first order, same run: peak "
               f"{fisher['peak_bytes'] / first['peak_bytes']:.2f}x, time {fisher['seconds'] / first['seconds']:.2f}x "
               f"wall, {fisher['cpu_seconds'] / first['cpu_seconds']:.2f}x CPU")

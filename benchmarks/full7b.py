@@ -2,8 +2,11 @@
 
 For each layout — LLaMA-7B (also Vicuna-7B's shape), Baichuan-7B (fused ``W_pack``) and Bloom-7b1 (fused
 interleaved ``query_key_value``, ALiBi, vocabulary 250,880) — the model is built *directly in bf16* (parameters
-created on the meta device, then materialised one tensor at a time with a cheap random init: never an fp32 copy),
-and then, in one process:
+created on the meta device, then materialised one tensor at a time with a cheap random init: never an fp32 copy).
+On the CPU its weights are written once to a file in the temp folder and memory-mapped (``random_model_mmap``), so
+that on a machine shared with other jobs the kernel can page them out instead of killing the run; the memory the run
+needs is then reported as weights + peak anonymous memory (sampled from ``/proc/self/status``), an upper bound.
+Then, in one process:
 
 1. ``estimate`` — ``importance.estimate(criteria=["vector", "element2"])`` on the adapter's pruned layers (4..n-2),
    N × L random token windows (default 10 × 64, the paper's calibration size), default ``fisher_memory_gib``;
@@ -83,6 +86,7 @@ def random_model(name: str, dtype: str = "bfloat16", device: str = "cpu", seed: 
     cls, config = shape_config(name)
     with init_empty_weights(include_buffers=False):
         model = cls(config)
+    model.tie_weights()                     # tied parameters become one meta tensor, materialised once
     torch_dtype = aeflib.models.resolve_dtype(dtype)
     gen = torch.Generator(device).manual_seed(seed)
     made: dict[int, torch.nn.Parameter] = {}
@@ -101,23 +105,105 @@ def random_model(name: str, dtype: str = "bfloat16", device: str = "cpu", seed: 
                     t.normal_(0.0, 0.02, generator=gen)
                 made[id(p)] = torch.nn.Parameter(t, requires_grad=p.requires_grad)
             module._parameters[pname] = made[id(p)]
+    model.tie_weights()
     model.config.name_or_path = f"random-{name}"
     model.eval()
     return model, aeflib.models.adapter_for(model)
+
+
+def random_model_mmap(name: str, dtype: str = "bfloat16", seed: int = 0):
+    """:func:`random_model` on the CPU, its weights memory-mapped from a file cached in the temp folder.
+
+    The first call builds the model and writes its ``state_dict`` there (temp file, then rename); every call then
+    loads it with ``torch.load(mmap=True)`` and ``load_state_dict(assign=True)``. The weights are clean file-backed
+    pages: on a machine shared with other jobs the kernel can drop them under pressure (and read them again)
+    instead of killing the process. Memory needed to run without that = weight bytes + peak anonymous memory,
+    which :class:`MemorySampler` measures.
+    """
+    import torch
+    from accelerate import init_empty_weights
+
+    import aeflib.models
+
+    path = Path(tempfile.gettempdir()) / "aeflib-random-weights" / f"{name}-{dtype}-seed{seed}.pt"
+    if not path.is_file():
+        model, _ = random_model(name, dtype, "cpu", seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+        del model
+    cls, config = shape_config(name)
+    with init_empty_weights(include_buffers=False):
+        model = cls(config)
+    model.load_state_dict(torch.load(path, mmap=True, weights_only=True), assign=True, strict=True)
+    model.tie_weights()
+    model.config.name_or_path = f"random-{name}"
+    model.eval()
+    return model, aeflib.models.adapter_for(model)
+
+
+class MemorySampler:
+    """Samples ``/proc/self/status`` every ``interval`` s in a thread: peak RSS, peak anonymous and file RSS (GiB).
+
+    ``ru_maxrss`` counts file-backed pages (memory-mapped weights) as well; the anonymous peak is what the process
+    allocated itself (activations, gradients, accumulators, pruned copies).
+    """
+
+    def __init__(self, interval: float = 0.2):
+        import threading
+
+        self.interval, self.peak = interval, {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        try:
+            lines = Path("/proc/self/status").read_text().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            key, _, value = line.partition(":")
+            if key in self.peak:
+                self.peak[key] = max(self.peak[key], int(value.split()[0]) * 1024)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> MemorySampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def gib(self) -> dict[str, float]:
+        """``{"rss": …, "anon": …, "file": …}`` peaks in GiB (each its own maximum; /proc not readable: zeros)."""
+        return {"rss": round(self.peak["VmRSS"] / GIB, 3), "anon": round(self.peak["RssAnon"] / GIB, 3),
+                "file": round(self.peak["RssFile"] / GIB, 3)}
 
 
 def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
 
 
-def _stage(stages: list, name: str, fn):
+def _stage(stages: list, name: str, fn, sampler: MemorySampler | None = None):
     t, cpu = time.perf_counter(), time.process_time()
     out = fn()
     stages.append({"stage": name, "seconds": round(time.perf_counter() - t, 2),
                    "cpu_seconds": round(time.process_time() - cpu, 2), "peak_rss_gib_so_far": round(_peak_gib(), 3)})
     s = stages[-1]
+    anon = ""
+    if sampler is not None:
+        sampler.sample()
+        s["peak_anon_gib_so_far"] = sampler.gib()["anon"]
+        anon = f", own (anonymous) {s['peak_anon_gib_so_far']:6.2f} GiB"
     print(f"  {name:<15} {s['seconds']:8.1f} s  ({s['cpu_seconds']:8.1f} s CPU)  peak RSS so far "
-          f"{s['peak_rss_gib_so_far']:6.2f} GiB", file=sys.stderr, flush=True)   # stdout carries the JSON
+          f"{s['peak_rss_gib_so_far']:6.2f} GiB{anon}", file=sys.stderr, flush=True)   # stdout carries the JSON
     return out
 
 
@@ -129,34 +215,42 @@ def _pipeline_child(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     stages: list[dict] = []
-    model, adapter = _stage(stages, "build", lambda: random_model(spec["model"], spec["dtype"], spec["device"]))
+    sampler = MemorySampler().__enter__()
+    if spec["device"] == "cpu":
+        model, adapter = _stage(stages, "build (mmap)", lambda: random_model_mmap(spec["model"], spec["dtype"]),
+                                sampler)
+    else:
+        model, adapter = _stage(stages, "build", lambda: random_model(spec["model"], spec["dtype"], spec["device"]))
     n_params = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     vocab = model.config.vocab_size
     calib = torch.randint(0, vocab, (spec["n"], spec["seq_len"]), generator=torch.Generator().manual_seed(42))
     calib = calib.to(spec["device"])
     scores = _stage(stages, "estimate", lambda: importance.estimate(
-        model, adapter, calib, criteria=["vector", "element2"], fisher_memory_gib=spec["fisher_memory_gib"]))
+        model, adapter, calib, criteria=["vector", "element2"], fisher_memory_gib=spec["fisher_memory_gib"]), sampler)
     the_plan = _stage(stages, "plan", lambda: pruning.plan(model, adapter, scores["element2"],
                                                            target_params=spec["target"],
-                                                           criterion="element2"))
+                                                           criterion="element2"), sampler)
 
     def one_forward():
         with torch.no_grad():
             return float(model(input_ids=calib, labels=calib, use_cache=False).loss)
 
-    loss = _stage(stages, "fusion forward", one_forward)
+    loss = _stage(stages, "fusion forward", one_forward, sampler)
     n_sets = len(adapter.all_group_sets(model))
-    _stage(stages, "apply", lambda: pruning.apply(model, adapter, the_plan))
+    _stage(stages, "apply", lambda: pruning.apply(model, adapter, the_plan), sampler)
     probe = calib[:2, :16]
     with torch.no_grad():
         logits = model(input_ids=probe, use_cache=False).logits.float()
-    _stage(stages, "save", lambda: io.save(model, None, spec["folder"], adapter=adapter, plan=the_plan))
+    _stage(stages, "save", lambda: io.save(model, None, spec["folder"], adapter=adapter, plan=the_plan), sampler)
+    sampler.__exit__()
     torch.save({"probe": probe.cpu(), "logits": logits.cpu()}, Path(spec["folder"]).parent / "probe.pt")
     return {"stages": stages, "params": n_params, "params_after": sum(p.numel() for p in model.parameters()),
             "weight_gib": round(weight_bytes / GIB, 3), "calibration_loss": loss,
             "pruning_ratio": the_plan.pruning_ratio, "group_sets": n_sets,
-            "fisher_layer_slices": scores.meta["fisher_layer_slices"], "peak_rss_gib": round(_peak_gib(), 3)}
+            "fisher_layer_slices": scores.meta["fisher_layer_slices"], "peak_rss_gib": round(_peak_gib(), 3),
+            "sampled_peak_gib": sampler.gib(),
+            "needed_gib_at_most": round(weight_bytes / GIB + sampler.gib()["anon"], 3)}
 
 
 def _reload_child(spec: dict) -> dict:
@@ -167,11 +261,14 @@ def _reload_child(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     stages: list[dict] = []
-    loaded = _stage(stages, "reload", lambda: io.load(spec["folder"], device=spec["device"]))
+    sampler = MemorySampler().__enter__()
+    loaded = _stage(stages, "reload", lambda: io.load(spec["folder"], device=spec["device"]), sampler)
     ref = torch.load(Path(spec["folder"]).parent / "probe.pt")
     with torch.no_grad():
         logits = loaded.model(input_ids=ref["probe"].to(spec["device"]), use_cache=False).logits.float().cpu()
+    sampler.__exit__()
     return {"stages": stages, "logits_equal": bool(torch.equal(logits, ref["logits"])),
+            "sampled_peak_gib": sampler.gib(),
             "logits_max_abs_diff": float((logits - ref["logits"]).abs().max()),
             "params": sum(p.numel() for p in loaded.model.parameters()), "peak_rss_gib": round(_peak_gib(), 3)}
 
@@ -187,6 +284,7 @@ def _run(kind: str, spec: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--prepare", help=argparse.SUPPRESS)
     ap.add_argument("--reload", help=argparse.SUPPRESS)
     ap.add_argument("--models", default="llama-7b,baichuan-7b,bloom-7b1")
     ap.add_argument("--n", type=int, default=10, help="calibration windows")
@@ -199,8 +297,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", default="benchmarks/results/full7b.json")
+    ap.add_argument("--drop-weights", action="store_true", help="delete each random weights file after its model")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
+    if args.prepare:                           # write the memory-mapped random weights file, nothing else
+        random_model_mmap(args.prepare, args.dtype)
+        return
     if args.child or args.reload:
         fn = _pipeline_child if args.child else _reload_child
         print(json.dumps(fn(json.loads(args.child or args.reload))))
@@ -229,6 +331,8 @@ def main() -> None:
                 "fisher_memory_gib": args.fisher_memory_gib}
         print(f"{name} ({args.dtype}, {args.n} x {args.seq_len} tokens, {args.threads} threads):", flush=True)
         try:
+            if args.device == "cpu" and not args.smoke:   # the random weights file, written in its own process
+                subprocess.run([sys.executable, __file__, "--prepare", name, "--dtype", args.dtype], check=True)
             row = {"model": name, **_run("child", spec)}
             print(f"  {'(fresh process)':<15}", flush=True)
             row["reload"] = _run("reload", spec)
@@ -236,12 +340,17 @@ def main() -> None:
                                      / GIB, 3)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            if args.drop_weights:
+                for f in (Path(tempfile.gettempdir()) / "aeflib-random-weights").glob(f"{name}-*.pt"):
+                    f.unlink()
         fwd = next(s for s in row["stages"] if s["stage"] == "fusion forward")
         row["fusion_forward_passes_at_most"] = 1 + 2 * row["group_sets"]
         row["fusion_projected_seconds_at_most"] = round(row["fusion_forward_passes_at_most"] * fwd["seconds"], 1)
         print(f"  params {row['params'] / 1e6:.1f} M -> {row['params_after'] / 1e6:.1f} M "
               f"(pruning ratio {row['pruning_ratio']:.3f}); weights {row['weight_gib']:.2f} GiB; "
-              f"peak RSS {row['peak_rss_gib']:.2f} GiB (reload process {row['reload']['peak_rss_gib']:.2f} GiB); "
+              f"peak RSS {row['peak_rss_gib']:.2f} GiB; needed at most {row['needed_gib_at_most']:.2f} GiB (weights "
+              f"+ peak own memory {row['sampled_peak_gib']['anon']:.2f} GiB); reload process peak RSS "
+              f"{row['reload']['peak_rss_gib']:.2f} GiB; "
               f"reloaded logits equal: {row['reload']['logits_equal']}; Fisher layer slices "
               f"{row['fisher_layer_slices']}", flush=True)
         print(f"  fusion: one calibration-loss forward {fwd['seconds']:.1f} s; aef-layer needs at most "

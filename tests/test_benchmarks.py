@@ -30,6 +30,7 @@ SMOKES = {  # script -> extra arguments after --smoke
     "pipeline.py": ["--stages", "01"],
     "io_roundtrip.py": [],
     "recovery_smollm2.py": [],
+    "full7b.py": [],
     "zeroshot_speed.py": [],
 }
 
@@ -123,6 +124,21 @@ def test_estimation_cost_smoke_prints_naive_over_bounded(smoke, script):
     out = _ok(smoke(script))
     assert "naive / bounded, same run:" in out
     assert re.search(r"memory above weights \d+\.\d+x, time \d+\.\d+x", out)
+    assert "Fisher slices [[1], [2]]" in out          # the layer-slice path ran too
+
+
+@pytest.mark.parametrize("script", ["full7b.py"])
+def test_full7b_smoke_runs_every_layout_through_estimate_plan_apply_save_reload(smoke, script):
+    run = smoke(script)
+    out = _ok(run)
+    result = run.json("full7b.json")
+    assert [m["model"] for m in result["models"]] == ["smoke-llama-7b", "smoke-baichuan-7b", "smoke-bloom-7b1"]
+    for m in result["models"]:
+        assert [s["stage"] for s in m["stages"]] == ["build (mmap)", "estimate", "plan", "fusion forward", "apply",
+                                                   "save"]
+        assert m["reload"]["logits_equal"] and m["reload"]["params"] == m["params_after"] < m["params"]
+        assert m["fisher_layer_slices"] == [[4], [5]] and m["peak_rss_gib"] > 0
+    assert re.search(r"aef-layer needs at most 9 \(1 \+ 2 per group set, 4 sets\)", out)
 
 
 @pytest.mark.parametrize("script", ["zeroshot_speed.py"])
