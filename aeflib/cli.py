@@ -108,7 +108,11 @@ def run(
     fusion_patience: Annotated[int | None, typer.Option(help="aef-learned: stop after this many steps without a "
                                                              "lower held-out loss (default 8).")] = None,
     ppl_max_windows: Annotated[int | None, typer.Option(help="Perplexity windows per corpus.")] = None,
-    zeroshot_limit: Annotated[int | None, typer.Option(help="Zero-shot items per task.")] = None,
+    zeroshot_tasks: Annotated[str | None, typer.Option(help="Zero-shot task set: paper7-offline (default: the "
+                                                            "paper's seven tasks, offline), local, or paper7 "
+                                                            "(hub).")] = None,
+    zeroshot_limit: Annotated[int | None, typer.Option(help="Zero-shot items per task (a seeded subset, the same "
+                                                            "for every model).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, or auto (accelerate sharding).")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
     stages: Annotated[str | None, typer.Option(help="Only these stages, e.g. 01,02,03.")] = None,
@@ -125,7 +129,8 @@ def run(
                              recovery_steps=recovery_steps, normalize_with=normalize_with,
                              fusion_steps=fusion_steps, fusion_lr=fusion_lr, fusion_patience=fusion_patience,
                              ppl_max_windows=ppl_max_windows,
-                             zeroshot_limit=zeroshot_limit, device=device, dtype=dtype)
+                             zeroshot_tasks=zeroshot_tasks, zeroshot_limit=zeroshot_limit, device=device,
+                             dtype=dtype)
         _select(chosen)
     except ValueError as err:
         _bad(err)

@@ -143,7 +143,7 @@ class RunSettings:
                 an existing folder), method, criterion or dtype; neither or both of ``pruning_ratio`` and
                 ``target_params``, or one outside (0, 1); ``layers`` not ``None`` or ``[start, stop]`` with
                 ``0 <= start < stop``; an unknown ``normalize_with``, ``fusion_steps`` / ``fusion_patience`` < 1 or
-                ``fusion_lr`` <= 0.
+                ``fusion_lr`` <= 0; an unknown ``zeroshot_tasks`` set name.
 
         Source: [ours].
         """
@@ -183,6 +183,12 @@ class RunSettings:
             raise ValueError(f"fusion_lr={self.fusion_lr!r}: give a number > 0 (e.g. 0.1)")
         if self.dtype not in DTYPES:
             raise ValueError(f"unsupported dtype {self.dtype!r}; choose one of {list(DTYPES)}")
+        if isinstance(self.zeroshot_tasks, str):
+            from aeflib.evaluation.zeroshot import TASK_SETS
+
+            if self.zeroshot_tasks not in TASK_SETS:
+                raise ValueError(f"unknown zeroshot_tasks {self.zeroshot_tasks!r}; choose one of {list(TASK_SETS)}, "
+                                 "a list of task names, or None (skip zero-shot)")
         layers = self.layers
         if layers is not None and not (isinstance(layers, (list, tuple)) and len(layers) == 2
                                        and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)

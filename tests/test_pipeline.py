@@ -254,6 +254,8 @@ def test_compare_estimates_once_and_writes_table_and_figure(tmp_path):
     (["--fusion-steps", "0"], r"fusion_steps=0: give an integer >= 1"),
     (["--fusion-patience", "0"], r"fusion_patience=0: give an integer >= 1"),
     (["--fusion-lr", "0"], r"fusion_lr=0\.0: give a number > 0"),
+    (["--zeroshot-tasks", "paper8"], r"unknown zeroshot_tasks 'paper8'; choose one of \['paper7', 'paper7-offline', "
+                                     r"'local'\]"),
 ])
 def test_cli_run_rejects_bad_arguments_with_one_line_and_exit_2(stand_ins, args, message):
     runs = stand_ins / "runs"
