@@ -520,7 +520,8 @@ def markdown(results: dict) -> None:
         return
     measures = [m for m in PAIRED if any(m in c["measures"] for c in comps)]
     print("\nPaired differences B − A, 95 % interval (bootstrap over calibration seeds and paired items); **bold** = "
-          "the interval excludes 0, otherwise within noise.\n")
+          "the interval excludes 0, otherwise within noise. Where one seed is listed, the interval covers the items "
+          "only, not the variation between calibration seeds.\n")
     print("| setting | A | B | seeds | " + " | ".join(f"Δ {PAIRED[m][0]} ({PAIRED[m][4]})" for m in measures)
           + " | reading |")
     print("|---" * (5 + len(measures)) + "|")
