@@ -209,10 +209,14 @@ def _stage(stages: list, name: str, fn, sampler: MemorySampler | None = None):
 
 def _pipeline_child(spec: dict) -> dict:
     """Build → estimate → plan → one fusion forward → apply → save, in this process."""
+    import logging
+
     import torch
 
     from aeflib import importance, io, pruning
 
+    logging.basicConfig(stream=sys.stderr, format="    %(asctime)s %(message)s")
+    logging.getLogger("aeflib.importance").setLevel(logging.INFO)    # "scored layers [...]": progress per slice
     torch.set_num_threads(spec["threads"])
     stages: list[dict] = []
     sampler = MemorySampler().__enter__()
