@@ -1,6 +1,6 @@
 """aeflib — structured LLM pruning with Adaptive Estimation Fusion (AEF), arXiv 2403.10799.
 
-The stages, one module each (see ``design.md``)::
+The stages, one module each (the method behind them: ``docs/paper.md``)::
 
     aeflib.models.load(name)          -> Loaded(model, tokenizer, adapter)
     aeflib.data.calibration(...)      -> LongTensor [N, L] token windows

@@ -15,7 +15,7 @@ One run folder (``runs/<name>/`` from ``aef run``, or any ``run_dir`` a notebook
 ``RunDir`` is a thin helper over that layout: named paths, atomic JSON writes, metrics merged per section, figures
 saved as PNG, and clear errors when a stage's input is missing ("run notebook 02_importance first").
 
-Source: [ours] (design.md: every arrow's output is a plain, serialisable value in the run folder).
+Source: [ours] (every stage's output is a plain, serialisable value in the run folder).
 """
 
 from __future__ import annotations

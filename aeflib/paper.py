@@ -1,6 +1,6 @@
 """The published numbers aeflib compares with, and this run's numbers in the same shape.
 
-``data/paper_results.csv`` holds every number of paper-notes.md §5 (LLM-Pruner's LLaMA-7B and Vicuna-7B tables at
+``data/paper_results.csv`` holds every number of docs/paper.md §5 (LLM-Pruner's LLaMA-7B and Vicuna-7B tables at
 20 % of parameters removed, the FLAP / Wanda-sp anchors, Bloom-7b1 dense harness scores) and the AEF abstract's
 claimed gains, one row per number::
 
@@ -17,7 +17,7 @@ claimed gains, one row per number::
 side by side (:func:`side_by_side`). Perplexities of the paper use the ``llm-pruner-128`` protocol; a run's rows
 carry the protocol it measured with.
 
-Source: paper-notes.md §1 and §5 (regenerate the CSV with ``data/prepare_paper_results.py``).
+Source: docs/paper.md §1 and §5 (regenerate the CSV with ``data/prepare_paper_results.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ __all__ = ["COLUMNS", "PAPER_PROTOCOLS", "PAPER_TASKS", "load_paper_results", "p
 
 COLUMNS = ("model", "setting", "method", "metric", "task", "value", "source")
 
-#: the measurement protocol behind each published metric (paper-notes.md §4)
+#: the measurement protocol behind each published metric (docs/paper.md §4)
 PAPER_PROTOCOLS = {
     "perplexity": "llm-pruner-128: texts joined with '\\n\\n', non-overlapping 128-token windows",
     "acc": "lm-eval-harness, 0-shot, acc",
@@ -68,7 +68,7 @@ def load_paper_results(path: str | os.PathLike | None = None, *, model: str | No
         ValueError: If its header is not :data:`COLUMNS`, or ``model`` / ``setting`` selects no rows (the message
             lists the values present).
 
-    Source: paper-notes.md §5.
+    Source: docs/paper.md §5.
     """
     import pandas as pd
 

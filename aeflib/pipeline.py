@@ -105,7 +105,7 @@ class RunSettings:
 
     @classmethod
     def paper(cls, model: str, **overrides: Any) -> RunSettings:
-        """The paper's protocol (paper-notes.md §4) for ``model``.
+        """The paper's protocol (docs/paper.md §4) for ``model``.
 
         Ratio 0.25 on layers 4..n-2, BookCorpus 10 x 64 calibration, WikiText-2 / PTB perplexity (llm-pruner-128),
         the seven zero-shot tasks, LoRA on Alpaca-cleaned for 2 epochs, bf16, sharded with ``device="auto"``.

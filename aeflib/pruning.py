@@ -3,7 +3,7 @@
 ``plan(model, adapter, scores, pruning_ratio=0.25)`` or ``plan(..., target_params=0.20)`` → :class:`PruningPlan`
 ``apply(model, adapter, plan)`` → the same model object with smaller weights and the same forward code.
 
-Two ways to say how much (paper-notes.md §4; they are *not* the same number, both are reported):
+Two ways to say how much (docs/paper.md §4; they are *not* the same number, both are reported):
 
 * **pruning ratio** — the share of heads and of channels removed in each pruned layer (LLM-Pruner's
   ``--pruning_ratio``; the paper's "20 %" LLaMA setting uses 0.25 on layers 4-29);

@@ -4,7 +4,7 @@ Entry point::
 
     lora(model, tokenizer, adapter, dataset="qa", steps=..., ...) -> RecoveryResult (merged model + loss curve)
 
-The paper's third stage (paper-notes.md §4): LoRA with r=8, alpha=16, dropout 0.05 on every attention and MLP
+The paper's third stage (docs/paper.md §4): LoRA with r=8, alpha=16, dropout 0.05 on every attention and MLP
 projection (``adapter.lora_targets``), yahma/alpaca-cleaned in the Alpaca prompt template with prompt tokens masked,
 lr 1e-4, batch 64, cutoff 256, bf16. LLM-Pruner runs this with ``transformers.Trainer``; here it is a plain PyTorch
 loop (AdamW, linear warmup and decay, gradient clipping 1.0 and gradient accumulation over micro-batches, as the

@@ -9,7 +9,7 @@ same ratio or parameter target, prunes and measures perplexity (and, optionally,
 zero-shot dataset of the paper's protocol is cached or downloadable; ``reproduce`` refuses to start otherwise and
 then runs the notebook sequence per model with :meth:`RunSettings.paper`.
 
-Source: [ours]; settings from paper-notes.md §4.
+Source: [ours]; settings from docs/paper.md §4.
 """
 
 from __future__ import annotations

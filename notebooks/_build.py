@@ -77,7 +77,7 @@ PROVENANCE = 'provenance = {"base_model": model, "method": method, "seed": seed}
 
 LABELS = """*How to read the labels:* **[paper]** = stated by the AEF paper (arXiv 2403.10799) or LLM-Pruner;
 **[LLM-Pruner code]** = read in LLM-Pruner's code; **[ours]** = aeflib's reconstruction where the paper is silent
-(the AEF fusion formula is not public — see `aeflib/fusion.py` and paper-notes.md §1/§3)."""
+(the AEF fusion formula is not public — see `aeflib/fusion.py` and docs/paper.md §1/§3)."""
 
 
 def params(extra: str = "") -> str:
@@ -512,7 +512,7 @@ NB07 = [
 
 The AEF paper reports gains over LLM-Pruner's estimators (+1.1 average points on LLaMA-7B, +1.02 Vicuna-7B, +2.0
 Baichuan-7B, +1.2 Bloom-7b1) but not its tables; LLM-Pruner's tables give the baselines it compares with **[paper]**.
-`data/paper_results.csv` holds every one of those numbers with its source (paper-notes.md §5).
+`data/paper_results.csv` holds every one of those numbers with its source (docs/paper.md §5).
 
 A run on SmolLM2-135M with shipped text is **not** a reproduction: another model (135 M vs 7 B parameters), another
 perplexity corpus (Wikipedia sample vs WikiText-2), the seven zero-shot tasks on a seeded subset of each (the full

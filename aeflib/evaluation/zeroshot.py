@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 #: Task set name -> {lm-eval task: the metric reported for it (and averaged)}.
 TASK_SETS: dict[str, dict[str, str]] = {
-    # the paper's seven tasks; acc vs acc_norm inferred from its numbers (paper-notes.md, field-case 15)
+    # the paper's seven tasks; acc vs acc_norm inferred from its numbers (docs/paper.md, field-case 15)
     "paper7": {
         "boolq": "acc",
         "piqa": "acc",

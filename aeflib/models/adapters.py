@@ -211,7 +211,7 @@ class StructureAdapter(abc.ABC):
     family: str = ""
     #: ``config.model_type`` values this adapter serves.
     model_types: tuple[str, ...] = ()
-    #: peft ``target_modules`` for LoRA recovery (paper-notes.md §4).
+    #: peft ``target_modules`` for LoRA recovery (docs/paper.md §4).
     lora_targets: tuple[str, ...] = ()
 
     def __init__(self, gqa_mode: str = "query-heads") -> None:

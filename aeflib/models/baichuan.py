@@ -10,7 +10,7 @@ Head ``h`` owns rows ``h*d:(h+1)*d`` of *each* block: as a :class:`~aeflib.model
 ``W_pack`` are laid out ``[3, n_heads, head_dim]`` and groups sit on axis 1. The same head ratio therefore removes
 the same number of heads as on LLaMA — no ``ratio / 3`` fudge (field-case 10).
 
-Source: layout [paper-notes.md §4] and Baichuan-7B's ``modeling_baichuan.py`` (read, not copied).
+Source: layout [docs/paper.md §4] and Baichuan-7B's ``modeling_baichuan.py`` (read, not copied).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ therefore records the original indices of the kept heads on the attention module
 installs a forward pre-hook on each block that selects those rows of the ALiBi tensor. Dense layers pass through
 untouched, so an empty plan is bit-identical.
 
-Source: layout [paper-notes.md §4], transformers ``modeling_bloom.py``; the per-layer ALiBi hook [ours].
+Source: layout [docs/paper.md §4], transformers ``modeling_bloom.py``; the per-layer ALiBi hook [ours].
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ A local folder path works wherever a name does: a transformers checkpoint (LLaMA
 pruned folder written by ``aeflib.io.save``. Remote code is never executed: Baichuan loads through aeflib's own
 layout class (``baichuan.py``).
 
-Source: hub ids and the checkpoint caveat from paper-notes.md §4.
+Source: hub ids and the checkpoint caveat from docs/paper.md §4.
 """
 
 from __future__ import annotations
