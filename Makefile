@@ -40,7 +40,12 @@ test-fast: install-dev
 	$(OFFLINE) $(BIN)/python -m pytest -q -m "not gpu and not slow" --ignore=tests/test_notebooks.py --ignore=tests/test_pipeline.py
 
 lint: install-dev
-	$(BIN)/ruff check aeflib tests benchmarks data
+	$(BIN)/ruff check aeflib tests benchmarks data notebooks
+
+## After editing a notebook's .py source by hand: bring its .ipynb twin in step (jupytext pairs, see notebooks/README.md)
+.PHONY: notebooks
+notebooks: install-dev
+	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -24,6 +24,7 @@ from aeflib.pipeline import STAGES, RunSettings, StageFailed
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 RUNTIME = {"run_dir", "progress", "interactive"}   # set by the pipeline, not by RunSettings
+MAX_CODE_LINE = 90  # characters; a longer code line overflows a JupyterLab cell beside the file browser
 
 
 def parameters_cell(path: Path) -> str:
@@ -46,11 +47,32 @@ def test_notebook_defaults_equal_run_settings_defaults(stage):
             assert ast.literal_eval(p["default"]) == defaults[name], f"{stage}: {name}"
 
 
-def test_notebooks_are_up_to_date_with_build_script():
-    import runpy
+@pytest.mark.parametrize("stage", STAGES)
+def test_notebook_pair_is_in_sync_and_its_code_fits_a_cell(stage):
+    """notebooks/<stage>.py (jupytext py:percent) is the source; the .ipynb twin must hold the same cells."""
+    import jupytext
 
-    build = runpy.run_path(str(NOTEBOOKS / "_build.py"))
-    assert build["main"](check=True) == 0, "run python notebooks/_build.py"
+    source = jupytext.read(NOTEBOOKS / f"{stage}.py")
+    paired = nbformat.read(NOTEBOOKS / f"{stage}.ipynb", as_version=4)
+
+    def cells(nb):
+        return [(c.cell_type, c.source, sorted(c.metadata.get("tags", []))) for c in nb.cells]
+
+    assert cells(source) == cells(paired), f"notebooks/{stage}.py and .ipynb differ: run `make notebooks`"
+    assert paired.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent"
+    for i, c in enumerate(source.cells):
+        too_long = [line for line in c.source.splitlines() if c.cell_type == "code" and len(line) > MAX_CODE_LINE]
+        assert not too_long, f"{stage} cell {i}: code line over {MAX_CODE_LINE} characters (a JupyterLab cell's width)"
+
+
+def test_notebook_sources_pass_the_linter():
+    """The notebooks' code is linted like the library (ruff, per-file rules in pyproject.toml)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(NOTEBOOKS)], capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("stage", STAGES)

