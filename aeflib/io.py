@@ -372,7 +372,8 @@ def load(folder: str | os.PathLike, dtype: torch.dtype | str | None = None, devi
             raise CheckpointError(f"{path} is missing; {where} lists it")
         if path.stat().st_size != size:
             raise CheckpointError(f"{path} has {path.stat().st_size} bytes, {where} records {size}: the file is "
-                                  "truncated or was replaced")
+                                  "truncated, replaced or edited by hand; an aeflib checkpoint is only changed by "
+                                  "aeflib.io.save (load the model, change it, save it again)")
     model, adapter = _skeleton(_read_json(folder / "config.json"), info, where)
     weights = folder / manifest["weights"]
     state = _read_weights(weights)

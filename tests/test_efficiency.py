@@ -187,6 +187,14 @@ def test_compare_latency_rejects_bad_arguments(two_models):
         compare_latency(models, rounds=0, confidence=1.5)
     with pytest.raises(ValueError, match=r"seq_len=None"):  # e.g. notebook 06 with efficiency_seq_len = None
         compare_latency(models, seq_len=None)
+    with pytest.raises(TypeError, match=r"models must be a dict \{name: causal LM\}, got list"):
+        compare_latency(list(models.values()))
+    with pytest.raises(ValueError, match=r"models\['oops'\] is str, not a transformers causal LM"):
+        compare_latency({"dense": models["dense"], "oops": "not a model"})
+    with pytest.raises(ValueError, match=r"models\['lin'\] is Linear, not a transformers causal LM"):
+        compare_latency({"dense": models["dense"], "lin": torch.nn.Linear(2, 2)})
+    with pytest.raises(ValueError, match=r"tokenizer is str, not a callable tokenizer"):
+        compare_latency(models, tokenizer="gpt2")
 
 
 def test_report_shows_latency_spreads_and_calls_an_interval_over_one_no_measurable_difference(tmp_path):

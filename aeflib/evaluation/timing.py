@@ -464,14 +464,24 @@ def compare_latency(
         :class:`LatencyComparison` — seconds throughout (``decode_s_per_token`` = decode seconds / steps).
 
     Raises:
-        ValueError: For fewer than two models, or an argument outside the ranges above (named with its value).
+        TypeError: If ``models`` is not a mapping.
+        ValueError: For fewer than two models, a value that is not a transformers causal LM, a tokenizer that is not
+            callable, or an argument outside the ranges above (each named with its value).
 
     Source: [ours].
     """
+    if not isinstance(models, Mapping):
+        raise TypeError(f"compare_latency: models must be a dict {{name: causal LM}}, got {type(models).__name__}")
     names = list(models)
     problems = []
     if len(names) < 2:
         problems.append(f"models needs at least two entries, got {names}")
+    for name, m in models.items():
+        if not isinstance(m, nn.Module) or not hasattr(getattr(m, "config", None), "vocab_size"):
+            problems.append(f"models[{name!r}] is {type(m).__name__}, not a transformers causal LM")
+    if tokenizer is not None and not callable(tokenizer):
+        problems.append(f"tokenizer is {type(tokenizer).__name__}, not a callable tokenizer (or None for random ids)")
+
     def whole(v: Any, least: int) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= least
 
