@@ -4,18 +4,18 @@
 with stock classes. A stock config holds one width for all layers, so this works only when every decoder layer
 (pruned or not) has the same widths; LLM-Pruner's default layer range (4..n-2) leaves layers dense and is never
 uniform. Before writing, a stock model is built on the meta device from the rewritten config and every parameter
-shape it implies is compared with the model's (field-case 2, Torch-Pruning #439/#441: transformers derives
+shape it implies is compared with the model's (known failure 2, Torch-Pruning #439/#441: transformers derives
 ``head_dim`` from ``hidden_size / num_heads``); any difference is refused with the layer and width named and a
 pointer to :func:`aeflib.io.save`, whose folders keep per-layer widths.
 
 Per family (``_EXPORT_CONFIGS``): LLaMA gets ``num_attention_heads``, ``num_key_value_heads``,
 ``intermediate_size`` and an explicit ``head_dim``; transformers 5 also requires ``hidden_size %
-num_attention_heads == 0``, so a head count that breaks it is refused with the legal counts (field-case 3).
+num_attention_heads == 0``, so a head count that breaks it is refused with the legal counts (known failure 3).
 Baichuan keeps ``model_type="baichuan"``: transformers has no such class, so ``import aeflib.models`` (which
 registers aeflib's) before loading. Stock Bloom derives ``head_dim``, the MLP width (``4 * hidden_size``) and the
 ALiBi slopes from ``n_head``: only an unpruned Bloom model exports.
 
-Source: [ours] (field-cases 2 and 3).
+Source: [ours] (known failures 2 and 3).
 """
 
 from __future__ import annotations
@@ -100,10 +100,10 @@ def export_hf(
 
     Raises:
         ExportError: Non-uniform per-layer widths, or a config-implied shape that differs from the model's
-            (field-case 2); the message names the layer and width and points to :func:`aeflib.io.save`.
+            (known failure 2); the message names the layer and width and points to :func:`aeflib.io.save`.
         FileExistsError: As for :func:`aeflib.io.save`.
 
-    Source: [ours] (field-cases 2 and 3).
+    Source: [ours] (known failures 2 and 3).
     """
     adapter = adapter if adapter is not None else adapter_for(model)
     adapter.check(model)
@@ -149,7 +149,7 @@ def export_hf(
     if problems:
         raise ExportError(
             f"cannot export: the config a stock {type(model).__name__} would read ({_describe(widths[0])}) implies "
-            f"other shapes than the model has (field-case 2):\n  " + "\n  ".join(problems[:10])
+            f"other shapes than the model has (known failure 2):\n  " + "\n  ".join(problems[:10])
             + (f"\n{_EXPORT_LIMITS[adapter.family]}" if adapter.family in _EXPORT_LIMITS else "") + f"\n{hint}")
     target = Path(folder).expanduser()
     with _atomic_folder(target, overwrite) as tmp:

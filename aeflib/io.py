@@ -5,7 +5,7 @@ nothing that executes code (no pickle, no ``trust_remote_code``)::
 
     model.safetensors        weights; tied tensors stored once (the manifest lists the aliases)
     config.json              the *dense* base architecture (``PretrainedConfig``), unchanged by pruning
-    generation_config.json   token ids and generation defaults (field-case 16), if the model has them
+    generation_config.json   token ids and generation defaults (known failure 16), if the model has them
     tokenizer files          ``tokenizer.save_pretrained``
     aeflib.json              the manifest: ``format_version``, per-layer widths, pruning plans, provenance, metrics
 
@@ -16,9 +16,9 @@ shape checks and verifies the model checksum. ``aeflib.models.load(folder)`` dis
 ``export_hf`` (in :mod:`aeflib.export`, also reachable as ``aeflib.io.export_hf``) writes a plain transformers
 folder when every layer has the same widths and a stock class fits them; otherwise it refuses and points to ``save``.
 
-Writes are atomic: a hidden temporary folder next to the target, renamed into place (field-cases 1, 4).
+Writes are atomic: a hidden temporary folder next to the target, renamed into place (known failures 1, 4).
 
-Source: [ours] after field-cases 1-4 (LLM-Pruner #3/#14/#68, Torch-Pruning #439/#441/#495, SliceGPT #165/#188).
+Source: [ours] after known failures 1-4 (LLM-Pruner #3/#14/#68, Torch-Pruning #439/#441/#495, SliceGPT #165/#188).
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def save(
         CheckpointError: The recorded widths could not be rebuilt from the model's config (nothing is written).
         TypeError: ``metrics`` or ``provenance`` are not JSON-serialisable.
 
-    Source: [ours] (field-cases 1 and 4).
+    Source: [ours] (known failures 1 and 4).
     """
     adapter = adapter if adapter is not None else adapter_for(model)
     adapter.check(model)
@@ -360,7 +360,7 @@ def load(folder: str | os.PathLike, dtype: torch.dtype | str | None = None, devi
         CheckpointError: Corrupt or missing JSON, truncated or unreadable weights, a newer ``format_version``,
             weights that do not match the recorded widths, or a checksum mismatch; the message names the file.
 
-    Source: [ours] (field-case 1). No code from the folder runs: configs are parsed by aeflib, weights are
+    Source: [ours] (known failure 1). No code from the folder runs: configs are parsed by aeflib, weights are
     safetensors, tokenizers load with ``trust_remote_code=False``.
     """
     folder = Path(folder).expanduser()

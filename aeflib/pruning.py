@@ -149,7 +149,7 @@ def _check_ratio(ratio: float, name: str = "pruning_ratio") -> None:
 def removal_counts(gs: GroupSet, ratio: float) -> int:
     """Groups removed from ``gs`` at ``ratio``: ``round(ratio * n / blocks)`` per block, at least one kept per block.
 
-    Source: [ours] whole-group rounding (field-case 3); equal per kv block keeps GQA legal (field-case 5).
+    Source: [ours] whole-group rounding (known failure 3); equal per kv block keeps GQA legal (known failure 5).
     """
     per_block = gs.n // gs.blocks
     remove = min(math.floor(ratio * per_block + 0.5), per_block - 1)

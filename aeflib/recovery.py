@@ -17,7 +17,7 @@ question/answer pairs, offline default), ``"wikipedia"`` / ``"lee-news"`` (shipp
 ``cutoff``-token windows, every token trained), or a list of ``{"instruction", "input", "output"}`` records.
 
 Precision: fp16 *training* is refused — it gave NaN losses in LLM-Pruner issues #13 and #81 — and an fp16 model is
-trained with bf16 autocast over fp32 master weights, then cast back (field-case 11).
+trained with bf16 autocast over fp32 master weights, then cast back (known failure 11).
 
 Source: [LLM-Pruner code] ``post_training.py`` (after tloen/alpaca-lora ``finetune.py``) and
 ``LLMPruner/utils/prompter.py`` (the Alpaca template, prompt masking, EOS rule); [paper] §4 hyperparameters;

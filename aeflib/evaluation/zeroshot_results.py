@@ -2,10 +2,10 @@
 
 ``TaskScore`` (one task), ``ZeroShotResult`` (one model on a task set, with harness version, limit, seed and model
 checksum) and ``write_table(results, path)`` (.csv / .md / .json). A task without its metric, or one task reported
-under acc in one row and acc_norm in another, is refused (field-case 15: HellaSwag is 53 under acc and 68 under
+under acc in one row and acc_norm in another, is refused (known failure 15: HellaSwag is 53 under acc and 68 under
 acc_norm for the same model).
 
-Source: [ours] after field-case 15.
+Source: [ours] after known failure 15.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def write_table(
 
     Raises:
         ValueError: If a task has no metric (the message names it), a task appears under different metrics in two
-            rows (acc vs acc_norm, field-case 15), or the suffix is not one of .csv/.md/.json.
+            rows (acc vs acc_norm, known failure 15), or the suffix is not one of .csv/.md/.json.
     """
     path = Path(path)
     if path.suffix not in (".csv", ".md", ".json"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import transformers
 
 _SUPPORTED_TRANSFORMERS = ("5.24",)
-if not transformers.__version__.startswith(_SUPPORTED_TRANSFORMERS):  # field-case 8: fail loudly, not oddly
+if not transformers.__version__.startswith(_SUPPORTED_TRANSFORMERS):  # known failure 8: fail loudly, not oddly
     raise ImportError(
         f"aeflib supports transformers {', '.join(_SUPPORTED_TRANSFORMERS)}.x (pinned in constraints.txt); "
         f"found {transformers.__version__}. Install with: pip install -c constraints.txt -e ."

@@ -204,7 +204,7 @@ class StructureAdapter(abc.ABC):
     """What aeflib needs to know about one decoder family; one subclass per family file.
 
     Subclasses answer for *one decoder layer* at a time and read widths from weights and config, never from
-    module attributes that transformers may rename (field-case 8).
+    module attributes that transformers may rename (known failure 8).
     """
 
     #: Family name shown in reports, e.g. ``"llama"``.
@@ -282,7 +282,7 @@ class StructureAdapter(abc.ABC):
         """Compare every width attribute with the weight shapes, and check GQA divisibility, in all layers.
 
         Raises:
-            StructureError: Listing every ``layer.attribute: holds X, weights imply Y`` mismatch (field-cases 5-7).
+            StructureError: Listing every ``layer.attribute: holds X, weights imply Y`` mismatch (known failures 5-7).
         """
         problems = []
         for i in range(self.n_layers(model)):
@@ -299,7 +299,7 @@ class StructureAdapter(abc.ABC):
         """Every parameter of every decoder layer is either cut by a group slice or explicitly untouched.
 
         Raises:
-            StructureError: Naming the uncovered parameters (field-case 9).
+            StructureError: Naming the uncovered parameters (known failure 9).
         """
         for i, layer in enumerate(self.decoder_layers(model)):
             untouched = set(self.untouched_layer_params(model, i))

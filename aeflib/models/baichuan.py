@@ -8,7 +8,7 @@ weights load by name (``model.layers.N.self_attn.W_pack.weight`` ...) and no dow
 
 Head ``h`` owns rows ``h*d:(h+1)*d`` of *each* block: as a :class:`~aeflib.models.adapters.Slice`, the rows of
 ``W_pack`` are laid out ``[3, n_heads, head_dim]`` and groups sit on axis 1. The same head ratio therefore removes
-the same number of heads as on LLaMA — no ``ratio / 3`` fudge (field-case 10).
+the same number of heads as on LLaMA — no ``ratio / 3`` fudge (known failure 10).
 
 Source: layout [docs/paper.md §4] and Baichuan-7B's ``modeling_baichuan.py`` (read, not copied).
 """

@@ -47,7 +47,7 @@ class BloomAdapter(StructureAdapter):
     """Coupled structures of ``BloomForCausalLM``.
 
     Source: [LLM-Pruner code] prunes ``query_key_value`` with a ``ratio / 3`` fudge; here [ours] one group is one
-    head (its 3 * head_dim interleaved rows), so head ratios mean the same as on LLaMA (field-case 10).
+    head (its 3 * head_dim interleaved rows), so head ratios mean the same as on LLaMA (known failure 10).
     """
 
     family = "bloom"

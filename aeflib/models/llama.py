@@ -6,14 +6,14 @@ channel ``c``: row ``c`` of ``gate_proj`` and ``up_proj`` and column ``c`` of ``
 dependency graph LLM-Pruner traces for LLaMA (``hf_llama_pruner.py``), written down once.
 
 Under grouped-query attention (``n_kv_heads < n_heads``) query head ``h`` reads kv head ``h // (n_heads /
-n_kv_heads)`` (``repeat_kv`` in transformers). Two ways to keep that legal (field-cases 3, 5):
+n_kv_heads)`` (``repeat_kv`` in transformers). Two ways to keep that legal (known failures 3, 5):
 
 * ``gqa_mode="query-heads"`` — a group is one query head (q rows, o columns); k/v stay; every kv group loses the
   same number of query heads (``GroupSet.blocks = n_kv_heads``), so ``n_heads % n_kv_heads == 0`` holds.
 * ``gqa_mode="kv-groups"`` — a group is one kv head with all its query heads; q/k/v rows and o columns go.
 
 ``LlamaAttention`` reshapes with ``-1`` heads, so after slicing the forward needs only
-``num_key_value_groups`` updated (field-case 6).
+``num_key_value_groups`` updated (known failure 6).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _linear(module: nn.Module, name: str) -> nn.Linear:
 class LlamaAdapter(StructureAdapter):
     """Coupled structures of ``LlamaForCausalLM`` (MHA and GQA).
 
-    Source: [LLM-Pruner code] ``hf_llama_pruner.py`` couplings; GQA handling [ours] after field-cases 3 and 5.
+    Source: [LLM-Pruner code] ``hf_llama_pruner.py`` couplings; GQA handling [ours] after known failures 3 and 5.
     """
 
     family = "llama"

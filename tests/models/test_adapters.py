@@ -15,7 +15,7 @@ from aeflib.models import GQA_MODES, StructureError
 
 def test_group_sets_cover_every_layer_parameter(tiny):
     model, _, adapter = tiny
-    adapter.check_coverage(model)  # raises on any parameter neither pruned nor listed untouched (field-case 9)
+    adapter.check_coverage(model)  # raises on any parameter neither pruned nor listed untouched (known failure 9)
 
 
 def test_check_passes_on_dense_model(tiny):
@@ -45,7 +45,7 @@ def test_coverage_check_names_an_uncovered_parameter(tiny):
 
 
 def test_check_reports_stale_width_attribute(tiny):
-    """A width attribute that disagrees with the weights is reported with layer and values (field-case 7)."""
+    """A width attribute that disagrees with the weights is reported with layer and values (known failure 7)."""
     model, _, adapter = tiny
     layer = adapter.decoder_layers(model)[2]
     linear = [m for m in layer.modules() if isinstance(m, torch.nn.Linear)][0]
