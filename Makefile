@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: install install-dev demo test test-fast lint clean-venv
+.PHONY: install install-dev demo test test-fast lint clean-venv docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ lint: install-dev
 
 ## After editing a notebook's .py source by hand: bring its .ipynb twin in step (jupytext pairs, see notebooks/README.md)
 .PHONY: notebooks
+## The book: the main job's executed notebooks as a static site; open build/book/index.html
+docs: install-dev
+	test -f runs/book/report.md || $(OFFLINE) $(BIN)/aef run --name book
+	$(BIN)/python docs/build_book.py runs/book build/book
+
 notebooks: install-dev
 	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py
 

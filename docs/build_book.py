@@ -1,0 +1,128 @@
+"""Build the book: a static website of one real run's executed notebooks, to read without running anything.
+
+    python docs/build_book.py runs/book build/book      # then open build/book/index.html in a browser
+
+``make docs`` runs the main job first (``aef run --name book`` on the embedded SmolLM2-135M, about 6 minutes on 2
+cores) when ``runs/book`` does not exist yet, then calls this script. The pages are the run's executed notebooks
+(outputs and figures as the run produced them; widgets appear as the static figures ``aef run`` draws), the run's
+``report.md``, and the project's reading pages (glossary, what the paper states, known failures).
+
+Built with mkdocs + mkdocs-jupyter (notebooks are converted, never executed here) and the mkdocs-material theme,
+with web fonts off so the site opens offline. The site is written to a temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+#: Reading pages copied from docs/ (those that exist), with their titles in the navigation.
+PAGES = {"glossary.md": "Glossary", "paper.md": "What the paper states", "known-failures.md": "Known failures"}
+
+
+def _title(notebook: Path) -> str:
+    """The notebook's first markdown heading, e.g. ``02 · Importance: coarse and fine estimates``."""
+    for cell in json.loads(notebook.read_text())["cells"]:
+        if cell["cell_type"] == "markdown":
+            for line in "".join(cell["source"]).splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return notebook.stem
+
+
+def _index(run_dir: Path, notebooks: list[Path]) -> str:
+    report = run_dir / "report.md"
+    # the report's summary line: "Model **smollm2-135m** (134,515,008 parameters, ...), method **aef**. Written ..."
+    summary = next((line for line in report.read_text().splitlines() if line.startswith("Model ")), "") \
+        if report.is_file() else ""
+    rows = "\n".join(f"| [{_title(nb)}](notebooks/{nb.name}) |" for nb in notebooks)
+    what = summary.split(". Written")[0] if summary else "its settings are in its report"
+    return f"""# aeflib — the book
+
+Structured pruning of a language model with **Adaptive Estimation Fusion** (AEF, arXiv
+[2403.10799](https://arxiv.org/abs/2403.10799)), built on LLM-Pruner
+([2305.11627](https://arxiv.org/abs/2305.11627)), one stage per chapter. Every chapter is a notebook **as it ran** in
+one real `aef run` ({what}): the numbers and figures are that run's own, nothing here was typed in by hand.
+
+| chapter |
+|---|
+{rows}
+
+The run's [report](report.md) gathers its numbers on one page; the [glossary](glossary.md) explains the terms
+(salience, group set, kv group, nats/token, …). To run the chapters yourself, open `notebooks/` in JupyterLab.
+"""
+
+
+def build_book(run_dir: str | Path, site_dir: str | Path) -> Path:
+    """Build the static site of run ``run_dir`` into ``site_dir`` (replaced as a whole when the build succeeds).
+
+    Args:
+        run_dir: A finished ``aef run`` folder (holds ``notebooks/NN_*.ipynb`` executed, ``report.md``, ``figures/``).
+        site_dir: Output folder; ``site_dir/index.html`` is the start page.
+
+    Returns:
+        ``site_dir`` as a Path.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no executed notebooks.
+        RuntimeError: mkdocs failed (its output is included).
+    """
+    run_dir, site_dir = Path(run_dir), Path(site_dir)
+    notebooks = sorted((run_dir / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if not notebooks:
+        raise FileNotFoundError(f"{run_dir}: no executed notebooks in {run_dir / 'notebooks'}; run `aef run` first "
+                                "(make docs does it)")
+    site_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=site_dir.parent, prefix=f".{site_dir.name}-") as tmp:
+        src = Path(tmp) / "src"
+        (src / "notebooks").mkdir(parents=True)
+        for nb in notebooks:
+            shutil.copy2(nb, src / "notebooks" / nb.name)
+        if (run_dir / "figures").is_dir():
+            shutil.copytree(run_dir / "figures", src / "figures")
+        nav = [{"Start": "index.md"}, {"Chapters": [{_title(nb): f"notebooks/{nb.name}"} for nb in notebooks]}]
+        if (run_dir / "report.md").is_file():
+            shutil.copy2(run_dir / "report.md", src / "report.md")
+            nav.append({"The run's report": "report.md"})
+        for page, title in PAGES.items():
+            if (DOCS / page).is_file():
+                shutil.copy2(DOCS / page, src / page)
+                nav.append({title: page})
+        (src / "index.md").write_text(_index(run_dir, notebooks))
+        config = {
+            "site_name": "aeflib — structured pruning with AEF, stage by stage",
+            "docs_dir": str(src), "site_dir": str(Path(tmp) / "site"), "use_directory_urls": False,
+            "theme": {"name": "material", "font": False},  # no web fonts: the site opens offline
+            "markdown_extensions": ["tables", "pymdownx.arithmatex", "pymdownx.details", "admonition"],
+            "plugins": [{"mkdocs-jupyter": {"execute": False, "include_source": True,
+                                            "remove_tag_config": {"remove_input_tags": ["hide-input"]}}}],
+            "extra_javascript": [], "nav": nav,
+        }
+        (Path(tmp) / "mkdocs.yml").write_text(json.dumps(config))  # JSON is YAML
+        done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "-q", "-f", str(Path(tmp) / "mkdocs.yml")],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"mkdocs build failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        if site_dir.exists():
+            shutil.rmtree(site_dir)
+        (Path(tmp) / "site").rename(site_dir)
+    return site_dir
+
+
+def main() -> None:  # noqa: D103
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", help="a finished `aef run` folder, e.g. runs/book")
+    ap.add_argument("site_dir", nargs="?", default="build/book", help="output folder (default: %(default)s)")
+    args = ap.parse_args()
+    site = build_book(args.run_dir, args.site_dir)
+    print(f"book written: open {site / 'index.html'}")
+
+
+if __name__ == "__main__":
+    main()
