@@ -33,6 +33,27 @@
 # stays near the model's size **[ours]** (the naive path is kept as the test oracle).
 
 # %% [markdown]
+# ## What you will learn
+# * where the importance estimators come from: a Taylor expansion of the loss, with the Fisher standing in for the
+#   Hessian;
+# * what a *vector* is, and why the vector-wise estimate lets saliences cancel while the element-wise one cannot;
+# * how to compute one head's and one channel's `vector`, `element1` and `element2` scores **by hand** from `.grad`
+#   — and check that they equal aeflib's;
+# * how far the coarse and the fine estimate agree on this model.
+#
+# **What it needs from the previous stage:** the run folder of notebook 01 (its model section of `metrics.json`),
+# so that the scores belong to the same model. It writes `scores.safetensors`, which notebooks 03 and 04 read.
+#
+# **Run time:** 21 s on an idle 2-core CPU with the default settings (SmolLM2-135M, 10 × 64 calibration tokens;
+# `python benchmarks/pipeline.py`), plus a few seconds for the by-hand check below.
+#
+# **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)), stage (2) *adaptive
+# estimation* (the fine- and coarse-grained estimates); LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627))
+# §3.2 "Grouped importance estimation", whose code names the criteria `--pruner_type taylor` with
+# `--taylor vectorize` (vector), `param_first` (element1) and `param_mix` (element2), and `--pruner_type l1 / l2 /
+# random` for the baselines. Terms: [glossary](../docs/glossary.md).
+
+# %% [markdown]
 # ## Parameters
 # The same values as in notebook 01, plus the criteria to compute and which two to compare.
 
@@ -127,6 +148,127 @@ scores.criteria, len(scores.keys)
 analysis.score_table(scores, f"{layer_range.start}.head")
 
 # %% [markdown]
+# ## The math behind the estimators
+# Removing a block of weights $W$ (setting it to zero) changes the loss by $\Delta L = L(0) - L(W)$. Expand $L$
+# around the current weights to second order, with $g = \partial L/\partial W$ and Hessian $H$:
+#
+# $$L(W + \delta) \approx L(W) + g^\top \delta + \tfrac12\, \delta^\top H \delta, \qquad
+#   \delta = -W \;\Rightarrow\; \Delta L \approx -g^\top W + \tfrac12\, W^\top H W .$$
+#
+# **[paper]** (LLM-Pruner §3.2). Computing $H$ is out of reach for an LLM, so it is replaced by the **diagonal
+# empirical Fisher**, the mean squared gradient over the N calibration windows $x_j$, each with its own backward pass:
+#
+# $$H_{kk} \approx F_{kk} = \frac1N \sum_{j=1}^{N} \Big(\frac{\partial L(x_j)}{\partial W_k}\Big)^2 .$$
+#
+# With the per-weight **salience** $s_k = W_k g_k$, the loss change of removing weight $k$ alone is about
+# $-s_k + \tfrac12 W_k^2 F_{kk}$, and its size is the importance. A group's slices are cut into **vectors** — a
+# vector is one row of a weight whose *rows* belong to the group (`q_proj`, `gate_proj`: length = hidden size), or one
+# column of a weight whose *columns* belong to it (`o_proj`, `down_proj`). A group is scored by summing over its
+# vectors $v$ and their elements $k$:
+#
+# $$I_\text{vector} = \sum_v \Big|\sum_{k\in v} s_k\Big|, \qquad
+#   I_\text{element1} = \sum_v \sum_{k\in v} |s_k|, \qquad
+#   I_\text{element2} = \sum_v \sum_{k\in v} \big|s_k - \tfrac12 W_k^2 F_{kk}\big| .$$
+#
+# *Vector-wise* treats a whole vector as one unit: it takes the first-order loss change of removing the vector at
+# once, $-\sum_k s_k$, and signed saliences **cancel** inside the sum — a row whose weights push the loss up and down
+# in equal measure scores near 0. *Element-wise* takes the absolute value of each weight first, so nothing cancels.
+# By the triangle inequality $|\sum_k s_k| \le \sum_k |s_k|$ for every vector, hence
+# **element1 ≥ vector for every group, always** — a fact the cell after the by-hand check verifies on every group of
+# this run. The Fisher term is tiny in practice (gradients are small, and it is their *square*), so element2 is
+# close to element1; it is computed in fp32 because in bf16 it would vanish altogether (LLM-Pruner issue #23).
+#
+# How aeflib computes $g$ **[LLM-Pruner code]**: one backward pass of the *mean* loss over all N windows at once (the
+# gradient of the calibration loss); $F$ from N more backward passes, one window each, squared and divided by N. The
+# group's score is the *sum* over its slices (LLM-Pruner's `--grouping_strategy sum`). No further normalisation:
+# the scores are raw, and fusion (03) normalises them.
+
+# %% [markdown]
+# ## From scratch: one head and one channel by hand
+# Now compute all three for group 0 of each kind in the first pruned layer, with nothing but PyTorch. First the
+# slices: each region is `(parameter, dim, indices)` — dim 0 = rows, dim 1 = columns (the same listing as in 01).
+
+# %%
+import torch
+
+layer = layer_range.start
+block = adapter.decoder_layers(m)[layer]
+head_set, channel_set = adapter.group_sets(m, layer)
+by_kind = {"head": head_set.group(0), "channel": channel_set.group(0)}
+names = [name for group in by_kind.values() for name, _, _ in group.regions]
+params = [block.get_parameter(name) for name in names]
+print(by_kind["head"])
+print(by_kind["channel"])
+
+# %% [markdown]
+# The gradient $g$ of the mean loss over all calibration windows (one backward pass), then the Fisher from one
+# backward pass per window. `torch.autograd.grad` returns the gradients without storing them in `.grad`.
+
+# %%
+ids = calib.to(m.device)
+loss = m(input_ids=ids, labels=ids, use_cache=False).loss          # mean over N windows
+grad = dict(zip(names, torch.autograd.grad(loss, params), strict=True))
+per_window = [
+    torch.autograd.grad(m(input_ids=x, labels=x, use_cache=False).loss, params)
+    for x in ids.split(1)                                           # N passes, one window each
+]
+fisher = {name: torch.stack([g[i] for g in per_window]).float().pow(2).mean(0)
+          for i, name in enumerate(names)}
+weight = {name: p.detach().float() for name, p in zip(names, params, strict=True)}
+f"calibration loss {loss.item():.3f} nats/token over {ids.shape[0]} windows"
+
+# %% [markdown]
+# Each region's W, g and F, cut to the group's indices and laid out as `[vectors, vector length]` (a column slice is
+# turned so that its columns become rows), then the three formulas above:
+
+# %%
+import pandas as pd
+
+views = {
+    kind: [[t.index_select(dim, torch.tensor(idx)).movedim(dim, 0).reshape(len(idx), -1)
+            for t in (weight[name], grad[name].float(), fisher[name])]
+           for name, dim, idx in group.regions]
+    for kind, group in by_kind.items()
+}
+by_hand = {
+    kind: {
+        "vector": sum((w * g).sum(1).abs().sum() for w, g, f in v),
+        "element1": sum((w * g).abs().sum() for w, g, f in v),
+        "element2": sum((w * g - 0.5 * w**2 * f).abs().sum() for w, g, f in v),
+    }
+    for kind, v in views.items()
+}
+check = pd.DataFrame([
+    {"group": f"{layer}.{kind} 0", "criterion": c, "by hand": value.item(),
+     "aeflib": scores[c][f"{layer}.{kind}"][0].item(),
+     "allclose": torch.allclose(value, scores[c][f"{layer}.{kind}"][0], rtol=1e-4, atol=1e-12)}
+    for kind, row in by_hand.items() for c, value in row.items()
+])
+assert check["allclose"].all(), check
+check
+
+# %% [markdown]
+# The same numbers, within a relative 1e-4 (float rounding; summation order differs): aeflib's hooks compute
+# exactly these formulas. Note how
+# close element2 is to element1: the size of the Fisher term against the first-order term, for this head:
+
+# %%
+w, g, f = (torch.cat([v[i].flatten() for v in views["head"]]) for i in range(3))
+fisher_share = (0.5 * w**2 * f).abs().sum() / (w * g).abs().sum()
+assert fisher_share < 1e-2, "the takeaways below say the Fisher term is orders of magnitude smaller"
+f"Σ|½W²F| / Σ|W·g| = {fisher_share.item():.2e} for head 0 of layer {layer}"
+
+# %% [markdown]
+# And the triangle inequality on *every* group of this run: element1 ≥ vector (up to float rounding), so the
+# ratio vector / element1 lies in [0, 1] — near 1 when a group's saliences share a sign, near 0 when they cancel.
+
+# %%
+ratio_ve = torch.cat([scores["vector"][k] / scores["element1"][k] for k in scores.keys])
+assert (ratio_ve <= 1 + 1e-5).all()
+f"vector / element1 over {ratio_ve.numel()} groups: min {ratio_ve.min():.3f}, " \
+    f"median {ratio_ve.median():.3f}, max {ratio_ve.max():.3f}"
+
+# %% [markdown]
 # ## Importance per layer
 # The summed importance of each layer's groups, per criterion (log scale).
 
@@ -180,3 +322,41 @@ fig
 # %% tags=["nbval-ignore-output"]
 run.merge_metrics("importance", stages.importance_section(scores, agree, fine, coarse))
 run.listing()
+
+# %% [markdown]
+# ## Exercises
+# **Exercise 1 — where does cancellation bite?** Which kind, heads or channels, has the lower mean ratio
+# vector / element1 in this run, i.e. where do the saliences cancel more? Write down your guess, then compute it
+# from `scores` (no new gradients needed).
+
+# %% tags=["solution", "hide-input"]
+mean_ratio = {
+    kind: torch.cat([scores["vector"][k] / scores["element1"][k]
+                     for k in scores.keys if k.endswith(kind)]).mean().item()
+    for kind in ("head", "channel")
+}
+print({kind: round(r, 3) for kind, r in mean_ratio.items()})
+# Both kinds' vectors have the hidden size as length; what differs is how many vectors a group has and how
+# mixed in sign their saliences are. The ratio is measured, not predicted by the formula.
+
+# %% [markdown]
+# **Exercise 2 — chance level of the overlap.** If the coarse estimate's removal set were drawn at random, what
+# overlap with the fine estimate's set would you expect at this run's pruning ratio? Compare with the measured
+# overlap above: is the agreement better than chance?
+
+# %% tags=["solution", "hide-input"]
+# A random set of k = r·n out of n groups contains each of the fine estimate's k removed groups with
+# probability k/n ≈ r, so the expected overlap (share of the fine set also removed) is about r.
+chance = ratio
+measured = agree.groupby("kind")["overlap"].mean()
+print(f"chance overlap ≈ pruning ratio = {chance:.3f}")
+print(measured.round(3).to_dict())
+
+# %% [markdown]
+# ## Takeaways
+# * All the gradient criteria come from one Taylor expansion, ΔL ≈ −gᵀW + ½WᵀHW, with the diagonal Fisher for H.
+# * *Vector-wise* sums signed saliences per row/column before the absolute value, so they cancel; *element-wise*
+#   does not — hence element1 ≥ vector for every group, as checked above on this run.
+# * The Fisher term is orders of magnitude below the first-order one here, so element2 ≈ element1.
+# * aeflib's scores equal a by-hand computation from `.grad`; the estimates' agreement is measured against chance,
+#   not assumed. Next: notebook 03 fuses the fine and the coarse estimate.
