@@ -180,7 +180,8 @@ except RuntimeError as err:
     error = err
 finally:
     q_linear.weight = full_weight                           # the model is whole again
-print(f"{q_param}: {tuple(full_weight.shape)} -> ({len(kept_rows)}, {full_weight.shape[1]})")
+cut_shape = (len(kept_rows), full_weight.shape[1])
+print(f"{q_param}: {tuple(full_weight.shape)} -> {cut_shape}")
 print(f"forward pass: {type(error).__name__}: {str(error)[:160]}")
 
 # %% [markdown]
@@ -253,7 +254,7 @@ print(f"{n_layers_pruned} pruned layers x {groups_per_layer} = {counted}")
 import aeflib.pruning
 
 total = aeflib.pruning.count_parameters(m)
-in_groups = sum(gs.n * gs.params_per_group for gs in adapter.all_group_sets(m, layer_range))
+in_groups = sum(gs.n * gs.params_per_group for gs in all_sets)
 share = 0.25 * in_groups / total
 assert share < 0.25
 print(f"grouped weights: {in_groups:,} of {total:,} ({in_groups / total:.1%})")

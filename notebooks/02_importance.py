@@ -210,7 +210,7 @@ loss = m(input_ids=ids, labels=ids, use_cache=False).loss          # mean over N
 grad = dict(zip(names, torch.autograd.grad(loss, params), strict=True))
 per_window = [
     torch.autograd.grad(m(input_ids=x, labels=x, use_cache=False).loss, params)
-    for x in ids.split(1)                                           # N passes, one window each
+    for x in ids.split(1)                              # N passes, one window each
 ]
 fisher = {name: torch.stack([g[i] for g in per_window]).float().pow(2).mean(0)
           for i, name in enumerate(names)}
@@ -241,7 +241,8 @@ by_hand = {
 check = pd.DataFrame([
     {"group": f"{layer}.{kind} 0", "criterion": c, "by hand": value.item(),
      "aeflib": scores[c][f"{layer}.{kind}"][0].item(),
-     "allclose": torch.allclose(value, scores[c][f"{layer}.{kind}"][0], rtol=1e-4, atol=1e-12)}
+     "allclose": torch.allclose(value, scores[c][f"{layer}.{kind}"][0],
+                                rtol=1e-4, atol=1e-12)}
     for kind, row in by_hand.items() for c, value in row.items()
 ])
 assert check["allclose"].all(), check
@@ -255,7 +256,7 @@ check
 # %%
 w, g, f = (torch.cat([v[i].flatten() for v in views["head"]]) for i in range(3))
 fisher_share = (0.5 * w**2 * f).abs().sum() / (w * g).abs().sum()
-assert fisher_share < 1e-2, "the takeaways below say the Fisher term is orders of magnitude smaller"
+assert fisher_share < 1e-2, "the takeaways say the Fisher term is orders of magnitude smaller"
 f"Σ|½W²F| / Σ|W·g| = {fisher_share.item():.2e} for head 0 of layer {layer}"
 
 # %% [markdown]
