@@ -256,7 +256,7 @@ check
 # %%
 w, g, f = (torch.cat([v[i].flatten() for v in views["head"]]) for i in range(3))
 fisher_share = (0.5 * w**2 * f).abs().sum() / (w * g).abs().sum()
-assert fisher_share < 1e-2, "the takeaways say the Fisher term is orders of magnitude smaller"
+assert fisher_share < 1e-2, "the takeaways say: orders of magnitude smaller"
 f"Σ|½W²F| / Σ|W·g| = {fisher_share.item():.2e} for head 0 of layer {layer}"
 
 # %% [markdown]
