@@ -216,7 +216,8 @@ print(f"ratio {ratio:.4f}: kept per group set {kept}")
 removed = sum((gs.n - kept[gs.key]) * gs.params_per_group for gs in dense_sets)
 params_now = aeflib.pruning.count_parameters(m)
 assert removed == params_dense - params_now
-print(f"removed {removed:,} of {params_dense:,} parameters ({removed / params_dense:.2%})")
+share = removed / params_dense
+print(f"removed {removed:,} of {params_dense:,} parameters ({share:.2%})")
 
 # %% [markdown]
 # ## Takeaways
