@@ -224,7 +224,9 @@ print(f"LoRA trains {predicted:,} numbers = {predicted / params_pruned:.2%} of t
 
 # %% tags=["solution", "hide-input"]
 per_step = trend / max(len(losses) - third, 1)   # nats/token per step (< 0: falling)
-needed = 2 * noise / -per_step if per_step < 0 and noise == noise else float("inf")
+import math
+
+needed = 2 * noise / -per_step if per_step < 0 and not math.isnan(noise) else float("inf")
 print(f"rate {per_step:+.4f} nats/token per step; noise {noise:.4f}")
 print(f"about {needed:.0f} steps for the fall to exceed twice the noise"
       if needed < float("inf")
