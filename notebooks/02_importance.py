@@ -208,44 +208,63 @@ print(by_kind["channel"])
 ids = calib.to(m.device)
 loss = m(input_ids=ids, labels=ids, use_cache=False).loss          # mean over N windows
 grad = dict(zip(names, torch.autograd.grad(loss, params), strict=True))
-per_window = [
-    torch.autograd.grad(m(input_ids=x, labels=x, use_cache=False).loss, params)
-    for x in ids.split(1)                              # N passes, one window each
-]
-fisher = {name: torch.stack([g[i] for g in per_window]).float().pow(2).mean(0)
-          for i, name in enumerate(names)}
+window_losses = [m(input_ids=x, labels=x, use_cache=False).loss for x in ids.split(1)]
+per_window = [torch.autograd.grad(loss_j, params) for loss_j in window_losses]
+stacked = [torch.stack(g).float() for g in zip(*per_window, strict=True)]  # [N, *shape]
+fisher = dict(zip(names, [g.pow(2).mean(0) for g in stacked], strict=True))
 weight = {name: p.detach().float() for name, p in zip(names, params, strict=True)}
 f"calibration loss {loss.item():.3f} nats/token over {ids.shape[0]} windows"
 
 # %% [markdown]
 # Each region's W, g and F, cut to the group's indices and laid out as `[vectors, vector length]` (a column slice is
-# turned so that its columns become rows), then the three formulas above:
+# turned so that its columns become rows), then the three formulas above, region by region — the rows of the
+# table are the group's slices (query rows, output columns, …), each a sum over its vectors:
 
 # %%
 import pandas as pd
 
-views = {
-    kind: [[t.index_select(dim, torch.tensor(idx)).movedim(dim, 0).reshape(len(idx), -1)
-            for t in (weight[name], grad[name].float(), fisher[name])]
-           for name, dim, idx in group.regions]
-    for kind, group in by_kind.items()
-}
-by_hand = {
-    kind: {
-        "vector": sum((w * g).sum(1).abs().sum() for w, g, f in v),
-        "element1": sum((w * g).abs().sum() for w, g, f in v),
-        "element2": sum((w * g - 0.5 * w**2 * f).abs().sum() for w, g, f in v),
-    }
-    for kind, v in views.items()
-}
-check = pd.DataFrame([
-    {"group": f"{layer}.{kind} 0", "criterion": c, "by hand": value.item(),
-     "aeflib": scores[c][f"{layer}.{kind}"][0].item(),
-     "allclose": torch.allclose(value, scores[c][f"{layer}.{kind}"][0],
-                                rtol=1e-4, atol=1e-12)}
-    for kind, row in by_hand.items() for c, value in row.items()
+regions = [(kind, *r) for kind, group in by_kind.items() for r in group.regions]
+trio = {n: torch.stack([weight[n], grad[n].float(), fisher[n]]) for n in names}
+# W, g, F of each slice, its vectors as rows: [3, vectors, vector length]
+picked = {(k, n): trio[n].movedim(d + 1, 1)[:, list(i)] for k, n, d, i in regions}
+views = {key: t.reshape(3, t.shape[1], -1) for key, t in picked.items()}
+s = {key: w * g for key, (w, g, f) in views.items()}                # salience W ⊙ g
+fisher_term = {key: 0.5 * w**2 * f for key, (w, g, f) in views.items()}  # ½ W² F
+per_region = pd.DataFrame([
+    {"kind": key[0], "slice": key[1], "vectors": s[key].shape[0],
+     "vector": s[key].sum(1).abs().sum().item(),                     # Σ_v |Σ_k s_k|
+     "element1": s[key].abs().sum().item(),                          # Σ_v Σ_k |s_k|
+     "element2": (s[key] - fisher_term[key]).abs().sum().item()} for key in s
 ])
-assert check["allclose"].all(), check
+per_region
+
+# %% [markdown]
+# Look at the `vector` column: where a group holds both, the `v_proj` rows and the `o_proj` columns of a head (no
+# GQA), and the `up_proj` row and the `down_proj` column of a channel (LLaMA's MLP), score alike. Scaling a value row
+# by c or the matching output column by c changes the model identically — attention is linear in the values, the
+# MLP output is linear in `up` — so the summed salience, the loss's derivative with respect to that scale, is the
+# same. The element-wise columns differ: they look inside the sums. The cell checks the pairs present here.
+
+# %%
+import math
+
+vec = per_region.set_index("slice")["vector"]
+candidates = [("self_attn.v_proj.weight", "self_attn.o_proj.weight"),
+              ("mlp.up_proj.weight", "mlp.down_proj.weight")]
+pairs = [(a, b) for a, b in candidates if a in vec and b in vec]
+assert all(math.isclose(vec[a], vec[b], rel_tol=1e-2) for a, b in pairs)
+[(a, b, round(vec[a], 8), round(vec[b], 8)) for a, b in pairs]
+
+# %% [markdown]
+# Summed over the slices, the group's scores, beside aeflib's:
+
+# %%
+check = per_region.groupby("kind")[["vector", "element1", "element2"]].sum().stack()
+check = check.rename("by hand").to_frame()
+check["aeflib"] = [scores[c][f"{layer}.{kind}"][0].item() for kind, c in check.index]
+same = torch.allclose(torch.tensor(check["by hand"].to_numpy()),
+                      torch.tensor(check["aeflib"].to_numpy()), rtol=1e-4, atol=1e-12)
+assert same, check
 check
 
 # %% [markdown]
@@ -254,8 +273,9 @@ check
 # close element2 is to element1: the size of the Fisher term against the first-order term, for this head:
 
 # %%
-w, g, f = (torch.cat([v[i].flatten() for v in views["head"]]) for i in range(3))
-fisher_share = (0.5 * w**2 * f).abs().sum() / (w * g).abs().sum()
+head_keys = [key for key in s if key[0] == "head"]
+first_order = sum(s[key].abs().sum() for key in head_keys)
+fisher_share = sum(fisher_term[key].abs().sum() for key in head_keys) / first_order
 assert fisher_share < 1e-2, "the takeaways say: orders of magnitude smaller"
 f"Σ|½W²F| / Σ|W·g| = {fisher_share.item():.2e} for head 0 of layer {layer}"
 
@@ -331,14 +351,12 @@ run.listing()
 # from `scores` (no new gradients needed).
 
 # %% tags=["solution", "hide-input"]
-mean_ratio = {
-    kind: torch.cat([scores["vector"][k] / scores["element1"][k]
-                     for k in scores.keys if k.endswith(kind)]).mean().item()
-    for kind in ("head", "channel")
-}
-print({kind: round(r, 3) for kind, r in mean_ratio.items()})
-# Both kinds' vectors have the hidden size as length; what differs is how many vectors a group has and how
-# mixed in sign their saliences are. The ratio is measured, not predicted by the formula.
+ratio_of = {k: scores["vector"][k] / scores["element1"][k] for k in scores.keys}
+heads = torch.cat([v for k, v in ratio_of.items() if k.endswith(".head")])
+channels = torch.cat([v for k, v in ratio_of.items() if k.endswith(".channel")])
+print(f"mean vector / element1: heads {heads.mean():.3f}, channels {channels.mean():.3f}")
+# The lower mean cancels more. The formula does not predict which: it depends on how
+# mixed in sign the saliences of each vector are, which only the measurement shows.
 
 # %% [markdown]
 # **Exercise 2 — chance level of the overlap.** If the coarse estimate's removal set were drawn at random, what
@@ -346,8 +364,9 @@ print({kind: round(r, 3) for kind, r in mean_ratio.items()})
 # overlap above: is the agreement better than chance?
 
 # %% tags=["solution", "hide-input"]
-# A random set of k = r·n out of n groups contains each of the fine estimate's k removed groups with
-# probability k/n ≈ r, so the expected overlap (share of the fine set also removed) is about r.
+# A random set of k = r·n of the n groups holds each of the fine estimate's k removed
+# groups with probability k/n ≈ r: the expected overlap (share of the fine set that is
+# also removed) is about r.
 chance = ratio
 measured = agree.groupby("kind")["overlap"].mean()
 print(f"chance overlap ≈ pruning ratio = {chance:.3f}")

@@ -291,11 +291,11 @@ c_hat = aeflib.fusion.normalize(result.scores[coarse][key], "rank")
 stacked = torch.stack([f_hat, c_hat])                       # [2, n]
 taus = (0.05, 0.25, 1.0, 4.0, 100.0)
 fused_at = {tau: (torch.softmax(stacked / tau, 0) * stacked).sum(0) for tau in taus}
-sweep = pd.DataFrame([
-    {"tau": tau, "rho_fine": aeflib.fusion.spearman(fused_at[tau], f_hat),
-     "rho_coarse": aeflib.fusion.spearman(fused_at[tau], c_hat)}
-    for tau in taus
-]).round(4)
+sweep = pd.DataFrame({
+    "tau": taus,
+    "rho_fine": [aeflib.fusion.spearman(fused_at[tau], f_hat) for tau in taus],
+    "rho_coarse": [aeflib.fusion.spearman(fused_at[tau], c_hat) for tau in taus],
+}).round(4)
 sweep
 # τ → 0: the softmax puts all weight on the larger of f̂_i, ĉ_i, so I_i → max(f̂_i, ĉ_i).
 # τ → ∞: both weights → ½, so I_i → (f̂_i + ĉ_i)/2, the plain mean of the ranks.
@@ -307,7 +307,8 @@ sweep
 # overlap with the fine estimate.
 
 # %% tags=["solution", "hide-input"]
-# Chance: a random removal set of ratio·n groups contains each removed group with probability ≈ ratio.
+# Chance: a random removal set of ratio·n groups holds each removed group with
+# probability ≈ ratio.
 have_random = "random" in result.scores.criteria
 versus_random = analysis.agreement(
     m, adapter, result.scores, result.name, "random", ratio) if have_random else None

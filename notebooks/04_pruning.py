@@ -199,11 +199,9 @@ run.listing()
 # %% tags=["solution", "hide-input"]
 import math
 
-predicted = {
-    gs.key: gs.n - gs.blocks * min(math.floor(ratio * gs.n / gs.blocks + 0.5),
-                                   gs.n // gs.blocks - 1)
-    for gs in dense_sets
-}
+n_of = {gs.key: (gs.n, gs.blocks) for gs in dense_sets}      # groups, kv blocks
+cut = {k: min(math.floor(ratio * n / b + 0.5), n // b - 1) for k, (n, b) in n_of.items()}
+predicted = {k: n - b * cut[k] for k, (n, b) in n_of.items()}
 kept = {gs.key: gs.n for gs in adapter.all_group_sets(m, layer_range)}
 assert predicted == kept
 print(f"ratio {ratio:.4f}: kept per group set {kept}")

@@ -211,9 +211,9 @@ run.listing()
 # %% tags=["solution", "hide-input"]
 targets = set(result.settings["targets"])
 r = result.settings["r"]
-predicted = sum(r * (mod.in_features + mod.out_features)
-                for name, mod in result.model.named_modules()
-                if isinstance(mod, torch.nn.Linear) and name.split(".")[-1] in targets)
+modules = dict(result.model.named_modules())
+wrapped = [mod for name, mod in modules.items() if name.split(".")[-1] in targets]
+predicted = sum(r * (mod.in_features + mod.out_features) for mod in wrapped)
 assert predicted == result.settings["trainable_params"]
 assert aeflib.pruning.count_parameters(result.model) == params_pruned  # merged
 print(f"LoRA trains {predicted:,} numbers = {predicted / params_pruned:.2%} of the model")

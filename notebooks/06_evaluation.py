@@ -294,7 +294,8 @@ print("chance levels: 50 % (two choices), 25 % (four choices)")
 extra = nats["no-tune"] - nats["dense"]                      # nats/token
 pd.DataFrame({"extra loss (nats/token)": extra.round(4),
               "probability factor exp(−extra)": np.exp(-extra).round(4)})
-# A factor below 1: the pruned model gives the right token that much less probability on average.
+# A factor below 1: the pruned model gives the right token that much less probability
+# (geometric mean over tokens); above 1, more.
 
 # %% [markdown]
 # ## Takeaways

@@ -161,7 +161,8 @@ has_both = not by_method.empty and {"no-tune", "lora"} <= set(by_method.columns)
 closed = (np.log(by_method["no-tune"] / by_method["lora"])
           / np.log(by_method["no-tune"] / dense_wt2)) if has_both else None
 closed.round(3).dropna() if has_both else "no published no-tune and LoRA rows"
-# LLaMA-7B: Element¹ closes ln(19.09/17.58) / ln(19.09/12.62) ≈ 0.20 of the gap, Vector ≈ 0.30.
+# LLaMA-7B: Element¹ closes ln(19.09/17.58) / ln(19.09/12.62) ≈ 0.20 of the gap,
+# Vector ≈ 0.30.
 
 # %% [markdown]
 # **Exercise 2 — is +1.1 points outside noise?** The paper claims +1.1 average points on LLaMA-7B. The average is
@@ -184,7 +185,7 @@ print(f"SE of the seven-task average: {100 * se_mean:.2f} points; of an unpaired
       f"difference: {100 * se_diff:.2f} points (95 %: ±{196 * se_diff:.2f})")
 print("+1.1 points is", "outside" if 1.1 > 196 * se_diff else "within",
       "the 95 % noise of an unpaired difference")
-# LLaMA-7B: SE ≈ 0.48, unpaired difference ±1.3 at 95 %: +1.1 is not outside noise unpaired. A paired
+# LLaMA-7B: SE ≈ 0.48, unpaired difference ±1.3 at 95 %: +1.1 is within noise. A paired
 # comparison on the same items is tighter, but item-level results were not published.
 
 # %% [markdown]
