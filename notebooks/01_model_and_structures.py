@@ -232,12 +232,13 @@ run.listing()
 
 # %% [markdown]
 # ## Exercises
-# Try each one before opening its solution (the solution cells are collapsed in JupyterLab and in the book).
+# Try each one before opening its solution: the solution cells are collapsed (in JupyterLab, click the blue bar at
+# their left to expand them; tags `solution`, `hide-input` for a rendered book). They run with the notebook.
 #
 # **Exercise 1 — predict the group count.** How many head groups and how many channel groups do the pruned layers
 # hold in total? Work it out from `model.config` and the layer range printed above, then check against the adapter.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
 n_layers_pruned = len(layer_range)
 groups_per_layer = {"head": head_set.n, "channel": channel_set.n}
 predicted = {kind: n * n_layers_pruned for kind, n in groups_per_layer.items()}
@@ -250,7 +251,7 @@ print(f"{n_layers_pruned} pruned layers x {groups_per_layer} = {counted}")
 # **Exercise 2 — ratio vs reduction.** If every pruned layer loses a quarter of its heads and of its channels
 # (pruning ratio 0.25), what share of *all* parameters goes? Use the group sizes above. Why is it below 0.25?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
 import aeflib.pruning
 
 total = aeflib.pruning.count_parameters(m)

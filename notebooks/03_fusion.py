@@ -282,7 +282,7 @@ run.listing()
 # call), fuse the first pruned layer's channels with `aef-element` at τ = 0.05, 0.25, 1, 4 and 100, and compute
 # the influence ρ_fine and ρ_coarse at each τ. What do the fused scores become as τ → 0 and as τ → ∞?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
 import pandas as pd
 import torch
 
@@ -306,7 +306,7 @@ sweep
 # `analysis.agreement` (the `random` scores from 02 are in `result.scores`). Compare with the fused criterion's
 # overlap with the fine estimate.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
 # Chance: a random removal set of ratio·n groups holds each removed group with
 # probability ≈ ratio.
 have_random = "random" in result.scores.criteria

@@ -196,7 +196,7 @@ run.listing()
 # one group kept per block). Predict how many heads and channels each pruned layer keeps at this run's ratio, then
 # check against the pruned model.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
 import math
 
 n_of = {gs.key: (gs.n, gs.blocks) for gs in dense_sets}      # groups, kv blocks
@@ -210,7 +210,7 @@ print(f"ratio {ratio:.4f}: kept per group set {kept}")
 # **Exercise 2 — predict the parameter count.** Every removed group takes `params_per_group` weights with it
 # (notebook 01). Predict the number of parameters the cut removed, and compare with the counts before and after.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
 removed = sum((gs.n - kept[gs.key]) * gs.params_per_group for gs in dense_sets)
 params_now = aeflib.pruning.count_parameters(m)
 assert removed == params_dense - params_now

@@ -208,7 +208,7 @@ run.listing()
 # the number of trainable parameters, and compare with the count recovery recorded (`trainable_params`). What share
 # of the model is it?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
 targets = set(result.settings["targets"])
 r = result.settings["r"]
 modules = dict(result.model.named_modules())
@@ -222,7 +222,7 @@ print(f"LoRA trains {predicted:,} numbers = {predicted / params_pruned:.2%} of t
 # **Exercise 2 — how long before the trend shows?** If the step-to-step noise stays as measured and the loss kept
 # falling at this run's average rate per step, after how many steps would the fall exceed twice the noise?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
 per_step = trend / max(len(losses) - third, 1)   # nats/token per step (< 0: falling)
 import math
 

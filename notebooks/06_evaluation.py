@@ -275,7 +275,7 @@ run.listing()
 # $\frac{\hat p + z^2/2n \pm z\sqrt{\hat p(1-\hat p)/n + z^2/4n^2}}{1 + z^2/n}$ with z = 1.96, and compare with the
 # rule of thumb ±100/√n points.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
 import math
 
 n_items = zeroshot_limit or 1000
@@ -290,7 +290,7 @@ print("chance levels: 50 % (two choices), 25 % (four choices)")
 # **Exercise 2 — perplexity in nats.** By how many nats per token does the pruned model's loss exceed the dense
 # model's on each corpus, and by what factor does that shrink the (geometric mean) probability of the right token?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
 extra = nats["no-tune"] - nats["dense"]                      # nats/token
 pd.DataFrame({"extra loss (nats/token)": extra.round(4),
               "probability factor exp(−extra)": np.exp(-extra).round(4)})

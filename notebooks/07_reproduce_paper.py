@@ -150,7 +150,7 @@ relative.set_index(["setting", "metric", "task", "model", "method"])
 # each method the share of the dense → pruned WikiText-2 gap, in nats per token ($\ln$ of the perplexities), that
 # LoRA wins back. Compare with this run's share in notebook 06.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
 import numpy as np
 
 wt2 = published.query("metric == 'perplexity' and task == 'wikitext2'")
@@ -170,7 +170,7 @@ closed.round(3).dropna() if has_both else "no published no-tune and LoRA rows"
 # 10,042, WinoGrande 1,267, ARC-e 2,376, ARC-c 1,172, OpenBookQA 500). Taking each accuracy as a binomial share,
 # what is the standard error of the average — and of the difference between two models scored separately?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
 import math
 
 items = {"boolq": 3270, "piqa": 1838, "hellaswag": 10042, "winogrande": 1267,
