@@ -38,6 +38,23 @@
 # (the AEF fusion formula is not public — see `aeflib/fusion.py` and docs/paper.md §1/§3).
 
 # %% [markdown]
+# ## What you will learn
+# * where a model's parameters sit, and why the *pruning ratio* is not the *parameter reduction*;
+# * what a **group** is — the weight slices that must go together — and how many weights one group holds;
+# * what breaks when you cut one layer alone (the *coupling* that makes groups necessary).
+#
+# **What it needs from the previous stage:** nothing — this is the first stage. It writes the model section of
+# `metrics.json`, which every later notebook checks so that the stages never mix two models.
+#
+# **Run time:** 13 s on an idle 2-core CPU with the default settings (SmolLM2-135M; `python
+# benchmarks/pipeline.py`).
+#
+# **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)), stage (1) *grouping*,
+# which reuses LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)) §3.1 "Discover all coupled
+# structure in LLMs" (LLM-Pruner's options `--block_wise`, `--block_attention_layer_start 4`,
+# `--block_attention_layer_end 30`). Words in *italics* are defined in the [glossary](../docs/glossary.md).
+
+# %% [markdown]
 # ## Parameters
 # The next cell holds every setting as a plain value. `aef run` (papermill) replaces it with an injected cell; when
 # you run the notebook yourself, edit it here — and use the same values in all seven notebooks.
@@ -139,6 +156,72 @@ print(channel_set.group(show_group))
 adapter.widths(m, layer_range.start)
 
 # %% [markdown]
+# ## Why groups: cut one layer alone and the model breaks
+# Suppose we remove head 0's rows from the query projection and touch nothing else. The projection itself still
+# runs — it just outputs `head_dim` fewer numbers — but the next step reshapes those numbers into heads and pairs
+# each query head with a key head (and the output projection expects every head's columns). The shapes no longer
+# agree, and the forward pass stops with an error. The cell cuts the rows in place, runs one forward pass, prints
+# the error and puts the original weight back.
+
+# %% tags=["nbval-ignore-output"]
+import torch
+
+block = adapter.decoder_layers(m)[layer_range.start]
+q_param, _, q_rows = head_set.group(0).regions[0]          # the first slice: query rows
+q_linear = block.get_submodule(q_param.removesuffix(".weight"))
+full_weight = q_linear.weight
+kept_rows = torch.tensor([i for i in range(full_weight.shape[0]) if i not in q_rows])
+ids = tokenizer("The history of the city", return_tensors="pt").input_ids.to(m.device)
+try:
+    q_linear.weight = torch.nn.Parameter(full_weight[kept_rows])
+    m(input_ids=ids)
+    error = None
+except RuntimeError as err:
+    error = err
+finally:
+    q_linear.weight = full_weight                           # the model is whole again
+cut_shape = (len(kept_rows), full_weight.shape[1])
+print(f"{q_param}: {tuple(full_weight.shape)} -> {cut_shape}")
+print(f"forward pass: {type(error).__name__}: {str(error)[:160]}")
+
+# %% [markdown]
+# The error is the point: the query rows of a head, its key/value rows (without GQA) and its columns of the output
+# projection are **coupled**. A structured pruner must remove them together — a group — and that is what the
+# adapter's slices list. The cell below checks that the forward pass failed, and that it runs again now that the
+# weight is back.
+
+# %%
+assert error is not None, "cutting q_proj alone should break the forward pass"
+m(input_ids=ids).logits.shape
+
+# %% [markdown]
+# ## How many weights is one group?
+# Work it out from the model's configuration (`hidden_size` = h, `head_dim` = d). For a LLaMA-layout model without
+# biases:
+#
+# * one **query head under GQA** owns d rows of `q_proj` (each of length h) and d columns of `o_proj` (each of
+#   length h): 2 · d · h weights. On SmolLM2-135M (d = 64, h = 576): 2 × 64 × 576 = **73,728** weights;
+# * one **head without GQA** also owns d rows of `k_proj` and of `v_proj`: 4 · d · h;
+# * one **MLP channel** owns a row of `gate_proj` and of `up_proj` and a column of `down_proj`: 3 · h
+#   (SmolLM2: 1,728).
+#
+# The cell computes these from `model.config` and asserts that they equal the adapter's own count
+# (`GroupSet.params_per_group`), so the numbers are right for whatever model this notebook runs on.
+
+# %% tags=["nbval-check-output"]
+cfg = m.config
+head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+gqa = n_kv < cfg.num_attention_heads
+per_head = (2 if gqa else 4) * head_dim * cfg.hidden_size
+per_channel = 3 * cfg.hidden_size
+assert adapter.family != "llama" or (per_head, per_channel) == (
+    head_set.params_per_group, channel_set.params_per_group)
+print(f"hidden {cfg.hidden_size}, head_dim {head_dim}, GQA {gqa}")
+print(f"one {head_set.unit}: {head_set.params_per_group:,} weights; "
+      f"one channel: {channel_set.params_per_group:,} weights")
+
+# %% [markdown]
 # ## Record
 # Stage 01 writes the model section of `metrics.json`: name, family, parameter count, checksum and the pruned layer
 # range. Later stages check they run on the same model.
@@ -146,3 +229,45 @@ adapter.widths(m, layer_range.start)
 # %% tags=["nbval-ignore-output"]
 run.merge_metrics("model", stages.model_section(model, m, adapter, layer_range))
 run.listing()
+
+# %% [markdown]
+# ## Exercises
+# Try each one before opening its solution: the solution cells are collapsed (in JupyterLab, click the blue bar at
+# their left to expand them; tags `solution`, `hide-input` for a rendered book). They run with the notebook.
+#
+# **Exercise 1 — predict the group count.** How many head groups and how many channel groups do the pruned layers
+# hold in total? Work it out from `model.config` and the layer range printed above, then check against the adapter.
+
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
+n_layers_pruned = len(layer_range)
+groups_per_layer = {"head": head_set.n, "channel": channel_set.n}
+predicted = {kind: n * n_layers_pruned for kind, n in groups_per_layer.items()}
+all_sets = adapter.all_group_sets(m, layer_range)
+counted = {kind: sum(gs.n for gs in all_sets if gs.kind == kind) for kind in predicted}
+assert predicted == counted
+print(f"{n_layers_pruned} pruned layers x {groups_per_layer} = {counted}")
+
+# %% [markdown]
+# **Exercise 2 — ratio vs reduction.** If every pruned layer loses a quarter of its heads and of its channels
+# (pruning ratio 0.25), what share of *all* parameters goes? Use the group sizes above. Why is it below 0.25?
+
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
+import aeflib.pruning
+
+total = aeflib.pruning.count_parameters(m)
+in_groups = sum(gs.n * gs.params_per_group for gs in all_sets)
+share = 0.25 * in_groups / total
+assert share < 0.25
+print(f"grouped weights: {in_groups:,} of {total:,} ({in_groups / total:.1%})")
+print(f"ratio 0.25 removes about {share:.1%} of all parameters")
+# Below 0.25: embeddings, norms, k/v under GQA and the unpruned layers are never cut.
+# (The plan in 04 rounds to whole groups per layer, so its exact count differs a little.)
+
+# %% [markdown]
+# ## Takeaways
+# * A structured pruner removes **groups** — coupled slices of several weights — never a slice of one layer alone:
+#   that breaks the forward pass, as the error above showed.
+# * One group's size follows from the configuration: 2 · head_dim · hidden weights for a query head under GQA,
+#   4 · head_dim · hidden for a head without GQA, 3 · hidden for an MLP channel.
+# * The *pruning ratio* acts on the grouped weights of the pruned layers only, so the share of all parameters
+#   removed is smaller. Next: notebook 02 scores every group.

@@ -33,6 +33,27 @@
 # stays near the model's size **[ours]** (the naive path is kept as the test oracle).
 
 # %% [markdown]
+# ## What you will learn
+# * where the importance estimators come from: a Taylor expansion of the loss, with the Fisher standing in for the
+#   Hessian;
+# * what a *vector* is, and why the vector-wise estimate lets saliences cancel while the element-wise one cannot;
+# * how to compute one head's and one channel's `vector`, `element1` and `element2` scores **by hand** from `.grad`
+#   — and check that they equal aeflib's;
+# * how far the coarse and the fine estimate agree on this model.
+#
+# **What it needs from the previous stage:** the run folder of notebook 01 (its model section of `metrics.json`),
+# so that the scores belong to the same model. It writes `scores.safetensors`, which notebooks 03 and 04 read.
+#
+# **Run time:** 21 s on an idle 2-core CPU with the default settings (SmolLM2-135M, 10 × 64 calibration tokens;
+# `python benchmarks/pipeline.py`), plus a few seconds for the by-hand check below.
+#
+# **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)), stage (2) *adaptive
+# estimation* (the fine- and coarse-grained estimates); LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627))
+# §3.2 "Grouped importance estimation", whose code names the criteria `--pruner_type taylor` with
+# `--taylor vectorize` (vector), `param_first` (element1) and `param_mix` (element2), and `--pruner_type l1 / l2 /
+# random` for the baselines. Terms: [glossary](../docs/glossary.md).
+
+# %% [markdown]
 # ## Parameters
 # The same values as in notebook 01, plus the criteria to compute and which two to compare.
 
@@ -127,6 +148,149 @@ scores.criteria, len(scores.keys)
 analysis.score_table(scores, f"{layer_range.start}.head")
 
 # %% [markdown]
+# ## The math behind the estimators
+# Removing a block of weights $W$ (setting it to zero) changes the loss by $\Delta L = L(0) - L(W)$. Expand $L$
+# around the current weights to second order, with $g = \partial L/\partial W$ and Hessian $H$:
+#
+# $$L(W + \delta) \approx L(W) + g^\top \delta + \tfrac12\, \delta^\top H \delta, \qquad
+#   \delta = -W \;\Rightarrow\; \Delta L \approx -g^\top W + \tfrac12\, W^\top H W .$$
+#
+# **[paper]** (LLM-Pruner §3.2). Computing $H$ is out of reach for an LLM, so it is replaced by the **diagonal
+# empirical Fisher**, the mean squared gradient over the N calibration windows $x_j$, each with its own backward pass:
+#
+# $$H_{kk} \approx F_{kk} = \frac1N \sum_{j=1}^{N} \Big(\frac{\partial L(x_j)}{\partial W_k}\Big)^2 .$$
+#
+# With the per-weight **salience** $s_k = W_k g_k$, the loss change of removing weight $k$ alone is about
+# $-s_k + \tfrac12 W_k^2 F_{kk}$, and its size is the importance. A group's slices are cut into **vectors** — a
+# vector is one row of a weight whose *rows* belong to the group (`q_proj`, `gate_proj`: length = hidden size), or one
+# column of a weight whose *columns* belong to it (`o_proj`, `down_proj`). A group is scored by summing over its
+# vectors $v$ and their elements $k$:
+#
+# $$I_\text{vector} = \sum_v \Big|\sum_{k\in v} s_k\Big|, \qquad
+#   I_\text{element1} = \sum_v \sum_{k\in v} |s_k|, \qquad
+#   I_\text{element2} = \sum_v \sum_{k\in v} \big|s_k - \tfrac12 W_k^2 F_{kk}\big| .$$
+#
+# *Vector-wise* treats a whole vector as one unit: it takes the first-order loss change of removing the vector at
+# once, $-\sum_k s_k$, and signed saliences **cancel** inside the sum — a row whose weights push the loss up and down
+# in equal measure scores near 0. *Element-wise* takes the absolute value of each weight first, so nothing cancels.
+# By the triangle inequality $|\sum_k s_k| \le \sum_k |s_k|$ for every vector, hence
+# **element1 ≥ vector for every group, always** — a fact the cell after the by-hand check verifies on every group of
+# this run. The Fisher term is small next to the first-order one (a squared weight times a squared gradient), so
+# element2 stays close to element1 — close, not equal; it is accumulated in fp32 because in low precision it can
+# vanish altogether (LLM-Pruner issue #23).
+#
+# How aeflib computes $g$ **[LLM-Pruner code]**: one backward pass of the *mean* loss over all N windows at once (the
+# gradient of the calibration loss); $F$ from N more backward passes, one window each, squared and divided by N. The
+# group's score is the *sum* over its slices (LLM-Pruner's `--grouping_strategy sum`). No further normalisation:
+# the scores are raw, and fusion (03) normalises them.
+
+# %% [markdown]
+# ## From scratch: one head and one channel by hand
+# Now compute all three for group 0 of each kind in the first pruned layer, with nothing but PyTorch. First the
+# slices: each region is `(parameter, dim, indices)` — dim 0 = rows, dim 1 = columns (the same listing as in 01).
+
+# %%
+import torch
+
+layer = layer_range.start
+block = adapter.decoder_layers(m)[layer]
+head_set, channel_set = adapter.group_sets(m, layer)
+by_kind = {"head": head_set.group(0), "channel": channel_set.group(0)}
+names = [name for group in by_kind.values() for name, _, _ in group.regions]
+params = [block.get_parameter(name) for name in names]
+print(by_kind["head"])
+print(by_kind["channel"])
+
+# %% [markdown]
+# The gradient $g$ of the mean loss over all calibration windows (one backward pass), then the Fisher from one
+# backward pass per window. `torch.autograd.grad` returns the gradients without storing them in `.grad`.
+
+# %%
+ids = calib.to(m.device)
+loss = m(input_ids=ids, labels=ids, use_cache=False).loss          # mean over N windows
+grad = dict(zip(names, torch.autograd.grad(loss, params), strict=True))
+window_losses = [m(input_ids=x, labels=x, use_cache=False).loss for x in ids.split(1)]
+per_window = [torch.autograd.grad(loss_j, params) for loss_j in window_losses]
+stacked = [torch.stack(g).float() for g in zip(*per_window, strict=True)]  # [N, *shape]
+fisher = dict(zip(names, [g.pow(2).mean(0) for g in stacked], strict=True))
+weight = {name: p.detach().float() for name, p in zip(names, params, strict=True)}
+f"calibration loss {loss.item():.3f} nats/token over {ids.shape[0]} windows"
+
+# %% [markdown]
+# Each region's W, g and F, cut to the group's indices and laid out as `[vectors, vector length]` (a column slice is
+# turned so that its columns become rows), then the three formulas above, region by region — the rows of the
+# table are the group's slices (query rows, output columns, …), each a sum over its vectors:
+
+# %%
+import pandas as pd
+
+regions = [(kind, *r) for kind, group in by_kind.items() for r in group.regions]
+trio = {n: torch.stack([weight[n], grad[n].float(), fisher[n]]) for n in names}
+# W, g, F of each slice, its vectors as rows: [3, vectors, vector length]
+picked = {(k, n): trio[n].movedim(d + 1, 1)[:, list(i)] for k, n, d, i in regions}
+views = {key: t.reshape(3, t.shape[1], -1) for key, t in picked.items()}
+s = {key: w * g for key, (w, g, f) in views.items()}                # salience W ⊙ g
+fisher_term = {key: 0.5 * w**2 * f for key, (w, g, f) in views.items()}  # ½ W² F
+per_region = pd.DataFrame([
+    {"kind": key[0], "slice": key[1], "vectors": s[key].shape[0],
+     "vector": s[key].sum(1).abs().sum().item(),                     # Σ_v |Σ_k s_k|
+     "element1": s[key].abs().sum().item(),                          # Σ_v Σ_k |s_k|
+     "element2": (s[key] - fisher_term[key]).abs().sum().item()} for key in s
+])
+per_region
+
+# %% [markdown]
+# Look at the `vector` column: where a group holds both, the `v_proj` rows and the `o_proj` columns of a head (no
+# GQA), and the `up_proj` row and the `down_proj` column of a channel (LLaMA's MLP), score alike. Scaling a value row
+# by c or the matching output column by c changes the model identically — attention is linear in the values, the
+# MLP output is linear in `up` — so the summed salience, the loss's derivative with respect to that scale, is the
+# same. The element-wise columns differ: they look inside the sums. The cell checks the pairs present here.
+
+# %%
+import math
+
+vec = per_region.set_index("slice")["vector"]
+candidates = [("self_attn.v_proj.weight", "self_attn.o_proj.weight"),
+              ("mlp.up_proj.weight", "mlp.down_proj.weight")]
+pairs = [(a, b) for a, b in candidates if a in vec and b in vec]
+assert all(math.isclose(vec[a], vec[b], rel_tol=1e-2) for a, b in pairs)
+[(a, b, round(vec[a], 8), round(vec[b], 8)) for a, b in pairs]
+
+# %% [markdown]
+# Summed over the slices, the group's scores, beside aeflib's:
+
+# %%
+check = per_region.groupby("kind")[["vector", "element1", "element2"]].sum().stack()
+check = check.rename("by hand").to_frame()
+check["aeflib"] = [scores[c][f"{layer}.{kind}"][0].item() for kind, c in check.index]
+same = torch.allclose(torch.tensor(check["by hand"].to_numpy()),
+                      torch.tensor(check["aeflib"].to_numpy()), rtol=1e-4, atol=1e-12)
+assert same, check
+check
+
+# %% [markdown]
+# The same numbers, within a relative 1e-4 (float rounding; summation order differs): aeflib's hooks compute
+# exactly these formulas. How far can element2 be from element1? By the triangle inequality, by at most Σ|½W²F|;
+# the cell measures that against the first-order term Σ|W·g| for this head:
+
+# %%
+head_keys = [key for key in s if key[0] == "head"]
+first_order = sum(s[key].abs().sum() for key in head_keys)
+fisher_share = sum(fisher_term[key].abs().sum() for key in head_keys) / first_order
+assert fisher_share < 0.1, "the prose calls the Fisher term small"
+f"Σ|½W²F| / Σ|W·g| = {fisher_share.item():.2e} for head 0 of layer {layer}"
+
+# %% [markdown]
+# And the triangle inequality on *every* group of this run: element1 ≥ vector (up to float rounding), so the
+# ratio vector / element1 lies in [0, 1] — near 1 when a group's saliences share a sign, near 0 when they cancel.
+
+# %%
+ratio_ve = torch.cat([scores["vector"][k] / scores["element1"][k] for k in scores.keys])
+assert (ratio_ve <= 1 + 1e-5).all()
+f"vector / element1 over {ratio_ve.numel()} groups: min {ratio_ve.min():.3f}, " \
+    f"median {ratio_ve.median():.3f}, max {ratio_ve.max():.3f}"
+
+# %% [markdown]
 # ## Importance per layer
 # The summed importance of each layer's groups, per criterion (log scale).
 
@@ -180,3 +344,41 @@ fig
 # %% tags=["nbval-ignore-output"]
 run.merge_metrics("importance", stages.importance_section(scores, agree, fine, coarse))
 run.listing()
+
+# %% [markdown]
+# ## Exercises
+# **Exercise 1 — where does cancellation bite?** Which kind, heads or channels, has the lower mean ratio
+# vector / element1 in this run, i.e. where do the saliences cancel more? Write down your guess, then compute it
+# from `scores` (no new gradients needed).
+
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
+ratio_of = {k: scores["vector"][k] / scores["element1"][k] for k in scores.keys}
+heads = torch.cat([v for k, v in ratio_of.items() if k.endswith(".head")])
+channels = torch.cat([v for k, v in ratio_of.items() if k.endswith(".channel")])
+print(f"mean vector / element1: heads {heads.mean():.3f}, channels {channels.mean():.3f}")
+# The lower mean cancels more. The formula does not predict which: it depends on how
+# mixed in sign the saliences of each vector are, which only the measurement shows.
+
+# %% [markdown]
+# **Exercise 2 — chance level of the overlap.** If the coarse estimate's removal set were drawn at random, what
+# overlap with the fine estimate's set would you expect at this run's pruning ratio? Compare with the measured
+# overlap above: is the agreement better than chance?
+
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
+# A random set of k = r·n of the n groups holds each of the fine estimate's k removed
+# groups with probability k/n ≈ r: the expected overlap (share of the fine set that is
+# also removed) is about r.
+chance = ratio
+measured = agree.groupby("kind")["overlap"].mean()
+print(f"chance overlap ≈ pruning ratio = {chance:.3f}")
+print(measured.round(3).to_dict())
+
+# %% [markdown]
+# ## Takeaways
+# * All the gradient criteria come from one Taylor expansion, ΔL ≈ −gᵀW + ½WᵀHW, with the diagonal Fisher for H.
+# * *Vector-wise* sums signed saliences per row/column before the absolute value, so they cancel; *element-wise*
+#   does not — hence element1 ≥ vector for every group, as checked above on this run.
+# * The Fisher term is small next to the first-order one (the share measured above), so element2 stays close to
+#   element1 — but a small difference can still reorder groups whose scores are close.
+# * aeflib's scores equal a by-hand computation from `.grad`; the estimates' agreement is measured against chance,
+#   not assumed. Next: notebook 03 fuses the fine and the coarse estimate.

@@ -46,6 +46,27 @@
 # vector-wise ranking exactly (a test holds it).
 
 # %% [markdown]
+# ## What you will learn
+# * the formula of each fusion variant, and which parts the paper states and which aeflib reconstructs;
+# * why the scores are normalised to ranks before fusing;
+# * the difference between a fusion *weight* α and its *effect* on the ranking — the **influence** — and how to
+#   read the two side by side.
+#
+# **What it needs from the previous stage:** `scores.safetensors` from notebook 02, holding the fine and the coarse
+# estimate; and the model itself, because the measuring variants prune it *temporarily* (masks, not cuts) on the
+# calibration windows to compare losses. It adds the fused criterion to `scores.safetensors` and writes
+# `fusion.json`, which notebook 04 uses.
+#
+# **Run time:** 22 s on an idle 2-core CPU with the default settings (SmolLM2-135M, `aef` = `aef-agree`;
+# `python benchmarks/pipeline.py`).
+#
+# **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)), stage (2) *adaptive
+# estimation*: the "attention mechanism" that finds "the optimal blend of granularity" (docs/paper.md §1, §3).
+# LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)) has no fusion: it picks one estimator
+# (`--taylor param_mix`, `param_first` or `vectorize`), which here are the inputs. Terms:
+# [glossary](../docs/glossary.md).
+
+# %% [markdown]
 # ## Parameters
 # The same values as before, plus the two estimates to fuse, how they are normalised, the gate temperature and the training budget of `aef-learned`.
 
@@ -157,6 +178,59 @@ weights = analysis.fusion_table(result)
 weights.set_index(["layer", "kind"])
 
 # %% [markdown]
+# ## The formulas **[ours]**
+# Within one group set (one layer ℓ, one kind m) with n groups, the fine scores $f_i$ and the coarse scores $c_i$
+# are first turned into ranks scaled to [0, 1] (ties share their mean rank):
+#
+# $$\hat f_i = \frac{\operatorname{rank}(f_i)}{n-1}, \qquad \hat c_i = \frac{\operatorname{rank}(c_i)}{n-1}.$$
+#
+# Both then take the same n values, so neither dominates by its scale (raw element-wise and vector-wise scores
+# differ by up to orders of magnitude). The fused score is a weighted sum, $\alpha_f + \alpha_c = 1$:
+#
+# $$I_i = \alpha_f\, \hat f_i + \alpha_c\, \hat c_i .$$
+#
+# The variants differ in where α comes from:
+#
+# * **`aef-layer`** — prune the set by each estimate alone (the rest of the model dense) and measure the increase of
+#   the calibration loss, $\Delta L_f$ and $\Delta L_c$ (nats/token); the estimate that hurts less gets more weight:
+#   $$(\alpha_f, \alpha_c) = \operatorname{softmax}\!\Big(-\frac{[\Delta L_f,\ \Delta L_c]}{\tau \cdot
+#   \tfrac12(|\Delta L_f| + |\Delta L_c|)}\Big).$$
+# * **`aef-layer-tuned`** — the same, with τ ∈ {0.25, 0.5, 1, 2, 4}, the hard choice (τ → 0) or either estimate
+#   alone, picked by the loss of the jointly pruned model on held-out calibration windows.
+# * **`aef-element`** — a per-group attention over the two estimates, no measurement:
+#   $$[\alpha_{f,i},\ \alpha_{c,i}] = \operatorname{softmax}\big([\hat f_i,\ \hat c_i]/\tau\big), \qquad
+#   I_i = \alpha_{f,i}\hat f_i + \alpha_{c,i}\hat c_i .$$
+# * **`aef-blend`** — one $\alpha_f \in \{0, 0.25, 0.5, 0.75, 1\}$ per kind (heads, channels), chosen by a
+#   coordinate search that minimises the held-out calibration loss of the model pruned by $I$.
+# * **`aef-agree`** — with the blend $b_i = \alpha_f \hat f_i + (1-\alpha_f)\hat c_i$ (α_f per kind, searched as in
+#   `aef-blend`) and $S = 2(\max_i b_i - \min_i b_i)$:
+#   $$I_i = b_i + S\,[i\ \text{kept by both}] - S\,[i\ \text{removed by both}],$$
+#   so the groups both estimates remove are removed, those both keep are kept, and $b$ orders only the disputed ones.
+# * **`aef-learned`** — gate logits per (ℓ, m), α = softmax(logits), trained with Adam through a soft mask
+#   $\sigma\big((I_i - \theta)/(0.1\,\tau\,\operatorname{std} I)\big)$ (θ between the k-th and (k+1)-th lowest score)
+#   on the calibration loss, early-stopped on the held-out loss of the hard pruning.
+#
+# **Influence.** α is what the fusion *intends*; the influence is what it *did*: the Spearman correlation of the
+# fused scores with each input,
+#
+# $$\rho_f = \operatorname{corr}\big(\operatorname{rank}(I), \operatorname{rank}(f)\big), \qquad
+#   \rho_c = \operatorname{corr}\big(\operatorname{rank}(I), \operatorname{rank}(c)\big),$$
+#
+# the `rho_fine` and `rho_coarse` columns above. ρ = 1 means the fused ranking *is* that estimate's ranking. The
+# two can disagree with α: if f and c already rank alike, both ρ are high whatever α is; under `aef-agree` a large
+# part of the ranking is fixed by the agreement rule, not by α. The cell recomputes ρ for one group set from the
+# scores in memory and checks it against the table.
+
+# %%
+key = f"{layer_range.start}.channel"
+fused_scores = result.scores[result.name][key]
+rho = (aeflib.fusion.spearman(fused_scores, result.scores[fine][key]),
+       aeflib.fusion.spearman(fused_scores, result.scores[coarse][key]))
+row = weights.set_index(["layer", "kind"]).loc[(layer_range.start, "channel")]
+assert abs(rho[0] - row["rho_fine"]) < 1e-3 and abs(rho[1] - row["rho_coarse"]) < 1e-3
+f"{key}: recomputed rho_fine {rho[0]:.4f}, rho_coarse {rho[1]:.4f}"
+
+# %% [markdown]
 # Per layer, the weights (left) and what they did to the ranking (right): heads and channels can lean to different estimates, and so can layers.
 
 # %%
@@ -201,3 +275,54 @@ fig
 agreements = {fine: versus_fine, coarse: versus_coarse}
 run.merge_metrics("fusion", stages.fusion_section(result, agreements))
 run.listing()
+
+# %% [markdown]
+# ## Exercises
+# **Exercise 1 — sweep the temperature of `aef-element`.** Using only the scores already in memory (no model
+# call), fuse the first pruned layer's channels with `aef-element` at τ = 0.05, 0.25, 1, 4 and 100, and compute
+# the influence ρ_fine and ρ_coarse at each τ. What do the fused scores become as τ → 0 and as τ → ∞?
+
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
+import pandas as pd
+import torch
+
+f_hat = aeflib.fusion.normalize(result.scores[fine][key], "rank")
+c_hat = aeflib.fusion.normalize(result.scores[coarse][key], "rank")
+stacked = torch.stack([f_hat, c_hat])                       # [2, n]
+taus = (0.05, 0.25, 1.0, 4.0, 100.0)
+fused_at = {tau: (torch.softmax(stacked / tau, 0) * stacked).sum(0) for tau in taus}
+sweep = pd.DataFrame({
+    "tau": taus,
+    "rho_fine": [aeflib.fusion.spearman(fused_at[tau], f_hat) for tau in taus],
+    "rho_coarse": [aeflib.fusion.spearman(fused_at[tau], c_hat) for tau in taus],
+}).round(4)
+sweep
+# τ → 0: the softmax puts all weight on the larger of f̂_i, ĉ_i, so I_i → max(f̂_i, ĉ_i).
+# τ → ∞: both weights → ½, so I_i → (f̂_i + ĉ_i)/2, the plain mean of the ranks.
+
+# %% [markdown]
+# **Exercise 2 — fused vs random.** At this run's ratio, what share of the groups the fused criterion removes
+# would a *random* criterion remove too? Derive the chance level first, then measure it with
+# `analysis.agreement` (the `random` scores from 02 are in `result.scores`). Compare with the fused criterion's
+# overlap with the fine estimate.
+
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
+# Chance: a random removal set of ratio·n groups holds each removed group with
+# probability ≈ ratio.
+have_random = "random" in result.scores.criteria
+versus_random = analysis.agreement(
+    m, adapter, result.scores, result.name, "random", ratio) if have_random else None
+random_overlap = versus_random["overlap"].mean().round(3) if have_random else "not scored"
+summary = {"chance (= ratio)": round(ratio, 3),
+           f"{result.name} vs random": random_overlap,
+           f"{result.name} vs {fine}": versus_fine["overlap"].mean().round(3)}
+analysis.as_table(summary)
+
+# %% [markdown]
+# ## Takeaways
+# * Every variant fuses rank-normalised scores, I = α_f·f̂ + α_c·ĉ; they differ only in where α comes from
+#   (measured loss, per-group attention, a searched blend, agreement, training). The formula is aeflib's
+#   reconstruction **[ours]** — the paper states the idea, not the equation.
+# * Read α beside the influence ρ: the weight is an intention, the rank correlation is its effect.
+# * On SmolLM2 no variant beat the element-wise estimate outside noise; `aef` = `aef-agree` keeps the fine plan
+#   wherever the calibration loss gives no reason to leave it. Next: notebook 04 turns the fused scores into a plan.

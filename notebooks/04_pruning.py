@@ -24,6 +24,25 @@
 # the same forward code.
 
 # %% [markdown]
+# ## What you will learn
+# * how scores become a **plan**: local ranking inside each group set, whole groups, equal numbers per kv group;
+# * why the ratio you ask for and the parameter reduction you get differ, and how aeflib solves one from the other;
+# * what a physical cut does to the model (smaller matrices, same forward code), and how to predict its size.
+#
+# **What it needs from the previous stages:** `scores.safetensors` with the run's criterion — from notebook 02, plus
+# the fused criterion from notebook 03 when `method` is an `aef` variant. It writes `plan.json` and the pruned model
+# folder `pruned/`, which notebooks 05 and 06 load.
+#
+# **Run time:** 13 s on an idle 2-core CPU with the default settings (SmolLM2-135M; `python
+# benchmarks/pipeline.py`).
+#
+# **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)): "the groups are sorted
+# and the least important pruned"; LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)), whose code
+# prunes with `--pruning_ratio 0.25` in layers `--block_attention_layer_start 4 … _end 30` and
+# `--block_mlp_layer_start 4 … _end 30`, ranking locally (without `--global_pruning`). Terms:
+# [glossary](../docs/glossary.md).
+
+# %% [markdown]
 # ## Parameters
 # The same values as before, plus a prompt for the before/after text sample.
 
@@ -121,6 +140,15 @@ before = analysis.generate(m, tokenizer, prompt, max_new_tokens)
 before
 
 # %% [markdown]
+# Before cutting, note the dense group sets and parameter count (the exercises at the end compare them with the
+# pruned model). A `GroupSet` is a snapshot of shapes, so it stays valid after the cut.
+
+# %%
+dense_sets = adapter.all_group_sets(m, layer_range)
+params_dense = aeflib.pruning.count_parameters(m)
+f"{len(dense_sets)} group sets, {params_dense:,} parameters before the cut"
+
+# %% [markdown]
 # ## Cut
 # `apply` removes every group the plan does not keep, updates the widths the forward pass reads, checks every width
 # attribute against the weights, and measures the parameters left. Requested and achieved, side by side:
@@ -160,3 +188,40 @@ aeflib.io.save(m, tokenizer, run / "pruned", adapter=adapter, plan=the_plan,
 samples = {"sample_before": before, "sample_after": after}
 run.merge_metrics("pruning", {**the_plan.summary(), **samples})
 run.listing()
+
+# %% [markdown]
+# ## Exercises
+# **Exercise 1 — predict the plan.** A group set of n groups in b kv blocks loses
+# $b \cdot \min(\lfloor r\,n/b + \tfrac12 \rfloor,\ n/b - 1)$ groups at ratio r (rounded half up per block, at least
+# one group kept per block). Predict how many heads and channels each pruned layer keeps at this run's ratio, then
+# check against the pruned model.
+
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
+import math
+
+n_of = {gs.key: (gs.n, gs.blocks) for gs in dense_sets}      # groups, kv blocks
+cut = {k: min(math.floor(ratio * n / b + 0.5), n // b - 1) for k, (n, b) in n_of.items()}
+predicted = {k: n - b * cut[k] for k, (n, b) in n_of.items()}
+kept = {gs.key: gs.n for gs in adapter.all_group_sets(m, layer_range)}
+assert predicted == kept
+print(f"ratio {ratio:.4f}: kept per group set {kept}")
+
+# %% [markdown]
+# **Exercise 2 — predict the parameter count.** Every removed group takes `params_per_group` weights with it
+# (notebook 01). Predict the number of parameters the cut removed, and compare with the counts before and after.
+
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
+removed = sum((gs.n - kept[gs.key]) * gs.params_per_group for gs in dense_sets)
+params_now = aeflib.pruning.count_parameters(m)
+assert removed == params_dense - params_now
+share = removed / params_dense
+print(f"removed {removed:,} of {params_dense:,} parameters ({share:.2%})")
+
+# %% [markdown]
+# ## Takeaways
+# * A plan ranks groups *within* each group set and removes the same share from every pruned layer (local ranking);
+#   whole groups only, equal numbers per kv group under GQA.
+# * The parameter reduction follows from the plan exactly: removed groups × weights per group — you can predict it
+#   before cutting, as the exercises did.
+# * The cut is physical: smaller matrices, the same forward code, a folder that reloads without this notebook.
+#   Next: notebook 05 recovers part of the lost quality with LoRA.

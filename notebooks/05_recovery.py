@@ -23,6 +23,37 @@
 # recovery. The LoRA updates are merged into the pruned weights afterwards, so the model keeps its pruned shapes.
 
 # %% [markdown]
+# ## What you will learn
+# * what LoRA trains — a low-rank update (α/r)·BA beside each frozen projection — and why merging it costs nothing;
+# * how to read a short loss curve honestly: batch noise versus trend;
+# * where to look for how much of the quality lost to pruning the recovery wins back.
+#
+# **What it needs from the previous stage:** the pruned model folder `pruned/` and `plan.json` from notebook 04. It
+# writes the recovered model folder `recovered/` (LoRA merged) and the recovery section of `metrics.json`.
+#
+# **Run time:** 47 s on an idle 2-core CPU with the default settings (SmolLM2-135M pruned, 20 steps of 4 sequences;
+# `python benchmarks/pipeline.py`).
+#
+# **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)), stage (3) *recovery*;
+# LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)) §3.3 "Fast recovery with low-rank
+# approximation", run in its code as `post_training.py --data_path yahma/alpaca-cleaned --lora_r 8 --num_epochs 2
+# --learning_rate 1e-4 --batch_size 64`. Terms: [glossary](../docs/glossary.md).
+#
+# ## The math of LoRA **[paper]**
+# Each wrapped projection keeps its pruned weight $W \in \mathbb R^{d_\text{out}\times d_\text{in}}$ frozen and learns
+# two thin matrices $A \in \mathbb R^{r\times d_\text{in}}$ and $B \in \mathbb R^{d_\text{out}\times r}$:
+#
+# $$h = W x + \frac{\alpha}{r}\, B A\, x .$$
+#
+# With r = 8 and α = 16 the scale α/r is 2. B starts at zero, so training starts exactly from the pruned model. A
+# projection trains r·(d_in + d_out) numbers instead of d_in·d_out — a few percent. After training the update is
+# **merged**:
+#
+# $$W' = W + \frac{\alpha}{r}\, B A ,$$
+#
+# a matrix of the same shape as W, so the recovered model has the pruned shapes and runs at the pruned model's speed.
+
+# %% [markdown]
 # ## Parameters
 # The same values as before, plus the recovery budget.
 
@@ -84,6 +115,22 @@ the_plan = PruningPlan.load(run.require("plan.json"))
 aeflib.pruning.count_parameters(m)
 
 # %% [markdown]
+# The merge is plain linear algebra: applying W and the update separately equals applying the merged matrix. A check
+# on small random matrices (shapes as above: d_out = 6, d_in = 8, r = 2, α = 4), and the pruned model's size, to
+# compare with the recovered one's below:
+
+# %%
+import torch
+
+gen = torch.Generator().manual_seed(0)
+shapes = ((6, 8), (2, 8), (6, 2), (8,))                       # W, A, B, x
+W, A, B, x = (torch.randn(*shape, generator=gen) for shape in shapes)
+scale = 4 / 2                                                    # α / r
+assert torch.allclose(W @ x + scale * (B @ (A @ x)), (W + scale * B @ A) @ x, atol=1e-5)
+params_pruned = aeflib.pruning.count_parameters(m)
+f"separate = merged; the pruned model has {params_pruned:,} parameters"
+
+# %% [markdown]
 # ## Train
 # `lora` wraps the projections with rank-8 adapters, trains them for the step budget (AdamW, warmup and decay,
 # gradient clipping), merges them and returns the per-step loss and the validation loss before and after.
@@ -113,6 +160,37 @@ run.save_figure(fig, "05_loss_curve")
 fig
 
 # %% [markdown]
+# ## Reading the curve honestly
+# Each step's training loss is measured on a *different* batch of a few sequences, so it jumps from step to step:
+# that is **batch noise**, not progress. The **trend** is the difference between the mean of the last third of the
+# steps and the mean of the first third; the noise is the typical step-to-step jump (the standard deviation of the
+# differences / √2). Only a trend well beyond the noise (here: more than twice it) is a fall you can read off the
+# curve. The validation loss is measured before and after on the *same* held-out examples, so its change is the
+# cleaner number. The cell computes all three and says which case this run is in.
+
+# %%
+losses = torch.tensor(result.train_loss)
+third = max(1, len(losses) // 3)
+trend = (losses[-third:].mean() - losses[:third].mean()).item()
+noise = (losses.diff().std() / 2**0.5).item() if len(losses) > 2 else float("nan")
+reading = ("too few steps to tell trend from noise" if len(losses) < 6 else
+           "a fall beyond batch noise" if -trend > 2 * noise else "within batch noise")
+val_change = None if result.val_loss_before is None else round(
+    result.val_loss_after - result.val_loss_before, 4)
+analysis.as_table({
+    "steps": len(losses),
+    "trend, last third − first third (nats/token)": round(trend, 4),
+    "step-to-step noise (nats/token)": round(noise, 4), "reading": reading,
+    "validation loss after − before (nats/token)": val_change,
+})
+
+# %% [markdown]
+# **How much of the gap does recovery close?** That needs the *dense* model's number too, which this notebook does
+# not measure. Notebook 06 evaluates all three models on the same text and computes the share of the dense → pruned
+# perplexity gap (in nats per token) that recovery wins back — look there, and compare with the published LLaMA-7B
+# rows in notebook 07. Expect a modest share here: a few dozen CPU steps, not the paper's two epochs.
+
+# %% [markdown]
 # ## Save
 # The recovered model (LoRA merged) goes to `recovered/`; its shapes are the pruned ones.
 
@@ -122,3 +200,42 @@ aeflib.io.save(result.model, tokenizer, run / "recovered", adapter=adapter,
                plan=the_plan, overwrite=True, provenance=provenance)
 run.merge_metrics("recovery", result.to_dict())
 run.listing()
+
+# %% [markdown]
+# ## Exercises
+# **Exercise 1 — count LoRA's parameters.** Each wrapped projection trains r·(d_in + d_out) numbers. Using the
+# recovered model's shapes (the pruned ones) and the settings recorded in `result.settings` (`r`, `targets`), predict
+# the number of trainable parameters, and compare with the count recovery recorded (`trainable_params`). What share
+# of the model is it?
+
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
+targets = set(result.settings["targets"])
+r = result.settings["r"]
+modules = dict(result.model.named_modules())
+wrapped = [mod for name, mod in modules.items() if name.split(".")[-1] in targets]
+predicted = sum(r * (mod.in_features + mod.out_features) for mod in wrapped)
+assert predicted == result.settings["trainable_params"]
+assert aeflib.pruning.count_parameters(result.model) == params_pruned  # merged
+print(f"LoRA trains {predicted:,} numbers = {predicted / params_pruned:.2%} of the model")
+
+# %% [markdown]
+# **Exercise 2 — how long before the trend shows?** If the step-to-step noise stays as measured and the loss kept
+# falling at this run's average rate per step, after how many steps would the fall exceed twice the noise?
+
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
+per_step = trend / max(len(losses) - third, 1)   # nats/token per step (< 0: falling)
+import math
+
+needed = 2 * noise / -per_step if per_step < 0 and not math.isnan(noise) else float("inf")
+print(f"rate {per_step:+.4f} nats/token per step; noise {noise:.4f}")
+print(f"about {needed:.0f} steps for the fall to exceed twice the noise"
+      if needed < float("inf")
+      else "no fall measured (or too few steps): the trend would not show at this rate")
+
+# %% [markdown]
+# ## Takeaways
+# * LoRA trains a low-rank update (α/r)·BA beside each frozen projection — r·(d_in + d_out) numbers instead of
+#   d_in·d_out — and merging it back gives a model of the pruned shapes.
+# * A short training curve is mostly batch noise; read the trend against the noise, and trust the validation loss
+#   (same examples before and after) more than single steps.
+# * How much of the lost quality recovery wins back is measured against the dense model, in notebook 06.

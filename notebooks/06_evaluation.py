@@ -34,6 +34,23 @@
 #   between them; a ratio whose interval covers 1.0 is *no measurable difference* **[ours]**.
 
 # %% [markdown]
+# ## What you will learn
+# * how perplexity, nats per token and zero-shot accuracy relate, and how sure each number is;
+# * how much of the dense → pruned loss the recovery wins back, measured in nats per token;
+# * why paired comparisons (same items, same timing rounds) are much tighter than comparing two separate intervals.
+#
+# **What it needs from the previous stages:** the model name (it reloads the dense model), `pruned/` from notebook 04
+# and `recovered/` from notebook 05. It writes the evaluation section of `metrics.json`, which notebook 07 reads.
+#
+# **Run time:** 199 s on an idle 2-core CPU with the default settings (three models × 48 perplexity windows, seven
+# tasks × 30 items, 10 latency rounds; `python benchmarks/pipeline.py`) — the longest stage.
+#
+# **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)) reports zero-shot gains on
+# seven tasks; LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)) defines the perplexity protocol
+# (its code's `PPLMetric` with 128-token windows) and the task set (docs/paper.md §4). Terms:
+# [glossary](../docs/glossary.md).
+
+# %% [markdown]
 # ## Parameters
 # The same values as before, plus the evaluation sizes.
 
@@ -140,6 +157,29 @@ rows = dense_eval.rows + pruned_eval.rows + recovered_eval.rows
 analysis.evaluation_table(rows)
 
 # %% [markdown]
+# ## How much of the gap does recovery close?
+# Perplexity is the exponential of the mean token loss, so $\ln(\text{perplexity})$ is the loss in nats per token.
+# The **gap** pruning opened is $\ln \text{PPL}_\text{pruned} - \ln \text{PPL}_\text{dense}$; recovery wins back
+# $\ln \text{PPL}_\text{pruned} - \ln \text{PPL}_\text{recovered}$; their ratio is the share of the gap closed
+# (1 = back to dense, 0 = no help, below 0 = worse). When pruning did not raise the perplexity (gap ≤ 0 — it happens
+# on the random tiny test models) there is no gap to close and the share is left empty (NaN).
+
+# %% tags=["nbval-ignore-output"]
+import numpy as np
+import pandas as pd
+
+ppl = pd.DataFrame(rows).query("metric == 'perplexity'").pivot_table(
+    index="task", columns="setting", values="value")
+nats = np.log(ppl)                                           # mean token loss, nats/token
+gap = nats["no-tune"] - nats["dense"]
+won_back = nats["no-tune"] - nats["lora"]
+gap_table = pd.DataFrame({
+    "dense → pruned (nats/token)": gap, "won back by LoRA (nats/token)": won_back,
+    "share of the gap closed": (won_back / gap).where(gap > 0),
+}).round(3)
+gap_table
+
+# %% [markdown]
 # Perplexity (lower is better):
 
 # %%
@@ -226,3 +266,42 @@ run.merge_metrics("evaluation", {
     "latency": latency.to_dict(),
 })
 run.listing()
+
+# %% [markdown]
+# ## Exercises
+# **Exercise 1 — how sure is an accuracy?** A two-choice task (BoolQ, PIQA, WinoGrande) has a chance level of 50 %,
+# a four-choice one (HellaSwag, ARC, OpenBookQA) 25 %. With `zeroshot_limit` items per task, how wide is the 95 %
+# interval of an accuracy near 50 %? Derive it from Wilson's interval,
+# $\frac{\hat p + z^2/2n \pm z\sqrt{\hat p(1-\hat p)/n + z^2/4n^2}}{1 + z^2/n}$ with z = 1.96, and compare with the
+# rule of thumb ±100/√n points.
+
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
+import math
+
+n_items = zeroshot_limit or 1000
+z, p_hat = 1.96, 0.5
+spread = math.sqrt(p_hat * (1 - p_hat) / n_items + z**2 / (4 * n_items**2))
+half = z * spread / (1 + z**2 / n_items)                     # half-width, as a share
+print(f"n = {n_items}: 95 % interval at 50 % is ±{100 * half:.1f} points "
+      f"(rule of thumb ±{100 / math.sqrt(n_items):.1f})")
+print("chance levels: 50 % (two choices), 25 % (four choices)")
+
+# %% [markdown]
+# **Exercise 2 — perplexity in nats.** By how many nats per token does the pruned model's loss exceed the dense
+# model's on each corpus, and by what factor does that shrink the (geometric mean) probability of the right token?
+
+# %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
+extra = nats["no-tune"] - nats["dense"]                      # nats/token
+pd.DataFrame({"extra loss (nats/token)": extra.round(4),
+              "probability factor exp(−extra)": np.exp(-extra).round(4)})
+# A factor below 1: the pruned model gives the right token that much less probability
+# (geometric mean over tokens); above 1, more.
+
+# %% [markdown]
+# ## Takeaways
+# * Perplexity is exp(loss): differences are best read in nats per token, and the share of the pruning gap that
+#   recovery closes is a ratio of two such differences.
+# * An accuracy from n items is uncertain by about ±100/√n points; compare models item by item (paired), and call a
+#   difference whose interval holds 0 *within noise*.
+# * Latency differences are real only when their interval excludes 1.0 on this machine, timed together.
+#   Next: notebook 07 puts these numbers beside the published ones.
