@@ -42,9 +42,11 @@ test-fast: install-dev
 lint: install-dev
 	$(BIN)/ruff check aeflib tests benchmarks data notebooks
 
-## After editing a notebook's .py source by hand: bring its .ipynb twin in step (jupytext pairs, see notebooks/README.md)
+## After editing a notebook's .py source or a stage record: write the parameters cells from the records
+## (aeflib/orchestration/settings.py), then bring each .ipynb twin in step (jupytext pairs, see notebooks/README.md)
 .PHONY: notebooks
 notebooks: install-dev
+	$(BIN)/python -c "from aeflib.orchestration.settings import write_parameter_cells; write_parameter_cells()"
 	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py
 
 clean-venv:

@@ -199,7 +199,7 @@ def test_compare_latency_rejects_bad_arguments(two_models):
 
 def test_report_shows_latency_spreads_and_calls_an_interval_over_one_no_measurable_difference(tmp_path):
     from aeflib.evaluation.timing import LatencyComparison, LatencySpread
-    from aeflib.report import write_report
+    from aeflib.orchestration.report import write_report
 
     spreads = {"prefill_s": {"dense": LatencySpread.of([0.010, 0.011, 0.012]),
                              "pruned": LatencySpread.of([0.006, 0.0065, 0.007]),

@@ -1,37 +1,113 @@
-"""The ``aef`` command: a thin typer layer over :mod:`aeflib.pipeline` (the only module that prints).
+"""The ``aef`` command: a thin typer layer over :mod:`aeflib.orchestration` (the only module that prints).
 
     aef run [--model smollm2-135m --method aef --target-params 0.2 --name NAME ...]   notebooks 01-07 → runs/NAME/
     aef compare --methods random,l2,vector,element1,element2,aef [...]             one model, many criteria
     aef reproduce --models llama-7b,vicuna-7b,baichuan-7b,bloom-7b1 [--device auto] the paper's protocol
     aef models                                                                     the model registry
 
-Exit codes: 0 done, 1 a stage failed (the failing notebook and cell are printed), 2 bad arguments or missing
-models/data.
+``aef run`` has one option per notebook parameter (:func:`aeflib.orchestration.settings.settings_params`): a new
+stage parameter is an option without an edit here. Exit codes: 0 done, 1 a stage failed (the failing notebook and
+cell are printed), 2 bad arguments or missing models/data.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import sys
-from typing import Annotated
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
 
 import typer
 
-__all__ = ["app"]
+from aeflib.orchestration.runner import StageFailed, select
+from aeflib.orchestration.runner import run as run_pipeline
+from aeflib.orchestration.settings import Param, RunSettings, settings_params
+from aeflib.orchestration.sweep import compare as run_compare
+from aeflib.orchestration.sweep import reproduce as run_reproduce
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+__all__ = ["app", "main"]
+
+# no markup: help texts are plain (the notebooks' comments say "[paper]", a tag to rich)
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Structured LLM pruning with Adaptive Estimation Fusion (AEF): runs the stage notebooks.")
 
-Model = Annotated[str, typer.Option(help="Registry name (see `aef models`) or a local checkpoint folder.")]
 Method = Annotated[str, typer.Option(help="Ranking criterion: random, l1, l2, vector, element1, element2, aef, "
                                           "aef-layer, aef-layer-tuned, aef-element, aef-blend, aef-agree, "
                                           "aef-learned.")]
-Target = Annotated[float | None, typer.Option(help="Share of ALL parameters to remove, in (0, 1), solved for a "
-                                                   "ratio (default: 0.2; tiny-* models use --pruning-ratio 0.25 "
-                                                   "instead).")]
-Ratio = Annotated[float | None, typer.Option(help="Share of heads/channels removed per pruned layer, in (0, 1); "
-                                                  "instead of --target-params (give one of the two).")]
 Runs = Annotated[str, typer.Option(help="Parent folder of run folders.")]
+_SCALARS = {str: str, int: int, float: float, str | None: str, int | None: int, float | None: float}
+
+
+def _option(p: Param) -> inspect.Parameter:
+    """The ``--name`` option of parameter ``p``: typed for scalars, text that ``p.parse`` reads for lists.
+
+    Its default is None (= not given: the settings' value stays, tiny-* models keep theirs).
+
+    Raises:
+        TypeError: A parameter whose type is neither a scalar nor given a ``parse`` (say how to read the text).
+    """
+    if p.parse is None and p.type not in _SCALARS:
+        raise TypeError(f"parameter {p.name!r} of type {p.type} needs a parse function to become an option")
+    kind = str if p.parse else _SCALARS[p.type]
+    help_text = p.cli_help or (p.help + "." if p.help else p.name.replace("_", " "))
+    # the default as it will apply (None: not given), unless the help already says it
+    default = "" if p.default is None or "default" in help_text else f" (default: {_text(p.default)})"
+    return inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[kind | None, typer.Option(help=help_text + default,
+                                                                             show_default=False)])
+
+
+def _text(value: Any) -> str:
+    """A default as one would type it: lists joined by commas, pairs by colons."""
+    if isinstance(value, list):
+        return ",".join(":".join(map(str, v)) if isinstance(v, list) else str(v) for v in value)
+    return str(value)
+
+
+def settings_options(names: Sequence[str] | None = None) -> Callable[[Callable], Callable]:
+    """Give a command one option per settings parameter (``names``, or all); it receives them as ``fields``.
+
+    ``fields`` maps each parameter to its parsed value or None when the option was not given.
+
+    Raises:
+        ValueError: A name in ``names`` that is not a settings parameter (naming it and the parameters).
+    """
+    params = settings_params()
+    if names is not None:
+        known = {p.name for p in params}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"not settings parameters: {unknown}; choose from {sorted(known)}")
+        params = [p for p in params if p.name in names]
+
+    def decorate(command: Callable) -> Callable:
+        own = [q.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+               for q in inspect.signature(command, eval_str=True).parameters.values() if q.name != "fields"]
+        options = [_option(p) for p in params]
+
+        @functools.wraps(command)
+        def with_options(**kwargs: Any) -> Any:
+            given = {p.name: kwargs.pop(p.name) for p in params}
+            return command(fields=given, **kwargs)
+
+        del with_options.__wrapped__       # typer reads the signature below, not the command's
+        with_options.__signature__ = inspect.Signature(options + own)    # the settings first in --help
+        with_options.__annotations__ = {q.name: q.annotation for q in options + own}
+        return with_options
+
+    return decorate
+
+
+def _parsed(fields: dict[str, Any]) -> dict[str, Any]:
+    """The options given, as settings values (list-valued ones read by their parameter's ``parse``).
+
+    Raises:
+        ValueError: From a parse function, naming the option's text.
+    """
+    parse = {p.name: p.parse for p in settings_params()}
+    return {k: parse[k](v) if parse.get(k) else v for k, v in fields.items() if v is not None}
 
 
 def _echo(line: str, err: bool = False) -> None:
@@ -49,29 +125,26 @@ def _bad(err: Exception) -> None:
     raise typer.Exit(2) from None
 
 
-def _layers(text: str | None) -> list[int] | None:
-    """``START:STOP`` → ``[start, stop]``; raises ValueError naming the text otherwise."""
-    if text is None:
-        return None
-    parts = text.split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or int(parts[0]) >= int(parts[1]):
-        raise ValueError(f"--layers {text!r}: give START:STOP with integers 0 <= START < STOP, e.g. 4:30")
-    return [int(p) for p in parts]
+def _settings(fields: dict[str, Any], method: str | None = None) -> RunSettings:
+    """RunSettings for the options given (tiny-* models start from :meth:`RunSettings.tiny`), validated.
 
-
-def _settings(model: str, method: str, target_params: float | None, pruning_ratio: float | None, **fields):
-    """RunSettings for the CLI options (tiny-* models start from :meth:`RunSettings.tiny`), validated.
+    Args:
+        fields: Option values by parameter name, None where not given.
+        method: Overrides ``fields["method"]`` (``aef compare`` has no ``--method``).
 
     Raises:
-        ValueError: Both amounts given, or a value :meth:`RunSettings.validate` rejects.
+        ValueError: Both amounts given, an option text its parameter cannot read, or a value
+            :meth:`RunSettings.validate` rejects.
     """
-    from aeflib.pipeline import RunSettings
-
+    values = _parsed(fields)
+    if method is not None:
+        values["method"] = method
+    target_params, pruning_ratio = values.pop("target_params", None), values.pop("pruning_ratio", None)
     if pruning_ratio is not None and target_params is not None:
         raise ValueError(f"give either --pruning-ratio ({pruning_ratio}) or --target-params ({target_params}), "
                          "not both")
+    model = values.pop("model", RunSettings.model)
     base = RunSettings.tiny(model) if model.startswith("tiny-") else RunSettings(model=model)
-    values = {**{k: v for k, v in fields.items() if v is not None}, "method": method}
     if pruning_ratio is not None:
         values.update(pruning_ratio=pruning_ratio, target_params=None)
     elif target_params is not None:
@@ -91,47 +164,20 @@ def _fail_stage(err) -> None:
 
 
 @app.command()
+@settings_options()
 def run(
-    model: Model = "smollm2-135m",
-    method: Method = "aef",
-    target_params: Target = None,
-    pruning_ratio: Ratio = None,
+    fields: dict[str, Any],
     name: Annotated[str | None, typer.Option(help="Run folder name (default: <model>-<method>-<amount>).")] = None,
     runs_root: Runs = "runs",
-    layers: Annotated[str | None, typer.Option(help="Pruned decoder layers START:STOP (default: adapter's).")] = None,
-    calib_n: Annotated[int | None, typer.Option(help="Calibration windows.")] = None,
-    recovery_steps: Annotated[int | None, typer.Option(help="LoRA optimizer steps.")] = None,
-    normalize_with: Annotated[str | None, typer.Option(help="Normalisation of both estimates before fusing: rank "
-                                                            "(default), zscore or sum.")] = None,
-    fusion_steps: Annotated[int | None, typer.Option(help="aef-learned: most Adam steps (default 50).")] = None,
-    fusion_lr: Annotated[float | None, typer.Option(help="aef-learned: Adam learning rate (default 0.1).")] = None,
-    fusion_patience: Annotated[int | None, typer.Option(help="aef-learned: stop after this many steps without a "
-                                                             "lower held-out loss (default 8).")] = None,
-    ppl_max_windows: Annotated[int | None, typer.Option(help="Perplexity windows per corpus.")] = None,
-    zeroshot_tasks: Annotated[str | None, typer.Option(help="Zero-shot task set: paper7-offline (default: the "
-                                                            "paper's seven tasks, offline), local, or paper7 "
-                                                            "(hub).")] = None,
-    zeroshot_limit: Annotated[int | None, typer.Option(help="Zero-shot items per task (a seeded subset, the same "
-                                                            "for every model).")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, or auto (accelerate sharding).")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
     stages: Annotated[str | None, typer.Option(help="Only these stages, e.g. 01,02,03.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-run finished stages.")] = False,
     progress: Annotated[bool, typer.Option("--progress", help="Progress bars inside the notebooks.")] = False,
 ) -> None:
-    """Prune one model: run notebooks 01-07 with papermill into RUNS_ROOT/NAME and write report.md."""
-    from aeflib.pipeline import StageFailed, _select
-    from aeflib.pipeline import run as run_pipeline
-
+    """Prune one model: run the stage notebooks with papermill into RUNS_ROOT/NAME and write report.md."""
     chosen = None if stages is None else [s.strip() for s in stages.split(",") if s.strip()]
     try:
-        settings = _settings(model, method, target_params, pruning_ratio, layers=_layers(layers), calib_n=calib_n,
-                             recovery_steps=recovery_steps, normalize_with=normalize_with,
-                             fusion_steps=fusion_steps, fusion_lr=fusion_lr, fusion_patience=fusion_patience,
-                             ppl_max_windows=ppl_max_windows,
-                             zeroshot_tasks=zeroshot_tasks, zeroshot_limit=zeroshot_limit, device=device,
-                             dtype=dtype)
-        _select(chosen)
+        settings = _settings(fields)
+        select(chosen)
     except ValueError as err:
         _bad(err)
     _echo(f"aef run: {settings.model}, method {settings.method} → {runs_root}/{name or settings.default_name()}")
@@ -146,25 +192,22 @@ def run(
 
 
 @app.command()
+@settings_options(["model", "target_params", "pruning_ratio", "ppl_max_windows"])
 def compare(
-    model: Model = "smollm2-135m",
+    fields: dict[str, Any],
     methods: Annotated[str, typer.Option(help="Comma-separated criteria / AEF variants.")] =
         "random,l2,vector,element1,element2,aef",
-    target_params: Target = None,
-    pruning_ratio: Ratio = None,
     name: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
     runs_root: Runs = "runs",
-    ppl_max_windows: Annotated[int | None, typer.Option(help="Perplexity windows per corpus.")] = None,
     zeroshot: Annotated[bool, typer.Option("--zeroshot", help="Also measure zero-shot accuracy.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Re-estimate the scores.")] = False,
 ) -> None:
     """Prune one model with each criterion at the same target; write comparison.csv/.md and a figure."""
     from aeflib.stages import criterion_for
-    from aeflib.sweep import compare as run_compare
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     try:
-        settings = _settings(model, "aef", target_params, pruning_ratio, ppl_max_windows=ppl_max_windows)
+        settings = _settings(fields, method="aef")
         if not chosen:
             raise ValueError(f"--methods {methods!r}: give at least one method")
         for m in chosen:
@@ -191,9 +234,6 @@ def reproduce(
     force: Annotated[bool, typer.Option("--force", help="Re-run finished stages.")] = False,
 ) -> None:
     """Run the paper's protocol per model (ratio 0.25, layers 4..n-2, WikiText-2/PTB, seven tasks, LoRA)."""
-    from aeflib.pipeline import RunSettings, StageFailed
-    from aeflib.sweep import reproduce as run_reproduce
-
     names = [m.strip() for m in models.split(",") if m.strip()]
     try:
         if not names:
@@ -223,7 +263,7 @@ def models() -> None:
         _echo(f"{spec.name:<14} {spec.family:<9} {'paper' if spec.paper else '':<6} {where:<40} {spec.description}")
 
 
-def main() -> None:  # pragma: no cover - `python -m aeflib.cli`
+def main() -> None:  # pragma: no cover - `python -m aeflib.orchestration.cli`
     """Entry point with logging on stderr."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     app()
