@@ -188,7 +188,9 @@ pd.DataFrame(intervals["paired"])[columns].round(2).rename(
 # The pruned model's size and compute relative to the dense one (below 1 = smaller).
 
 # %% tags=["nbval-ignore-output"]
-ratios = aeflib.evaluation.efficiency_ratios(dense_eval.efficiency, pruned_eval.efficiency)
+ratios = aeflib.evaluation.efficiency_ratios(
+    dense_eval.efficiency, pruned_eval.efficiency
+)
 analysis.as_table(ratios, column="pruned / dense", digits=3)
 
 # %% [markdown]

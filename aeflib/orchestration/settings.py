@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,12 +330,12 @@ def write_parameter_cells(folder: str | Path | None = None, names: Iterable[str]
     for name in names or STAGE_NAMES:
         path = folder / f"{name}.py"
         text = path.read_text()
-        marker = '# %% tags=["parameters"]\n'
-        if marker not in text:
-            raise ValueError(f"{path} has no parameters cell (a line {marker.strip()!r})")
-        head, rest = text.split(marker, 1)
-        _, sep, tail = rest.partition("\n\n# %%")   # the cell ends where the next one begins
-        new = head + marker + parameters_cell(name) + sep + tail
+        # the cell's body: from its header line to the next cell's header (or the end), blank lines included
+        cell = re.search(r'^# %% tags=\["parameters"\]\n(.*?)(?=^# %%|\Z)', text, re.S | re.M)
+        if cell is None:
+            raise ValueError(f"{path} has no parameters cell (a line '# %% tags=[\"parameters\"]')")
+        end = "\n\n" if cell.end(1) < len(text) else "\n"
+        new = text[:cell.start(1)] + parameters_cell(name) + end + text[cell.end(1):]
         if new != text:
             path.write_text(new)
             changed.append(path)
