@@ -420,3 +420,10 @@ def test_markdown_table_shows_small_values_and_no_nan():
     table = markdown_table(["method", "param_reduction", "seconds"], [["dense", 0.0, float("nan")],
                                                                       ["l2", 0.0032, 1.5]])
     assert "| dense | 0.00 | – |" in table and "| l2 | 0.0032 | 1.50 |" in table
+
+
+def test_console_scripts_installed_before_the_move_still_find_the_command():
+    import aeflib.cli
+    import aeflib.orchestration.cli
+
+    assert aeflib.cli.app is aeflib.orchestration.cli.app

@@ -1,6 +1,6 @@
 """The ``aef`` command: a thin typer layer over :mod:`aeflib.orchestration` (the only module that prints).
 
-    aef run [--model smollm2-135m --method aef --target-params 0.2 --name NAME ...]   notebooks 01-07 → runs/NAME/
+    aef run [--model smollm2-135m --method aef --target-params 0.2 --name NAME ...]   the notebooks → runs/NAME/
     aef compare --methods random,l2,vector,element1,element2,aef [...]             one model, many criteria
     aef reproduce --models llama-7b,vicuna-7b,baichuan-7b,bloom-7b1 [--device auto] the paper's protocol
     aef models                                                                     the model registry
@@ -69,7 +69,12 @@ def _text(value: Any) -> str:
 def settings_options(names: Sequence[str] | None = None) -> Callable[[Callable], Callable]:
     """Give a command one option per settings parameter (``names``, or all); it receives them as ``fields``.
 
-    ``fields`` maps each parameter to its parsed value or None when the option was not given.
+    Args:
+        names: The parameters to offer (default: every :func:`~aeflib.orchestration.settings.settings_params`).
+
+    Returns:
+        A decorator for a command whose first parameter is ``fields: dict[str, Any]``: each parameter's option
+        value (text for list-valued ones, see :func:`_parsed`), None when the option was not given.
 
     Raises:
         ValueError: A name in ``names`` that is not a settings parameter (naming it and the parameters).
