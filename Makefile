@@ -42,7 +42,8 @@ test-fast: install-dev
 lint: install-dev
 	$(BIN)/ruff check aeflib tests benchmarks data notebooks
 
-## After editing a notebook's .py source by hand: bring its .ipynb twin in step (jupytext pairs, see notebooks/README.md)
+## After editing a notebook's .py source or a stage record: write the parameters cells from the records
+## (aeflib/orchestration/settings.py), then bring each .ipynb twin in step (jupytext pairs, see notebooks/README.md)
 .PHONY: notebooks
 ## The book: the main job's executed notebooks as a static site; open build/book/index.html
 docs: install-dev
@@ -50,6 +51,7 @@ docs: install-dev
 	$(BIN)/python docs/build_book.py runs/book build/book
 
 notebooks: install-dev
+	$(BIN)/python -c "from aeflib.orchestration.settings import write_parameter_cells; write_parameter_cells()"
 	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py
 
 clean-venv:

@@ -19,7 +19,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("data", "evaluation", "fusion", "importance", "io", "models", "paper", "pipeline", "plots",
+_SUBMODULES = ("data", "evaluation", "fusion", "importance", "io", "models", "orchestration", "paper", "plots",
                "pruning", "recovery", "scores", "widgets")
 
 __all__ = ["__version__", *_SUBMODULES]

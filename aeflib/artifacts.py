@@ -28,19 +28,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from aeflib.orchestration.settings import producers
+
 __all__ = ["PRODUCERS", "RunDir", "pruned_layers", "setup_notebook"]
 
 log = logging.getLogger(__name__)
 
-#: artifact -> the notebook that writes it (named in "missing input" errors)
-PRODUCERS = {
-    "metrics.json": "01_model_and_structures",
-    "scores.safetensors": "02_importance",
-    "fusion.json": "03_fusion",
-    "plan.json": "04_pruning",
-    "pruned": "04_pruning",
-    "recovered": "05_recovery",
-}
+#: artifact -> the notebook that writes it (named in "missing input" errors), from the stage records
+PRODUCERS = producers()
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -1,10 +1,11 @@
 """Wall and CPU time of each stage of ``aef run`` on the embedded default, and its share of the 15-minute budget.
 
-What is measured: one run of the stage notebooks 01-07 with the default :class:`aeflib.pipeline.RunSettings`
-(SmolLM2-135M, AEF, 20 % of the parameters; what ``aef run`` and ``make demo`` do), executed by
-:func:`aeflib.pipeline.run` with ``force=True`` into a fresh run folder. Per stage: wall seconds and the CPU seconds
-(user + system) of its notebook kernel, as :class:`aeflib.pipeline.StageRecord` records them; the total wall time of
-the run (stages + kernel start-up + report) and the CPU time of this process and all its kernels.
+What is measured: one run of the stage notebooks 01-07 with the default
+:class:`aeflib.orchestration.settings.RunSettings` (SmolLM2-135M, AEF, 20 % of the parameters; what ``aef run`` and
+``make demo`` do), executed by :func:`aeflib.orchestration.runner.run` with ``force=True`` into a fresh run folder.
+Per stage: wall seconds and the CPU seconds (user + system) of its notebook kernel, as
+:class:`aeflib.orchestration.report.StageRecord` records them; the total wall time of the run (stages + kernel
+start-up + report) and the CPU time of this process and all its kernels.
 
 How to read it: ``share`` = a stage's wall time / the run's total wall time; ``CPU/wall`` > 1 means the stage kept
 more than one core busy, < 1 that it waited (on I/O, on kernel start-up, or on other processes when the machine is
@@ -37,7 +38,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from _common import machine, write_json  # noqa: E402  (benchmarks/ is on sys.path: scripts run as files)
 
-from aeflib.pipeline import RunSettings, StageFailed, StageRecord, run  # noqa: E402
+from aeflib.orchestration.report import StageRecord  # noqa: E402
+from aeflib.orchestration.runner import StageFailed, run  # noqa: E402
+from aeflib.orchestration.settings import RunSettings  # noqa: E402
 
 
 def _children_cpu() -> float:

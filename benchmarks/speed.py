@@ -65,7 +65,7 @@ from _common import machine, write_json  # noqa: E402  (benchmarks/ is on sys.pa
 
 import aeflib.models  # noqa: E402
 from aeflib import importance, pruning  # noqa: E402
-from aeflib.evaluation import LatencyComparison, compare, compare_latency, efficiency  # noqa: E402
+from aeflib.evaluation import LatencyComparison, compare_latency, efficiency, efficiency_ratios  # noqa: E402
 
 LLAMA7B = {"hidden": 4096, "heads": 32, "mlp": 11008, "vocab": 32000}
 SMOKE_WIDE = {"hidden": 128, "heads": 4, "mlp": 344, "vocab": 1000}  # --smoke: the same layout, seconds to time
@@ -143,7 +143,7 @@ def bench_model(name: str, dense, tokenizer, adapter, plans: list[tuple[dict, pr
         }
     for key, (label, the_plan) in labels.items():
         res = efficiency(models[key], tokenizer, seq_len=args.seq_len, repeats=0)
-        ratios = {k: v for k, v in compare(base, res).items() if not math.isnan(v)}
+        ratios = {k: v for k, v in efficiency_ratios(base, res).items() if not math.isnan(v)}
         intervals, verdicts = {}, {}
         for b, comparison in timed.items():
             for quantity in comparison.spreads:

@@ -79,7 +79,7 @@ dtype = "float32"              # "float32", "bfloat16" or "float16"
 progress = True                # progress bars (aef run sets False)
 interactive = True             # live widgets (aef run sets False: static figures)
 # --- this stage ------------------------------------------------------------------------
-show_group = 0               # which head / channel of the first pruned layer to print
+show_group = 0                 # which head / channel of the first pruned layer to print
 
 # %% [markdown]
 # ## Setup

@@ -90,13 +90,13 @@ dtype = "float32"              # "float32", "bfloat16" or "float16"
 progress = True                # progress bars (aef run sets False)
 interactive = True             # live widgets (aef run sets False: static figures)
 # --- this stage ------------------------------------------------------------------------
-fine = "element2"
-coarse = "vector"
-normalize_with = "rank"       # rank, zscore or sum; rank: equal weights, equal influence
-temperature = 1.0             # softmax temperature of the gates
-fusion_steps = 50             # aef-learned: most Adam steps
-fusion_lr = 0.1               # aef-learned: Adam learning rate
-fusion_patience = 8           # aef-learned: steps without a lower held-out loss
+fine = "element2"              # fine estimate fused in 03 [paper]: Taylor + Fisher
+coarse = "vector"              # the coarse-grained estimate [paper]
+normalize_with = "rank"        # rank, zscore or sum; rank: equal weights, equal influence
+temperature = 1.0              # softmax temperature of the gates
+fusion_steps = 50              # aef-learned: most Adam steps
+fusion_lr = 0.1                # aef-learned: Adam learning rate
+fusion_patience = 8            # aef-learned: steps without a lower held-out loss
 
 # %% [markdown]
 # ## Setup

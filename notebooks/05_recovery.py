@@ -81,7 +81,7 @@ recovery_dataset = "qa"        # shipped QA pairs; the paper: "alpaca-cleaned" (
 recovery_steps = 20            # optimizer steps (None: 2 epochs, as the paper)
 recovery_batch_size = 4        # sequences per step (paper: 64)
 recovery_micro_batch_size = 4  # sequences per forward/backward pass
-recovery_lr = 3e-4             # peak learning rate (paper: 1e-4 over ~1.5 k steps)
+recovery_lr = 0.0003           # peak learning rate (paper: 1e-4 over ~1.5 k steps)
 recovery_cutoff = 128          # tokens per sequence (paper: 256)
 recovery_val_size = 16         # validation sequences scored before and after
 

@@ -77,12 +77,12 @@ interactive = True             # live widgets (aef run sets False: static figure
 # [corpus, split] pairs; the paper: wikitext2/test and ptb/validation (hub)
 ppl_datasets = [["wikipedia", "test"]]
 ppl_protocol = "llm-pruner-128"
-ppl_max_windows = 48          # windows per corpus (None: the whole split)
+ppl_max_windows = 48           # windows per corpus (None: the whole split)
 zeroshot_tasks = "paper7-offline"  # the paper's seven, offline; "paper7": hub; "local"
-zeroshot_limit = 30           # items per task, seeded subset (None: all)
-efficiency_seq_len = 64       # prompt tokens of the latency measurement (None: skip)
+zeroshot_limit = 30            # items per task, seeded subset (None: all)
+efficiency_seq_len = 64        # prompt tokens of the latency measurement (None: skip)
 efficiency_decode_tokens = 16
-efficiency_repeats = 10       # interleaved timing rounds (8 or more for intervals)
+efficiency_repeats = 10        # interleaved timing rounds (8 or more for intervals)
 eval_batch_size = 4
 
 # %% [markdown]
@@ -228,7 +228,9 @@ pd.DataFrame(intervals["paired"])[columns].round(2).rename(
 # The pruned model's size and compute relative to the dense one (below 1 = smaller).
 
 # %% tags=["nbval-ignore-output"]
-ratios = aeflib.evaluation.compare(dense_eval.efficiency, pruned_eval.efficiency)
+ratios = aeflib.evaluation.efficiency_ratios(
+    dense_eval.efficiency, pruned_eval.efficiency
+)
 analysis.as_table(ratios, column="pruned / dense", digits=3)
 
 # %% [markdown]

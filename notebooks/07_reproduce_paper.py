@@ -71,7 +71,7 @@ dtype = "float32"              # "float32", "bfloat16" or "float16"
 progress = True                # progress bars (aef run sets False)
 interactive = True             # live widgets (aef run sets False: static figures)
 # --- this stage ------------------------------------------------------------------------
-paper_model = "llama-7b"     # llama-7b, vicuna-7b or bloom-7b1 (published rows)
+paper_model = "llama-7b"       # llama-7b, vicuna-7b or bloom-7b1 (published rows)
 
 # %% [markdown]
 # ## Setup

@@ -117,6 +117,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_llama_run(tmp_path_factory):
     """The whole notebook sequence (01-07) on tiny-llama, executed once per session with papermill (``aef run``)."""
-    from aeflib.pipeline import RunSettings, run
+    from aeflib.orchestration.runner import run
+    from aeflib.orchestration.settings import RunSettings
 
     return run(RunSettings.tiny("tiny-llama"), name="tiny-llama", runs_root=tmp_path_factory.mktemp("runs"))

@@ -1,4 +1,4 @@
-"""aeflib.analysis, aeflib.stages, aeflib.artifacts and aeflib.report: the helpers behind the notebook cells."""
+"""aeflib.analysis, aeflib.stages, aeflib.artifacts and aeflib.orchestration.report: the notebook cells' helpers."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from scipy import stats
 
 import aeflib.models
 import aeflib.pruning
-from aeflib import analysis, report, stages
+from aeflib import analysis, stages
 from aeflib.artifacts import RunDir, pruned_layers
+from aeflib.orchestration import report
 from aeflib.scores import Scores
 
 

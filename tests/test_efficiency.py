@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_NAMES, prune_nonuniform
 
 import aeflib.models
-from aeflib.evaluation.efficiency import analytic_macs, compare, counted_macs, efficiency
+from aeflib.evaluation.efficiency import analytic_macs, counted_macs, efficiency, efficiency_ratios
 from aeflib.evaluation.timing import LatencyRatio, _median_interval, compare_latency, rounds_needed
 from aeflib.pruning import count_parameters
 
@@ -75,7 +75,7 @@ def test_compare_gives_pruned_over_dense_ratios():
     dense = efficiency(loaded.model, seq_len=16, batch_sizes=(1,), decode_tokens=2, repeats=1)
     prune_nonuniform(loaded)
     pruned = efficiency(loaded.model, seq_len=16, batch_sizes=(1,), decode_tokens=2, repeats=1)
-    ratios = compare(dense, pruned)
+    ratios = efficiency_ratios(dense, pruned)
     assert ratios["params_total"] == pytest.approx(pruned.params_total / dense.params_total)
     assert ratios["params_total"] < 1 and ratios["macs_per_token"] < 1 and ratios["macs_per_token_attention"] < 1
     assert "peak_mem_delta_bytes@bs1" in ratios
@@ -83,7 +83,7 @@ def test_compare_gives_pruned_over_dense_ratios():
     assert pruned.machine["torch_threads"] >= 1 and len(pruned.machine["load_average_after"]) == 3
     assert "peak_mem_bytes@bs1" not in ratios  # CPU: absolute RSS is the process history, not comparable
     with pytest.raises(ValueError, match="seq_len 32 .pruned. with MACs at seq_len 16"):
-        compare(dense, efficiency(loaded.model, seq_len=32, repeats=0))
+        efficiency_ratios(dense, efficiency(loaded.model, seq_len=32, repeats=0))
 
 
 def test_efficiency_rejects_bad_arguments():
@@ -199,7 +199,7 @@ def test_compare_latency_rejects_bad_arguments(two_models):
 
 def test_report_shows_latency_spreads_and_calls_an_interval_over_one_no_measurable_difference(tmp_path):
     from aeflib.evaluation.timing import LatencyComparison, LatencySpread
-    from aeflib.report import write_report
+    from aeflib.orchestration.report import write_report
 
     spreads = {"prefill_s": {"dense": LatencySpread.of([0.010, 0.011, 0.012]),
                              "pruned": LatencySpread.of([0.006, 0.0065, 0.007]),

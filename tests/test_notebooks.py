@@ -21,7 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from aeflib.pipeline import STAGES
+from aeflib.orchestration.settings import STAGE_NAMES as STAGES
 
 pytestmark = pytest.mark.notebooks
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")

@@ -161,7 +161,7 @@ def test_zeroshot_intervals_carry_chance_wilson_and_paired_readings():
 def test_report_shows_intervals_chance_and_calls_small_differences_noise(tmp_path):
     import json
 
-    from aeflib.report import write_report
+    from aeflib.orchestration.report import write_report
 
     def table(k):
         return {"aef_qa": {"metric": "acc_norm", "doc_ids": list(range(20)), "correct": [1] * k + [0] * (20 - k)}}
@@ -175,10 +175,10 @@ def test_report_shows_intervals_chance_and_calls_small_differences_noise(tmp_pat
 
 
 def test_aef_compare_reports_paired_intervals_against_the_best_baseline(tmp_path, one_thread):
-    from aeflib import pipeline
-    from aeflib.pipeline import RunSettings
+    from aeflib.orchestration import sweep
+    from aeflib.orchestration.settings import RunSettings
 
-    out = pipeline.compare(RunSettings.tiny("tiny-gqa"), ["random", "vector"], name="c", runs_root=tmp_path)
+    out = sweep.compare(RunSettings.tiny("tiny-gqa"), ["random", "vector"], name="c", runs_root=tmp_path)
     ppl = dict(zip(out.table["method"], out.table["perplexity"], strict=True))
     ref = min(("random", "vector"), key=ppl.get)
     assert [(p["a"], p["b"]) for p in out.paired] == [(ref, ({"random", "vector"} - {ref}).pop())]

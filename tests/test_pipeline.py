@@ -1,4 +1,5 @@
-"""aeflib.pipeline and the ``aef`` command: settings ↔ notebook parameters, resuming, failures, smoke runs.
+"""aeflib.orchestration (stage records, runner, report, sweep) and the ``aef`` command: settings ↔ notebook
+parameters, resuming, failures, smoke runs.
 
 The stage-notebook mechanics (resume, force, failure reporting) run on trivial stand-in notebooks (no torch in the
 kernel, seconds each); the whole sequence runs for real on tiny-llama (shared ``tiny_llama_run`` fixture, also used
@@ -17,9 +18,11 @@ import nbformat
 import pytest
 from typer.testing import CliRunner
 
-from aeflib import pipeline
-from aeflib.cli import app
-from aeflib.pipeline import STAGES, RunSettings, StageFailed
+from aeflib.orchestration import runner, sweep
+from aeflib.orchestration.cli import app
+from aeflib.orchestration.runner import StageFailed
+from aeflib.orchestration.settings import STAGE_NAMES as STAGES
+from aeflib.orchestration.settings import RunSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -45,6 +48,73 @@ def test_notebook_defaults_equal_run_settings_defaults(stage):
     for name, p in declared.items():
         if name not in RUNTIME:
             assert ast.literal_eval(p["default"]) == defaults[name], f"{stage}: {name}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_notebook_parameters_cell_is_the_one_its_stage_record_writes(stage):
+    from aeflib.orchestration.settings import parameters_cell as from_record
+
+    assert parameters_cell(NOTEBOOKS / f"{stage}.ipynb") == from_record(stage), \
+        f"{stage}: the parameters cell differs from its Stage record; run `make notebooks`"
+
+
+def test_run_settings_are_the_union_of_the_stage_parameters_and_the_command_has_an_option_for_each():
+    import dataclasses
+
+    from aeflib.orchestration.settings import STAGES as RECORDS
+    from aeflib.orchestration.settings import settings_params
+
+    params = settings_params()
+    assert [f.name for f in dataclasses.fields(RunSettings)] == [p.name for p in params]
+    declared = {p.name for s in RECORDS for p in s.all_params() if not p.runtime}
+    assert declared == {p.name for p in params}
+    result = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    for p in params:
+        assert f"--{p.name.replace('_', '-')} " in result.output, p.name
+
+
+def test_orchestration_modules_import_only_those_before_them():
+    """settings ← report ← runner ← sweep ← cli: no cycle, no module importing a later one (at any depth)."""
+    order = ["settings", "report", "runner", "sweep", "cli"]
+    for i, name in enumerate(order):
+        tree = ast.parse((ROOT / "aeflib" / "orchestration" / f"{name}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("aeflib.orchestration"):
+                imported |= {node.module.rsplit(".", 1)[-1]} if node.module != "aeflib.orchestration" else \
+                    {a.name for a in node.names}
+        assert imported <= set(order[:i]), f"{name} imports {sorted(imported - set(order[:i]))}"
+
+
+def test_report_has_one_section_per_stage_record_and_a_default_for_new_stages(tmp_path, monkeypatch):
+    from aeflib.orchestration import report, settings
+    from aeflib.orchestration.settings import Stage
+
+    assert set(report.SECTIONS) <= set(STAGES)
+    extra = Stage("08_summary", metrics="summary", report_section="Summary")
+    monkeypatch.setattr(report, "STAGES", (*settings.STAGES, extra))
+    (tmp_path / "metrics.json").write_text(json.dumps({"summary": {"title": "hello", "nested": {"x": 1}}}))
+    text = report.write_report(tmp_path).read_text()
+    assert "## Summary" in text and "| title | hello |" in text and "nested" not in text
+
+
+def test_missing_input_names_the_stage_record_that_writes_it(tmp_path):
+    from aeflib.artifacts import PRODUCERS, RunDir
+
+    assert PRODUCERS["plan.json"] == "04_pruning" and PRODUCERS["recovered"] == "05_recovery"
+    with pytest.raises(FileNotFoundError, match="run notebook 02_importance"):
+        RunDir(tmp_path).require("scores.safetensors")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ppl-datasets", "wikitext2"], r"--ppl-datasets 'wikitext2': give CORPUS:SPLIT pairs"),
+    (["--criteria", "l2,nope"], r"unknown criteria criterion 'nope'; choose from \['random'"),
+])
+def test_cli_list_options_are_read_by_their_parameter(stand_ins, args, message):
+    runs = stand_ins / "runs"
+    result = CliRunner().invoke(app, ["run", "--model", "tiny-llama", *args, "--runs-root", str(runs)])
+    assert result.exit_code == 2 and re.search(message, result.output), result.output
+    assert not runs.exists()
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -109,21 +179,21 @@ def stand_ins(tmp_path, monkeypatch):
         if stage == "03_fusion":
             body = 'raise ValueError("broken on purpose")'
         _stand_in(folder, stage, body)
-    monkeypatch.setenv(pipeline.NOTEBOOKS_ENV, str(folder))
+    monkeypatch.setenv(runner.NOTEBOOKS_ENV, str(folder))
     return tmp_path
 
 
 def test_run_resumes_finished_stages_and_reruns_downstream(stand_ins):
     runs = stand_ins / "runs"
-    first = pipeline.run(RunSettings(model="tiny-llama"), name="r", runs_root=runs, stages=["01", "02"])
+    first = runner.run(RunSettings(model="tiny-llama"), name="r", runs_root=runs, stages=["01", "02"])
     assert [r.status for r in first.stages] == ["ran", "ran"]
     stamp = (first.run_dir / "02_importance.txt").read_text()
-    again = pipeline.run(RunSettings(model="tiny-llama"), name="r", runs_root=runs, stages=["01", "02"])
+    again = runner.run(RunSettings(model="tiny-llama"), name="r", runs_root=runs, stages=["01", "02"])
     assert [r.status for r in again.stages] == ["skipped", "skipped"]
     assert (first.run_dir / "02_importance.txt").read_text() == stamp
-    changed = pipeline.run(RunSettings(model="tiny-llama", seed=7), name="r", runs_root=runs, stages=["01", "02"])
+    changed = runner.run(RunSettings(model="tiny-llama", seed=7), name="r", runs_root=runs, stages=["01", "02"])
     assert [r.status for r in changed.stages] == ["ran", "ran"]        # seed changed in 01: everything after reruns
-    forced = pipeline.run(RunSettings(model="tiny-llama", seed=7), name="r", runs_root=runs, stages=["02"], force=True)
+    forced = runner.run(RunSettings(model="tiny-llama", seed=7), name="r", runs_root=runs, stages=["02"], force=True)
     assert [r.status for r in forced.stages] == ["ran"]
     assert (first.run_dir / "report.md").is_file()
     assert (first.run_dir / "notebooks" / "02_importance.ipynb").is_file()
@@ -131,7 +201,7 @@ def test_run_resumes_finished_stages_and_reruns_downstream(stand_ins):
 
 def test_failing_stage_names_notebook_and_cell(stand_ins):
     with pytest.raises(StageFailed) as info:
-        pipeline.run(RunSettings(model="tiny-llama"), name="f", runs_root=stand_ins / "runs", stages=["03"])
+        runner.run(RunSettings(model="tiny-llama"), name="f", runs_root=stand_ins / "runs", stages=["03"])
     err = info.value
     assert err.stage == "03_fusion" and err.ename == "ValueError" and "broken on purpose" in err.evalue
     assert err.notebook == stand_ins / "runs" / "f" / "notebooks" / "03_fusion.ipynb" and err.notebook.is_file()
@@ -149,7 +219,7 @@ def test_cli_failing_stage_exits_nonzero_with_path_and_cell(stand_ins):
 
 def test_select_rejects_unknown_stage():
     with pytest.raises(ValueError, match="unknown stage '09'"):
-        pipeline._select(["09"])
+        runner.select(["09"])
 
 
 # ---- the command ----------------------------------------------------------------------------------------------------
@@ -243,19 +313,19 @@ def test_run_whole_sequence_on_tiny_llama(tiny_llama_run):
 
 @pytest.mark.notebooks
 def test_run_whole_sequence_on_tiny_bloom(tmp_path):
-    outcome = pipeline.run(RunSettings.tiny("tiny-bloom"), name="bloom", runs_root=tmp_path)
+    outcome = runner.run(RunSettings.tiny("tiny-bloom"), name="bloom", runs_root=tmp_path)
     _check_smoke(outcome, "tiny-bloom")
 
 
 @pytest.mark.notebooks
 def test_compare_estimates_once_and_writes_table_and_figure(tmp_path):
     settings = RunSettings.tiny("tiny-gqa")
-    first = pipeline.compare(settings, ["random", "vector", "aef"], name="c", runs_root=tmp_path)
+    first = sweep.compare(settings, ["random", "vector", "aef"], name="c", runs_root=tmp_path)
     assert list(first.table["method"]) == ["dense", "random", "vector", "aef"]
     assert first.table["param_reduction"][1:].nunique() == 1            # same ratio for every method
     assert first.csv.is_file() and first.markdown.is_file() and first.figure.is_file()
     stamp = (first.run_dir / "scores.safetensors").stat().st_mtime_ns
-    again = pipeline.compare(settings, ["vector", "element2"], name="c", runs_root=tmp_path)
+    again = sweep.compare(settings, ["vector", "element2"], name="c", runs_root=tmp_path)
     assert (first.run_dir / "scores.safetensors").stat().st_mtime_ns == stamp      # reused, not re-estimated
     assert again.table["perplexity"].iloc[1] == first.table["perplexity"].iloc[2]
     assert (first.run_dir / "comparison.md").read_text().startswith("# aef compare: tiny-gqa")
@@ -305,11 +375,11 @@ def test_cli_compare_and_reproduce_reject_bad_arguments_before_writing(tmp_path,
 def test_pipeline_run_validates_settings_before_creating_the_run_folder(stand_ins):
     runs = stand_ins / "runs"
     with pytest.raises(ValueError, match=r"give exactly one of pruning_ratio .* or target_params"):
-        pipeline.run(RunSettings(model="tiny-llama", pruning_ratio=0.25), name="r", runs_root=runs)
+        runner.run(RunSettings(model="tiny-llama", pruning_ratio=0.25), name="r", runs_root=runs)
     with pytest.raises(ValueError, match=r"unknown method 'nope'"):
-        pipeline.run(RunSettings(model="tiny-llama", method="nope"), name="r", runs_root=runs)
+        runner.run(RunSettings(model="tiny-llama", method="nope"), name="r", runs_root=runs)
     with pytest.raises(ValueError, match=r"unknown stage 'x'"):
-        pipeline.run(RunSettings(model="tiny-llama"), name="r", runs_root=runs, stages=["x"])
+        runner.run(RunSettings(model="tiny-llama"), name="r", runs_root=runs, stages=["x"])
     assert not runs.exists()
     folder = stand_ins / "ckpt"
     folder.mkdir()
@@ -330,8 +400,7 @@ def test_cli_run_help_shows_the_default_amount_and_the_tiny_model_ratio():
 
 
 def test_report_flags_random_weights_and_stages_from_earlier_invocations(tmp_path):
-    from aeflib.pipeline import STAGES, StageRecord
-    from aeflib.report import write_report
+    from aeflib.orchestration.report import StageRecord, write_report
 
     (tmp_path / "metrics.json").write_text(json.dumps({"model": {"name": "tiny-llama"}}))
     (tmp_path / ".aef").mkdir()
@@ -346,8 +415,15 @@ def test_report_flags_random_weights_and_stages_from_earlier_invocations(tmp_pat
 
 
 def test_markdown_table_shows_small_values_and_no_nan():
-    from aeflib.report import markdown_table
+    from aeflib.orchestration.report import markdown_table
 
     table = markdown_table(["method", "param_reduction", "seconds"], [["dense", 0.0, float("nan")],
                                                                       ["l2", 0.0032, 1.5]])
     assert "| dense | 0.00 | – |" in table and "| l2 | 0.0032 | 1.50 |" in table
+
+
+def test_console_scripts_installed_before_the_move_still_find_the_command():
+    import aeflib.cli
+    import aeflib.orchestration.cli
+
+    assert aeflib.cli.app is aeflib.orchestration.cli.app

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from aeflib.evaluation.efficiency import BatchTiming, EfficiencyResult, analytic_macs, compare, counted_macs, efficiency
+from aeflib.evaluation.efficiency import (
+    BatchTiming,
+    EfficiencyResult,
+    analytic_macs,
+    counted_macs,
+    efficiency,
+    efficiency_ratios,
+)
 from aeflib.evaluation.perplexity import PROTOCOLS, PerplexityProtocol, PerplexityResult, perplexity
 from aeflib.evaluation.timing import LatencyComparison, LatencyRatio, LatencySpread, compare_latency
 from aeflib.evaluation.zeroshot import (
@@ -22,9 +29,9 @@ __all__ = [
     "BatchTiming",
     "EfficiencyResult",
     "analytic_macs",
-    "compare",
     "counted_macs",
     "efficiency",
+    "efficiency_ratios",
     "LatencyComparison",
     "LatencyRatio",
     "LatencySpread",

@@ -3,7 +3,7 @@
 Entry points::
 
     efficiency(model, tokenizer=None, seq_len=128, batch_sizes=(1,), decode_tokens=32, repeats=5) -> EfficiencyResult
-    compare(dense, pruned)           -> {quantity: pruned / dense}   sizes, MACs, memory (never times)
+    efficiency_ratios(dense, pruned) -> {quantity: pruned / dense}   sizes, MACs, memory (never times)
     analytic_macs(model, seq_len)    -> (per-layer MACs per token, lm_head MACs per token)
     counted_macs(model, seq_len)     -> MACs per token counted by torch.utils.flop_counter (the cross-check)
 
@@ -44,7 +44,7 @@ from torch import nn
 from aeflib.evaluation.timing import BatchTiming, PeakMemory, input_ids, machine_now, measure_batch
 from aeflib.models.checksum import checksum
 
-__all__ = ["BatchTiming", "EfficiencyResult", "analytic_macs", "compare", "counted_macs", "efficiency"]
+__all__ = ["BatchTiming", "EfficiencyResult", "analytic_macs", "counted_macs", "efficiency", "efficiency_ratios"]
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def efficiency(
     return result
 
 
-def compare(dense: EfficiencyResult, pruned: EfficiencyResult) -> dict[str, float]:
+def efficiency_ratios(dense: EfficiencyResult, pruned: EfficiencyResult) -> dict[str, float]:
     """Ratios pruned / dense of the sizes, MACs and memory both results hold — never of their times.
 
     Args:

@@ -39,12 +39,13 @@ from ui_harness import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[2]
-NOTEBOOKS = Path(os.environ.get("AEFLIB_NOTEBOOKS", REPO / "notebooks"))   # as aeflib.pipeline.notebooks_dir()
+NOTEBOOKS = Path(os.environ.get("AEFLIB_NOTEBOOKS", REPO / "notebooks"))   # as orchestration.runner.notebooks_dir()
 SHOTS = Path(os.environ.get("AEFLIB_UI_SCREENSHOTS", REPO / "runs" / "ui-screenshots")).resolve()
 # A finished tiny-llama run folder holding scores.safetensors and fusion.json: skips the headless 02/03 (~1 min)
 PREPARED = os.environ.get("AEFLIB_UI_PREPARED_RUN")
 STRUCTURES, PRUNING = "01_model_and_structures", "04_pruning"
-PREPARE = ("import sys; from aeflib.pipeline import RunSettings, run; "
+PREPARE = ("import sys; from aeflib.orchestration.runner import run; "
+           "from aeflib.orchestration.settings import RunSettings; "
            "run(RunSettings.tiny(), name='run', runs_root=sys.argv[1], stages=['02', '03'])")
 PREPARE_TIMEOUT_S = 600
 RUN_TIMEOUT_S = 420            # one notebook's Run All; tiny models take seconds, a loaded 2-core box minutes
@@ -282,7 +283,7 @@ def _exercise_explorer(page, folder: Path, steps: int = 4) -> dict:
 
 def test_notebooks_01_and_04_in_jupyterlab():
     assert which_chromium(), "Debian's chromium is not installed (make test-ui installs it)"
-    from aeflib.pipeline import RunSettings
+    from aeflib.orchestration.settings import RunSettings
 
     t0, load0, cpu0 = time.perf_counter(), os.getloadavg()[0], resource.getrusage(resource.RUSAGE_CHILDREN)
     shutil.rmtree(SHOTS, ignore_errors=True)

@@ -9,6 +9,9 @@ same ratio or parameter target, prunes and measures perplexity (and, optionally,
 zero-shot dataset of the paper's protocol is cached or downloadable; ``reproduce`` refuses to start otherwise and
 then runs the notebook sequence per model with :meth:`RunSettings.paper`.
 
+Imports :mod:`~aeflib.orchestration.settings`, :mod:`~aeflib.orchestration.report` and
+:mod:`~aeflib.orchestration.runner`, never the command.
+
 Source: [ours]; settings from docs/paper.md §4.
 """
 
@@ -21,6 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from aeflib.orchestration import runner
+from aeflib.orchestration.report import markdown_table
+from aeflib.orchestration.settings import RunSettings
 
 __all__ = ["Comparison", "compare", "missing_for_reproduce", "reproduce"]
 
@@ -79,7 +86,8 @@ def compare(settings=None, methods: Sequence[str] = ("random", "l2", "vector", "
     """Prune one model once per method at the same target and compare perplexity (and zero-shot accuracy).
 
     Args:
-        settings: :class:`~aeflib.pipeline.RunSettings` (model, target or ratio, calibration, evaluation sizes).
+        settings: :class:`~aeflib.orchestration.settings.RunSettings` (model, target or ratio, calibration,
+            evaluation sizes).
         methods: Criteria (``random``, ``l1``, ``l2``, ``vector``, ``element1``, ``element2``) and AEF variants.
         name: Run folder name (default ``compare-<model>-<amount>``).
         runs_root: Parent folder of runs.
@@ -100,7 +108,6 @@ def compare(settings=None, methods: Sequence[str] = ("random", "l2", "vector", "
     from aeflib import plots, stages
     from aeflib.artifacts import RunDir
     from aeflib.evaluation import perplexity
-    from aeflib.pipeline import RunSettings
 
     t0 = time.perf_counter()
     settings = (settings or RunSettings()).validate()  # before any folder is made
@@ -207,8 +214,6 @@ def _write(run, rows, plans, settings, ratio, methods, t0, plots, paired=()) -> 
               f"tokens of {settings.calib_corpus}, seed {settings.seed}), same ratio {ratio:.4f} per pruned layer "
               f"for every method; perplexity: {protocol}.\n\n")
     md = run / "comparison.md"
-    from aeflib.report import markdown_table
-
     text = header + markdown_table(list(table.columns), table.values.tolist()) + "\n"
     if paired:
         text += (f"\nPaired differences against {paired[0]['a']} (the best baseline criterion here), 95 % "
@@ -230,7 +235,8 @@ def missing_for_reproduce(models: Sequence[str], settings=None) -> list[str]:
 
     Args:
         models: Registry names or local checkpoint folders.
-        settings: A :class:`~aeflib.pipeline.RunSettings` (default: :meth:`RunSettings.paper` of the first model).
+        settings: A :class:`~aeflib.orchestration.settings.RunSettings` (default: :meth:`RunSettings.paper` of
+            the first model).
 
     Returns:
         One line per missing item (model weights, calibration/perplexity/recovery corpora, zero-shot datasets).
@@ -240,7 +246,6 @@ def missing_for_reproduce(models: Sequence[str], settings=None) -> list[str]:
     from aeflib.data import CORPORA
     from aeflib.evaluation.zeroshot import HUB_DATASETS, TASK_SETS, _hub_dataset_cached, _hub_unreachable_reason
     from aeflib.models import MODELS
-    from aeflib.pipeline import RunSettings
 
     settings = settings or RunSettings.paper(models[0] if models else "llama-7b")
     reason = _hub_unreachable_reason()
@@ -269,7 +274,7 @@ def missing_for_reproduce(models: Sequence[str], settings=None) -> list[str]:
 
 
 def reproduce(models: Sequence[str], *, runs_root: str | os.PathLike = "runs", force: bool = False,
-              progress: bool = False, on_stage=None, **overrides: Any) -> list:
+              progress: bool = False, on_stage=None, **overrides: Any) -> list[runner.RunOutcome]:
     """Run the paper's protocol (:meth:`RunSettings.paper`) per model into ``runs_root/reproduce-<model>``.
 
     Args:
@@ -281,18 +286,16 @@ def reproduce(models: Sequence[str], *, runs_root: str | os.PathLike = "runs", f
         **overrides: RunSettings fields to change (e.g. ``device="cuda"``, ``method="aef-element"``).
 
     Returns:
-        One :class:`~aeflib.pipeline.RunOutcome` per model.
+        One :class:`~aeflib.orchestration.runner.RunOutcome` per model.
 
     Raises:
         RuntimeError: Before any work, if :func:`missing_for_reproduce` lists anything (the message lists it all).
     """
-    from aeflib.pipeline import RunSettings, run
-
     all_settings = [RunSettings.paper(m, **overrides) for m in models]
     missing = [line for s in all_settings for line in missing_for_reproduce([s.model], s)]
     missing = list(dict.fromkeys(missing))
     if missing:
         raise RuntimeError("cannot reproduce the paper's protocol on this machine; missing:\n  - "
                            + "\n  - ".join(missing))
-    return [run(s, name=f"reproduce-{Path(s.model).name}", runs_root=runs_root, force=force, progress=progress,
-                on_stage=on_stage) for s in all_settings]
+    return [runner.run(s, name=f"reproduce-{Path(s.model).name}", runs_root=runs_root, force=force,
+                       progress=progress, on_stage=on_stage) for s in all_settings]

@@ -1,7 +1,12 @@
-"""``report.md``: the readable summary of a run folder — key table, pruning, fusion, recovery, figures, stages.
+"""``report.md``: the readable summary of a run folder — one section per stage, figures, stages, settings.
 
 Everything comes from ``metrics.json`` and the stage markers, so the report can be rewritten at any time
-(``write_report(run_dir)``), also for a run that stopped part way.
+(``write_report(run_dir)``), also for a run that stopped part way. Each stage whose record has a
+``report_section`` gets one, headed by it, latest stage first (the results, then how they came about): what the
+renderer :data:`SECTIONS` registers for the stage writes, else a table of the scalar values of its ``metrics.json``
+section.
+
+Imports only :mod:`~aeflib.orchestration.settings`.
 
 Source: [ours].
 """
@@ -10,10 +15,25 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["key_table", "markdown_table", "write_report"]
+from aeflib.orchestration.settings import STAGES, Stage
+
+__all__ = ["SECTIONS", "StageRecord", "key_table", "markdown_table", "write_report"]
+
+@dataclass
+class StageRecord:
+    """What happened to one stage in one invocation: a row of the report's *Stages* table."""
+
+    stage: str
+    status: str            # "ran", "skipped" (finished before with the same parameters), "failed"
+    seconds: float         # this invocation's wall time, or the recorded one when skipped
+    notebook: Path
+    cpu_seconds: float | None = None   # user + system CPU of the stage's kernel (independent of machine load)
+
 
 _SETTINGS = (("dense", "dense"), ("no-tune", "pruned"), ("lora", "pruned + LoRA"))
 
@@ -129,7 +149,7 @@ def _section_zeroshot(m: dict) -> list[str]:
     return out
 
 
-def _section_pruning(m: dict) -> list[str]:
+def _section_pruning(m: dict, heading: str) -> list[str]:
     p = m.get("pruning")
     if not p:
         return []
@@ -141,7 +161,7 @@ def _section_pruning(m: dict) -> list[str]:
             ["parameter reduction requested", p.get("target_param_reduction")],
             ["parameter reduction achieved (measured)", p.get("param_reduction")],
             ["parameters before → after", f"{_fmt(p.get('params_before'))} → {_fmt(p.get('params_after'))}"]]
-    out = ["## Pruning", "", markdown_table(["quantity", "value"], [[k, _fmt(v, 4)] for k, v in rows]), ""]
+    out = [f"## {heading}", "", markdown_table(["quantity", "value"], [[k, _fmt(v, 4)] for k, v in rows]), ""]
     if p.get("sample_before") is not None:
         out += ["Greedy sample before / after pruning (no recovery):", "",
                 f"> **before:** {p['sample_before']!s}".replace("\n", " "), ">",
@@ -149,13 +169,13 @@ def _section_pruning(m: dict) -> list[str]:
     return out
 
 
-def _section_fusion(m: dict) -> list[str]:
+def _section_fusion(m: dict, heading: str) -> list[str]:
     f = m.get("fusion")
     if not f:
         return []
     alphas = ", ".join(f"{kind}s {value:.3f}" for kind, value in f.get("mean_alpha_fine", {}).items())
     s = f["settings"]
-    out = ["## Fusion", "", f"Method `{f.get('method')}` (criterion `{f.get('name')}`; fine "
+    out = [f"## {heading}", "", f"Method `{f.get('method')}` (criterion `{f.get('name')}`; fine "
            f"`{s.get('fine')}`, coarse `{s.get('coarse')}`, `{s.get('normalize')}` normalisation; settings "
            f"fingerprint `{s.get('fingerprint')}`) — a reconstruction [ours] of the paper's adaptive fusion. "
            f"Mean α_fine: {alphas}.", ""]
@@ -174,12 +194,12 @@ def _section_fusion(m: dict) -> list[str]:
     return out
 
 
-def _section_recovery(m: dict) -> list[str]:
+def _section_recovery(m: dict, heading: str) -> list[str]:
     r = m.get("recovery")
     if not r:
         return []
     s = r.get("settings", {})
-    return ["## Recovery (LoRA)", "",
+    return [f"## {heading}", "",
             f"{len(r.get('train_loss', []))} steps on `{s.get('dataset')}` (batch {s.get('batch_size')}, lr "
             f"{s.get('lr')}, rank {s.get('r')}); validation loss {_fmt(r.get('val_loss_before'), 3)} → "
             f"{_fmt(r.get('val_loss_after'), 3)} nats/token; {_fmt(r.get('seconds'), 0)} s. A short CPU budget, "
@@ -188,16 +208,55 @@ def _section_recovery(m: dict) -> list[str]:
 
 def _recorded(run_dir: Path) -> list:
     """Stage records rebuilt from the markers of finished stages (when the report is rewritten later)."""
-    from aeflib.pipeline import STAGES, StageRecord
-
     records = []
     for stage in STAGES:
-        marker = run_dir / ".aef" / f"{stage}.json"
+        marker = run_dir / ".aef" / f"{stage.name}.json"
         if marker.is_file():
             m = json.loads(marker.read_text())
-            records.append(StageRecord(stage, "finished", m["seconds"], run_dir / "notebooks" / f"{stage}.ipynb",
+            records.append(StageRecord(stage.name, "finished", m["seconds"], run_dir / "notebooks" / stage.notebook,
                                        m.get("cpu_seconds")))
     return records
+
+
+def _section_evaluation(m: dict, heading: str) -> list[str]:
+    """Key results (the dense, pruned and recovered models' metrics), then latency and zero-shot intervals."""
+    rows = m.get("evaluation", {}).get("rows", [])
+    if not rows:
+        return _section_latency(m) + _section_zeroshot(m)
+    ev = m["evaluation"].get("settings", {})
+    out = [f"## {heading}", "", key_table(rows), "",
+           (f"Perplexity is measured on the first {ev['ppl_max_windows']} windows of each corpus "
+            "(`ppl_max_windows`), not the whole split, to keep the run short; the window count is in the "
+            "protocol column. " if ev.get("ppl_max_windows") else "Perplexity is measured on every window of "
+            "each corpus. ") + _zeroshot_sentence(ev) + "Latencies: see *Latency* below.", ""]
+    return out + _section_latency(m) + _section_zeroshot(m)
+
+
+def _section_scalars(stage: Stage, m: dict) -> list[str]:
+    """The default section: a quantity/value table of the scalar values of the stage's ``metrics.json`` section."""
+    values = m.get(stage.metrics, {}) if stage.metrics else {}
+    rows = [[k, _fmt(v, 4)] for k, v in values.items() if v is None or isinstance(v, (str, int, float))]
+    return [f"## {stage.report_section}", "", markdown_table(["quantity", "value"], rows), ""] if rows else []
+
+
+#: stage name -> renderer of its report section: ``(metrics, heading) -> lines`` (none: the section is left out)
+SECTIONS: dict[str, Callable[[dict, str], list[str]]] = {
+    "03_fusion": _section_fusion,
+    "04_pruning": _section_pruning,
+    "05_recovery": _section_recovery,
+    "06_evaluation": _section_evaluation,
+}
+
+
+def _stage_sections(metrics: dict) -> list[str]:
+    """Every stage's section, latest stage first: the results, then how they came about."""
+    out = []
+    for stage in reversed(STAGES):
+        if stage.report_section is None:
+            continue
+        render = SECTIONS.get(stage.name)
+        out += render(metrics, stage.report_section) if render else _section_scalars(stage, metrics)
+    return out
 
 
 def write_report(run_dir: str | Path, settings=None, records=None, seconds: float | None = None) -> Path:
@@ -205,8 +264,8 @@ def write_report(run_dir: str | Path, settings=None, records=None, seconds: floa
 
     Args:
         run_dir: The run folder.
-        settings: The :class:`~aeflib.pipeline.RunSettings` of the run (its parameters are listed).
-        records: This invocation's :class:`~aeflib.pipeline.StageRecord` list; default: rebuilt from the markers.
+        settings: The :class:`~aeflib.orchestration.settings.RunSettings` of the run (its parameters are listed).
+        records: This invocation's :class:`StageRecord` list; default: rebuilt from the markers.
         seconds: Wall time of this invocation.
 
     Returns:
@@ -231,17 +290,7 @@ def write_report(run_dir: str | Path, settings=None, records=None, seconds: floa
         out += [f"**{name} has random weights** (a toy model for tests and quick runs): perplexities in the tens "
                 "of thousands and chance-level accuracies are expected; they check the code path, not pruning "
                 "quality.", ""]
-    rows = metrics.get("evaluation", {}).get("rows", [])
-    if rows:
-        ev = metrics["evaluation"].get("settings", {})
-        out += ["## Key results", "", key_table(rows), "",
-                (f"Perplexity is measured on the first {ev['ppl_max_windows']} windows of each corpus "
-                 "(`ppl_max_windows`), not the whole split, to keep the run short; the window count is in the "
-                 "protocol column. " if ev.get("ppl_max_windows") else "Perplexity is measured on every window of "
-                 "each corpus. ") + _zeroshot_sentence(ev) + "Latencies: see *Latency* below.", ""]
-    out += _section_latency(metrics)
-    out += _section_zeroshot(metrics)
-    out += _section_pruning(metrics) + _section_fusion(metrics) + _section_recovery(metrics)
+    out += _stage_sections(metrics)
     figures = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").is_dir() else []
     if figures:
         out += ["## Figures", ""] + [f"- [{p.stem}](figures/{p.name})" for p in figures] + [""]
