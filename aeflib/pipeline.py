@@ -40,6 +40,12 @@ STAGES = ("01_model_and_structures", "02_importance", "03_fusion", "04_pruning",
           "07_reproduce_paper")
 
 
+def _default_criteria() -> list[str]:
+    from aeflib.importance import DEFAULT_CRITERIA  # here, not at the top: importing this module needs no torch
+
+    return list(DEFAULT_CRITERIA)
+
+
 @dataclass
 class RunSettings:
     """Every notebook parameter of a run; the defaults are ``make demo``'s (SmolLM2-135M, ≤ 15 min on 2 cores).
@@ -58,7 +64,7 @@ class RunSettings:
     seed: int = 42
     device: str = "cpu"
     dtype: str = "float32"
-    criteria: list[str] = field(default_factory=lambda: ["random", "l2", "vector", "element1", "element2"])
+    criteria: list[str] = field(default_factory=_default_criteria)
     fine: str = "element2"
     coarse: str = "vector"
     temperature: float = 1.0
