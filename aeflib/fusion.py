@@ -38,6 +38,11 @@ used, except by :func:`oracle_choice`, an upper bound for benchmarks that is not
 
 ``aef`` is an alias for the variant chosen by a calibration-only measurement (see :data:`DEFAULT_METHOD`); the fusion
 weights, the influence and a fingerprint of the settings of every run are returned, saved and plotted.
+
+Each variant is a :class:`FusionVariant` object in :data:`FUSIONS`: its name, what it needs (:data:`NEEDS`: the model,
+calibration windows, held-out windows) and a ``Params`` dataclass of its own settings, with defaults and validation.
+:func:`fuse` normalises, builds the inputs the variant declares and calls it; adding a variant is one class and one
+entry in :data:`FUSIONS` (the stages, pipeline and CLI method lists follow it).
 """
 
 from __future__ import annotations
