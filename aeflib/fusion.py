@@ -564,8 +564,8 @@ class FusionVariant(ABC):
 
     @property
     def measures(self) -> bool:
-        """Whether it measures calibration losses (needs the model and calibration windows)."""
-        return "model" in self.needs
+        """Whether it measures calibration losses: it needs the model or calibration windows (then both are given)."""
+        return bool({"model", "calibration"} & self.needs)
 
     def settings(self, params: object) -> dict:
         """``params`` as JSON values for :attr:`FusionResult.settings` (tuples become lists)."""

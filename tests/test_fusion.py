@@ -289,7 +289,7 @@ def test_every_variant_declares_its_name_needs_and_settings():
                                     "aef-learned", "fixed"]
     for name, variant in fusion.FUSIONS.items():
         assert isinstance(variant, fusion.FusionVariant) and variant.name == name
-        assert variant.needs <= set(fusion.NEEDS) and variant.measures == ("model" in variant.needs)
+        assert variant.needs <= set(fusion.NEEDS) and variant.measures == bool({"model", "calibration"} & variant.needs)
     assert fusion.AefLayerTuned.Params().temperatures == fusion.TEMPERATURES
     assert fusion.AefBlend.Params().grid == fusion.AefAgree.Params().grid == fusion.BLEND_GRID
     assert fusion.AefLearned.Params() == fusion.AefLearned.Params(steps=50, lr=0.1, patience=8)
