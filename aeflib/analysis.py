@@ -161,7 +161,7 @@ def agreement(model: nn.Module, adapter, scores, a: str, b: str, pruning_ratio: 
     """
     import pandas as pd
 
-    keys = scores.keys
+    keys = scores.group_keys
     layers = sorted({int(k.split(".")[0]) for k in keys})
     plans = {c: plan(model, adapter, scores[c], pruning_ratio=pruning_ratio, layers=layers, criterion=c)
              for c in (a, b)}

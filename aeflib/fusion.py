@@ -38,6 +38,11 @@ used, except by :func:`oracle_choice`, an upper bound for benchmarks that is not
 
 ``aef`` is an alias for the variant chosen by a calibration-only measurement (see :data:`DEFAULT_METHOD`); the fusion
 weights, the influence and a fingerprint of the settings of every run are returned, saved and plotted.
+
+Each variant is a :class:`FusionVariant` object in :data:`FUSIONS`: its name, what it needs (:data:`NEEDS`: the model,
+calibration windows, held-out windows) and a ``Params`` dataclass of its own settings, with defaults and validation.
+:func:`fuse` normalises, builds the inputs the variant declares and calls it; adding a variant is one class and one
+entry in :data:`FUSIONS` (the stages, pipeline and CLI method lists follow it).
 """
 
 from __future__ import annotations
@@ -46,8 +51,10 @@ import hashlib
 import json
 import logging
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -56,9 +63,10 @@ from aeflib.models.adapters import GroupSet, StructureAdapter
 from aeflib.pruning import removal_counts
 from aeflib.scores import Scores
 
-__all__ = ["BLEND_GRID", "DEFAULT_METHOD", "DEFAULT_NORMALIZATION", "FUSIONS", "NORMALIZATIONS", "ORACLE",
-           "TEMPERATURES", "FusionResult", "fuse", "influence", "normalize", "oracle_choice", "spearman",
-           "split_holdout"]
+__all__ = ["BLEND_GRID", "DEFAULT_METHOD", "DEFAULT_NORMALIZATION", "FUSIONS", "NEEDS", "NORMALIZATIONS", "ORACLE",
+           "TEMPERATURES", "AefAgree", "AefBlend", "AefElement", "AefLayer", "AefLayerTuned", "AefLearned", "Fixed",
+           "FusionInputs", "FusionOutput", "FusionResult", "FusionVariant", "GridParams", "NoParams", "fuse",
+           "influence", "normalize", "oracle_choice", "spearman", "split_holdout"]
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -430,8 +438,9 @@ def _kind(key: str) -> str:
 
 
 def _per_kind_search(make: Callable[[dict[str, float]], dict[str, Tensor]], judge: Callable[[dict], float],
-                     kinds: list[str]) -> tuple[dict[str, float], dict[str, float]]:
-    """Coordinate search of α_fine per kind over :data:`BLEND_GRID`, starting from the fine estimate alone.
+                     kinds: list[str], grid: tuple[float, ...] = BLEND_GRID
+                     ) -> tuple[dict[str, float], dict[str, float]]:
+    """Coordinate search of α_fine per kind over ``grid``, starting from the fine estimate alone.
 
     Each kind in turn takes the grid value with the lowest judged loss, the others held; ties keep the earlier
     value (1.0 = fine alone first), so with no evidence the search stays at the fine estimate.
@@ -440,7 +449,7 @@ def _per_kind_search(make: Callable[[dict[str, float]], dict[str, Tensor]], judg
     tried: dict[str, float] = {}
     for kind in kinds:
         best = None
-        for value in sorted(BLEND_GRID, reverse=True):
+        for value in sorted(grid, reverse=True):
             trial = {**alpha, kind: value}
             label = ",".join(f"{k}={trial[k]:g}" for k in kinds)
             if label not in tried:
@@ -451,51 +460,221 @@ def _per_kind_search(make: Callable[[dict[str, float]], dict[str, Tensor]], judg
     return alpha, tried
 
 
+# ---- the variant interface ----------------------------------------------------------------------------------------
+#: What a variant may declare in :attr:`FusionVariant.needs`. ``model``: the model, its adapter, the group sets and
+#: mask hooks (to measure losses of pruned sets; the weights are never changed); ``calibration``: calibration windows
+#: [N, L]; ``holdout``: it judges its choices on held-out calibration windows (``holdout=`` or a split of
+#: ``calibration``, see :func:`split_holdout`).
+NEEDS = ("model", "calibration", "holdout")
+
+
+@dataclass(frozen=True)
+class FusionInputs:
+    """What :func:`fuse` hands a variant. Fields a variant's ``needs`` do not declare are None.
+
+    Attributes:
+        fine: ``{"<layer>.<kind>": normalised fine scores [n]}``, fp32.
+        coarse: The coarse estimate, same keys and shapes.
+        temperature: Softmax temperature τ (> 0 from :func:`fuse`; 0 means the hard choice, used by the oracle).
+        ratio: Per-structure pruning ratio in [0, 1) that the plan will use.
+        model: The model (``model``).
+        adapter: Its structure adapter (``model``).
+        sets: The group sets of ``fine``'s keys (``model``).
+        masks: Mask hooks on those sets' output-side Linears (``model``); cleared after every use.
+        calibration: LongTensor [N, L] on the model's device (``calibration``).
+        holdout: LongTensor [M, L'] on the model's device, or None (split off ``calibration`` where needed).
+    """
+
+    fine: dict[str, Tensor]
+    coarse: dict[str, Tensor]
+    temperature: float
+    ratio: float = 0.25
+    model: nn.Module | None = None
+    adapter: StructureAdapter | None = None
+    sets: list[GroupSet] | None = None
+    masks: _GroupMask | None = None
+    calibration: Tensor | None = None
+    holdout: Tensor | None = None
+
+
+class FusionOutput(NamedTuple):
+    """What a variant returns: fused scores ``{key: [n]}``, weights ``{key: (α_fine, α_coarse)}`` and evidence."""
+
+    fused: dict[str, Tensor]
+    weights: dict[str, tuple[float, float]]
+    details: dict
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """Settings of a variant that has none of its own."""
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+
+
+def _check_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name}={value!r} must be a positive number")
+
+
+def _check_values(name: str, values: object, low: float, high: float | None) -> None:
+    ok = isinstance(values, tuple | list) and len(values) > 0 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= low
+        and (high is None or v <= high) for v in values)
+    if not ok or (high is None and min(values) <= low):
+        bound = f"in [{low:g}, {high:g}]" if high is not None else f"> {low:g}"
+        raise ValueError(f"{name}={values!r} must be a non-empty tuple of numbers {bound}")
+
+
+class FusionVariant(ABC):
+    """One way to fuse the fine and coarse estimate: a name, what it needs, its own settings and :meth:`fuse`.
+
+    A subclass sets the class attributes and implements :meth:`fuse`; one instance per variant goes into
+    :data:`FUSIONS`, from which :func:`fuse` dispatches, the stages/CLI method list and the benchmarks read.
+
+    Attributes:
+        name: Key in :data:`FUSIONS` and the method name in saved runs (stable).
+        needs: Subset of :data:`NEEDS`.
+        Params: Frozen dataclass of the variant's own settings, with defaults; its ``__post_init__`` validates them
+            and raises ValueError naming the bad value. Recorded in :attr:`FusionResult.settings` (tuples as lists),
+            so they enter the fingerprint.
+        normalization: A key of :data:`NORMALIZATIONS` the variant always works on (overrides ``normalize_with``),
+            or None.
+
+    Raises:
+        TypeError: At class definition, if ``needs`` names something outside :data:`NEEDS` or ``Params`` is not a
+            dataclass.
+    """
+
+    name: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset()
+    Params: ClassVar[type] = NoParams
+    normalization: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = sorted(set(cls.needs) - set(NEEDS))
+        if unknown:
+            raise TypeError(f"fusion variant {cls.__name__} needs unknown inputs {unknown}; valid: {list(NEEDS)}")
+        if not is_dataclass(cls.Params):
+            raise TypeError(f"fusion variant {cls.__name__}: Params must be a dataclass, not {cls.Params!r}")
+
+    @property
+    def measures(self) -> bool:
+        """Whether it measures calibration losses: it needs the model or calibration windows (then both are given)."""
+        return bool({"model", "calibration"} & self.needs)
+
+    def settings(self, params: object) -> dict:
+        """``params`` as JSON values for :attr:`FusionResult.settings` (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple | list) else v for k, v in asdict(params).items()}
+
+    @abstractmethod
+    def fuse(self, inputs: FusionInputs, params: object) -> FusionOutput:
+        """Fused scores, per-set weights and evidence from the normalised estimates in ``inputs``."""
+
+
 # ---- the variants -------------------------------------------------------------------------------------------------
-def _aef_element(f: dict[str, Tensor], c: dict[str, Tensor], temperature: float, **_) -> tuple:
-    fused, weights = {}, {}
-    for k in f:
-        stacked = torch.stack([f[k], c[k]])                                     # [2, n]
-        alpha = torch.softmax(stacked / temperature, dim=0)                     # per-group attention over estimates
-        fused[k] = (alpha * stacked).sum(0)
-        weights[k] = (alpha[0].mean().item(), alpha[1].mean().item())
-    return fused, weights, {}
+class AefElement(FusionVariant):
+    """Per-group attention ``[α_f, α_c]_i = softmax([f̂_i, ĉ_i] / τ)`` over rank-normalised scores. Source: [ours]."""
+
+    name = "aef-element"
+    normalization = "rank"          # the softmax compares the two scores, so they must share one scale
+
+    def fuse(self, inputs: FusionInputs, params: NoParams) -> FusionOutput:
+        """Details: none; weights are the per-set means of the per-group α."""
+        f, c = inputs.fine, inputs.coarse
+        fused, weights = {}, {}
+        for k in f:
+            stacked = torch.stack([f[k], c[k]])                                     # [2, n]
+            alpha = torch.softmax(stacked / inputs.temperature, dim=0)              # per-group attention
+            fused[k] = (alpha * stacked).sum(0)
+            weights[k] = (alpha[0].mean().item(), alpha[1].mean().item())
+        return FusionOutput(fused, weights, {})
 
 
-def _aef_layer(f, c, temperature, *, model, adapter, masks, calibration, sets, ratio, **_) -> tuple:
-    """Gate per set from the measured loss increase of pruning that set alone by each estimate."""
-    base, increase = _measure_sets(model, masks, sets, f, c, ratio, calibration, adapter)
-    gates = {k: _layer_gate(*increase[k], temperature) for k in f}
-    return _blend(f, c, gates), gates, {
-        "base_loss": base, "loss_increase": {k: {"fine": d[0], "coarse": d[1]} for k, d in increase.items()}}
+class AefLayer(FusionVariant):
+    """Gate per set from the measured loss increase of pruning that set alone by each estimate. Source: [ours]."""
+
+    name = "aef-layer"
+    needs = frozenset({"model", "calibration"})
+
+    def fuse(self, inputs: FusionInputs, params: NoParams) -> FusionOutput:
+        """Details: ``base_loss`` and ``loss_increase`` ``{key: {"fine": ΔL_f, "coarse": ΔL_c}}``."""
+        x = inputs
+        base, increase = _measure_sets(x.model, x.masks, x.sets, x.fine, x.coarse, x.ratio, x.calibration, x.adapter)
+        gates = {k: _layer_gate(*increase[k], x.temperature) for k in x.fine}
+        return FusionOutput(_blend(x.fine, x.coarse, gates), gates, {
+            "base_loss": base, "loss_increase": {k: {"fine": d[0], "coarse": d[1]} for k, d in increase.items()}})
 
 
-def _aef_layer_tuned(f, c, temperature, *, model, adapter, masks, calibration, holdout, sets, ratio, **_) -> tuple:
-    """aef-layer's measurements on the fit windows; τ / hard / either input alone picked on held-out windows."""
-    fit, held = split_holdout(calibration, holdout)
-    base, increase = _measure_sets(model, masks, sets, f, c, ratio, fit, adapter)
-    candidates = {"fine": {k: (1.0, 0.0) for k in f}, "hard": {k: _layer_gate(*increase[k], 0) for k in f},
-                  **{f"tau={t:g}": {k: _layer_gate(*increase[k], t) for k in f} for t in TEMPERATURES},
-                  "coarse": {k: (0.0, 1.0) for k in f}}
-    losses = {name: _joint_loss(model, masks, sets, _blend(f, c, g), ratio, held) for name, g in candidates.items()}
-    chosen = min(losses, key=losses.get)                                   # ties: the first listed (fine alone)
-    return _blend(f, c, candidates[chosen]), candidates[chosen], {
-        "base_loss": base, "loss_increase": {k: {"fine": d[0], "coarse": d[1]} for k, d in increase.items()},
-        "holdout_loss": losses, "chosen": chosen, "fit_windows": fit.shape[0], "holdout_windows": held.shape[0]}
+class AefLayerTuned(FusionVariant):
+    """aef-layer's measurements on the fit windows; τ / hard / either input alone picked on held-out windows.
+
+    Source: [ours].
+    """
+
+    name = "aef-layer-tuned"
+    needs = frozenset({"model", "calibration", "holdout"})
+
+    @dataclass(frozen=True)
+    class Params:
+        """``temperatures``: the τ values tried besides the hard choice and each input alone (each > 0)."""
+
+        temperatures: tuple[float, ...] = TEMPERATURES
+
+        def __post_init__(self) -> None:
+            _check_values("temperatures", self.temperatures, 0, None)
+
+    def fuse(self, inputs: FusionInputs, params: Params) -> FusionOutput:
+        """Details: aef-layer's, plus ``holdout_loss`` per candidate, ``chosen``, window counts."""
+        x, f, c = inputs, inputs.fine, inputs.coarse
+        fit, held = split_holdout(x.calibration, x.holdout)
+        base, increase = _measure_sets(x.model, x.masks, x.sets, f, c, x.ratio, fit, x.adapter)
+        candidates = {"fine": {k: (1.0, 0.0) for k in f}, "hard": {k: _layer_gate(*increase[k], 0) for k in f},
+                      **{f"tau={t:g}": {k: _layer_gate(*increase[k], t) for k in f} for t in params.temperatures},
+                      "coarse": {k: (0.0, 1.0) for k in f}}
+        losses = {name: _joint_loss(x.model, x.masks, x.sets, _blend(f, c, g), x.ratio, held)
+                  for name, g in candidates.items()}
+        chosen = min(losses, key=losses.get)                               # ties: the first listed (fine alone)
+        return FusionOutput(_blend(f, c, candidates[chosen]), candidates[chosen], {
+            "base_loss": base, "loss_increase": {k: {"fine": d[0], "coarse": d[1]} for k, d in increase.items()},
+            "holdout_loss": losses, "chosen": chosen, "fit_windows": fit.shape[0], "holdout_windows": held.shape[0]})
 
 
-def _aef_blend(f, c, temperature, *, model, masks, calibration, holdout, sets, ratio, **_) -> tuple:
-    """One α_fine per kind from :data:`BLEND_GRID`, judged on the held-out windows (all calibration if none)."""
-    windows = calibration if holdout is None else holdout
-    kinds = sorted({_kind(k) for k in f})
+@dataclass(frozen=True)
+class GridParams:
+    """``grid``: the α_fine values tried per kind (each in [0, 1]); ``aef-blend`` and ``aef-agree``."""
 
-    def make(alpha):
-        return _blend(f, c, {k: (alpha[_kind(k)], 1 - alpha[_kind(k)]) for k in f})
+    grid: tuple[float, ...] = BLEND_GRID
 
-    alpha, tried = _per_kind_search(make, lambda s: _joint_loss(model, masks, sets, s, ratio, windows), kinds)
-    gates = {k: (alpha[_kind(k)], 1 - alpha[_kind(k)]) for k in f}
-    return _blend(f, c, gates), gates, {"holdout_loss": tried, "alpha_fine": alpha,
-                                        "holdout_windows": windows.shape[0]}
+    def __post_init__(self) -> None:
+        _check_values("grid", self.grid, 0, 1)
+
+
+class AefBlend(FusionVariant):
+    """One α_fine per kind from the grid, judged on the held-out windows (all calibration if none). Source: [ours]."""
+
+    name = "aef-blend"
+    needs = frozenset({"model", "calibration", "holdout"})
+    Params = GridParams
+
+    def fuse(self, inputs: FusionInputs, params: GridParams) -> FusionOutput:
+        """Details: ``holdout_loss`` per grid point tried, ``alpha_fine`` per kind, ``holdout_windows``."""
+        x, f, c = inputs, inputs.fine, inputs.coarse
+        windows = x.calibration if x.holdout is None else x.holdout
+        kinds = sorted({_kind(k) for k in f})
+
+        def make(alpha):
+            return _blend(f, c, {k: (alpha[_kind(k)], 1 - alpha[_kind(k)]) for k in f})
+
+        alpha, tried = _per_kind_search(make, lambda s: _joint_loss(x.model, x.masks, x.sets, s, x.ratio, windows),
+                                        kinds, params.grid)
+        gates = {k: (alpha[_kind(k)], 1 - alpha[_kind(k)]) for k in f}
+        return FusionOutput(_blend(f, c, gates), gates, {"holdout_loss": tried, "alpha_fine": alpha,
+                                                         "holdout_windows": windows.shape[0]})
 
 
 def _consensus(f, c, sets, ratio, alpha: dict[str, float]) -> dict[str, Tensor]:
@@ -510,20 +689,32 @@ def _consensus(f, c, sets, ratio, alpha: dict[str, float]) -> dict[str, Tensor]:
     return out
 
 
-def _aef_agree(f, c, temperature, *, model, masks, calibration, holdout, sets, ratio, **_) -> tuple:
-    """Per-group gate by agreement; the disputed groups' blend weight per kind judged on held-out windows."""
-    windows = calibration if holdout is None else holdout
-    kinds = sorted({_kind(k) for k in f})
-    alpha, tried = _per_kind_search(lambda a: _consensus(f, c, sets, ratio, a),
-                                    lambda s: _joint_loss(model, masks, sets, s, ratio, windows), kinds)
-    fused = _consensus(f, c, sets, ratio, alpha)
-    agreed = {}
-    for gs in sets:
-        keep_f, keep_c = _removal_mask(f[gs.key], gs, ratio), _removal_mask(c[gs.key], gs, ratio)
-        agreed[gs.key] = round((keep_f == keep_c).float().mean().item(), 4)
-    gates = {k: (alpha[_kind(k)], 1 - alpha[_kind(k)]) for k in f}
-    return fused, gates, {"holdout_loss": tried, "alpha_fine": alpha, "agreed_share": agreed,
-                          "holdout_windows": windows.shape[0]}
+class AefAgree(FusionVariant):
+    """Per-group gate by agreement; the disputed groups' blend weight per kind judged on held-out windows.
+
+    Source: [ours].
+    """
+
+    name = "aef-agree"
+    needs = frozenset({"model", "calibration", "holdout"})
+    Params = GridParams
+
+    def fuse(self, inputs: FusionInputs, params: GridParams) -> FusionOutput:
+        """Details: aef-blend's, plus ``agreed_share`` per set (share of groups both estimates treat alike)."""
+        x, f, c = inputs, inputs.fine, inputs.coarse
+        windows = x.calibration if x.holdout is None else x.holdout
+        kinds = sorted({_kind(k) for k in f})
+        alpha, tried = _per_kind_search(lambda a: _consensus(f, c, x.sets, x.ratio, a),
+                                        lambda s: _joint_loss(x.model, x.masks, x.sets, s, x.ratio, windows), kinds,
+                                        params.grid)
+        fused = _consensus(f, c, x.sets, x.ratio, alpha)
+        agreed = {}
+        for gs in x.sets:
+            keep_f, keep_c = _removal_mask(f[gs.key], gs, x.ratio), _removal_mask(c[gs.key], gs, x.ratio)
+            agreed[gs.key] = round((keep_f == keep_c).float().mean().item(), 4)
+        gates = {k: (alpha[_kind(k)], 1 - alpha[_kind(k)]) for k in f}
+        return FusionOutput(fused, gates, {"holdout_loss": tried, "alpha_fine": alpha, "agreed_share": agreed,
+                                           "holdout_windows": windows.shape[0]})
 
 
 def _soft_masks(masks, sets, f, c, logits, ratio, temperature) -> None:
@@ -539,68 +730,101 @@ def _soft_masks(masks, sets, f, c, logits, ratio, temperature) -> None:
         masks.masks[gs.key] = torch.sigmoid((score - threshold) / (temperature * 0.1 * spread))
 
 
-def _aef_learned(f, c, temperature, *, model, masks, calibration, holdout, sets, ratio, steps: int, lr: float,
-                 patience: int, **_) -> tuple:
+class AefLearned(FusionVariant):
     """Gate logits trained through a soft mask, early-stopped on the held-out loss of the hard pruning.
 
     The model's weights are frozen and unchanged. Starts from equal weights (step 0 is judged too); keeps the
     logits with the lowest held-out loss and stops after ``patience`` steps without a new lowest one.
+
+    Source: [ours].
     """
-    fit, held = split_holdout(calibration, holdout)
-    logits = {gs.key: torch.zeros(2, requires_grad=True) for gs in sets}
-    opt = torch.optim.Adam(list(logits.values()), lr=lr)
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
 
-    def held_loss() -> float:
-        gates = {k: tuple(torch.softmax(lg.detach(), 0).tolist()) for k, lg in logits.items()}
-        return _joint_loss(model, masks, sets, _blend(f, c, gates), ratio, held)
+    name = "aef-learned"
+    needs = frozenset({"model", "calibration", "holdout"})
 
-    curve, held_curve = [], [held_loss()]
-    best = (held_curve[0], {k: lg.detach().clone() for k, lg in logits.items()}, 0)
-    try:
-        for step in range(1, steps + 1):
-            _soft_masks(masks, sets, f, c, logits, ratio, temperature)
-            loss = model(input_ids=fit, labels=fit, use_cache=False).loss
+    @dataclass(frozen=True)
+    class Params:
+        """``steps``: most Adam steps (>= 1); ``lr``: learning rate (> 0); ``patience``: stop after so many steps.
+
+        ``patience`` (>= 1) counts steps without a lower held-out loss.
+        """
+
+        steps: int = 50
+        lr: float = 0.1
+        patience: int = 8
+
+        def __post_init__(self) -> None:
+            _check_count("steps", self.steps)
+            _check_count("patience", self.patience)
+            _check_positive("lr", self.lr)
+
+    def fuse(self, inputs: FusionInputs, params: Params) -> FusionOutput:
+        """Details: ``soft_mask_loss`` and ``holdout_loss`` curves, ``best_step``, ``steps_run``, window counts."""
+        x, f, c, model, masks, sets = inputs, inputs.fine, inputs.coarse, inputs.model, inputs.masks, inputs.sets
+        fit, held = split_holdout(x.calibration, x.holdout)
+        logits = {gs.key: torch.zeros(2, requires_grad=True) for gs in sets}
+        opt = torch.optim.Adam(list(logits.values()), lr=params.lr)
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(False)
+
+        def held_loss() -> float:
+            gates = {k: tuple(torch.softmax(lg.detach(), 0).tolist()) for k, lg in logits.items()}
+            return _joint_loss(model, masks, sets, _blend(f, c, gates), x.ratio, held)
+
+        curve, held_curve = [], [held_loss()]
+        best = (held_curve[0], {k: lg.detach().clone() for k, lg in logits.items()}, 0)
+        try:
+            for step in range(1, params.steps + 1):
+                _soft_masks(masks, sets, f, c, logits, x.ratio, x.temperature)
+                loss = model(input_ids=fit, labels=fit, use_cache=False).loss
+                masks.clear()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                curve.append(loss.item())
+                held_curve.append(held_loss())
+                if held_curve[-1] < best[0]:
+                    best = (held_curve[-1], {k: lg.detach().clone() for k, lg in logits.items()}, step)
+                elif step - best[2] >= params.patience:
+                    break
+        finally:
             masks.clear()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            curve.append(loss.item())
-            held_curve.append(held_loss())
-            if held_curve[-1] < best[0]:
-                best = (held_curve[-1], {k: lg.detach().clone() for k, lg in logits.items()}, step)
-            elif step - best[2] >= patience:
-                break
-    finally:
-        masks.clear()
-        for p, flag in flags:
-            p.requires_grad_(flag)
-    gates = {k: tuple(torch.softmax(lg, 0).tolist()) for k, lg in best[1].items()}
-    return _blend(f, c, gates), gates, {
-        "soft_mask_loss": curve, "holdout_loss": held_curve, "best_step": best[2], "steps_run": len(curve),
-        "fit_windows": fit.shape[0], "holdout_windows": held.shape[0]}
+            for p, flag in flags:
+                p.requires_grad_(flag)
+        gates = {k: tuple(torch.softmax(lg, 0).tolist()) for k, lg in best[1].items()}
+        return FusionOutput(_blend(f, c, gates), gates, {
+            "soft_mask_loss": curve, "holdout_loss": held_curve, "best_step": best[2], "steps_run": len(curve),
+            "fit_windows": fit.shape[0], "holdout_windows": held.shape[0]})
 
 
-def _fixed(f, c, temperature, *, weights: tuple[float, float] | None = None, **_) -> tuple:
-    if weights is None or len(weights) != 2 or min(weights) < 0 or sum(weights) <= 0:
-        raise ValueError(f"method 'fixed' needs weights=(alpha_fine, alpha_coarse) >= 0, not both 0; got {weights}")
-    a_f, a_c = weights[0] / sum(weights), weights[1] / sum(weights)
-    return {k: a_f * f[k] + a_c * c[k] for k in f}, {k: (a_f, a_c) for k in f}, {}
+class Fixed(FusionVariant):
+    """User-given ``(α_f, α_c)`` everywhere (normalised to sum 1); ``(1, 0)`` / ``(0, 1)`` reproduce each input."""
+
+    name = "fixed"
+
+    @dataclass(frozen=True)
+    class Params:
+        """``weights``: ``(α_fine, α_coarse)``, both >= 0 and not both 0 (required)."""
+
+        weights: tuple[float, float] | None = None
+
+        def __post_init__(self) -> None:
+            w = self.weights
+            if w is None or len(w) != 2 or min(w) < 0 or sum(w) <= 0:
+                raise ValueError(f"method 'fixed' needs weights=(alpha_fine, alpha_coarse) >= 0, not both 0; got {w}")
+
+    def fuse(self, inputs: FusionInputs, params: Params) -> FusionOutput:
+        """Details: none."""
+        f, c, weights = inputs.fine, inputs.coarse, params.weights
+        a_f, a_c = weights[0] / sum(weights), weights[1] / sum(weights)
+        return FusionOutput({k: a_f * f[k] + a_c * c[k] for k in f}, {k: (a_f, a_c) for k in f}, {})
 
 
-#: method -> (function, whether it needs the model and calibration windows). Names are stable: benchmarks and
-#: saved runs refer to them. Every variant is [ours] (the paper's formula is not public).
-FUSIONS: dict[str, tuple[Callable, bool]] = {
-    "aef-layer": (_aef_layer, True),
-    "aef-layer-tuned": (_aef_layer_tuned, True),
-    "aef-element": (_aef_element, False),
-    "aef-blend": (_aef_blend, True),
-    "aef-agree": (_aef_agree, True),
-    "aef-learned": (_aef_learned, True),
-    "fixed": (_fixed, False),
-}
+#: method -> variant. Names are stable: benchmarks and saved runs refer to them. Every variant is [ours] (the paper's
+#: formula is not public). Adding a variant is one :class:`FusionVariant` subclass and one entry here.
+FUSIONS: dict[str, FusionVariant] = {v.name: v for v in (
+    AefLayer(), AefLayerTuned(), AefElement(), AefBlend(), AefAgree(), AefLearned(), Fixed())}
 
 
 def _prepare(scores: Scores, fine: str, coarse: str, how: str) -> tuple[dict, dict]:
@@ -639,6 +863,7 @@ def fuse(
     lr: float = 0.1,
     patience: int = 8,
     name: str | None = None,
+    params: object | None = None,
 ) -> FusionResult:
     """Fuse a fine and a coarse estimate per group set into one importance.
 
@@ -666,13 +891,19 @@ def fuse(
         lr: Adam learning rate of ``aef-learned`` (> 0).
         patience: ``aef-learned`` stops after this many steps (>= 1) without a lower held-out loss.
         name: Criterion name for the fused scores (default: ``method`` as given).
+        params: The variant's own settings, an instance of ``FUSIONS[method].Params`` (e.g.
+            ``fusion.AefLayerTuned.Params(temperatures=(0.5, 1.0))``). None: built from the keywords above whose
+            names are fields of ``Params`` (``weights``; ``steps``, ``lr``, ``patience``), other fields at their
+            defaults.
 
     Returns:
         :class:`FusionResult` with weights, influence, settings (and their fingerprint) and evidence.
 
     Raises:
         ValueError: Unknown method / normalisation, missing criteria, τ <= 0, ratio outside [0, 1), steps,
-            patience < 1 or lr <= 0, or a measuring method without model/adapter/calibration.
+            patience < 1 or lr <= 0 (checked whatever the method), settings the variant's ``Params`` rejects, or a
+            measuring method without model/adapter/calibration.
+        TypeError: ``params`` not an instance of the variant's ``Params``.
 
     Source: [paper] fusion of coarse and fine estimates per substructure; formulas [ours] (module docstring).
     """
@@ -685,26 +916,22 @@ def fuse(
         raise ValueError(f"temperature={temperature!r} must be a positive number")
     if not 0 <= pruning_ratio < 1:
         raise ValueError(f"pruning_ratio={pruning_ratio} is outside [0, 1)")
-    for key, value in (("steps", steps), ("patience", patience)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key}={value!r} must be an integer >= 1")
-    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr={lr!r} must be a positive number")
-    fn, measures = FUSIONS[resolved]
-    how = "rank" if resolved == "aef-element" else normalize_with
+    _check_count("steps", steps)
+    _check_count("patience", patience)
+    _check_positive("lr", lr)
+    variant = FUSIONS[resolved]
+    if params is not None and not isinstance(params, variant.Params):
+        raise TypeError(f"params for {resolved!r} must be a {variant.Params.__qualname__}; got {params!r}")
+    how = variant.normalization or normalize_with
     f, c = _prepare(scores, fine, coarse, how)
+    if params is None:      # the keyword form: the keywords named like the variant's settings
+        keywords = {"weights": weights, "steps": steps, "lr": lr, "patience": patience}
+        params = variant.Params(**{k.name: keywords[k.name] for k in fields(variant.Params) if k.name in keywords})
     settings = {"method": resolved, "fine": fine, "coarse": coarse, "normalize": how, "temperature": temperature,
-                "pruning_ratio": pruning_ratio, "alias_of": resolved if method == "aef" else None}
-    if resolved == "aef-layer-tuned":
-        settings["temperatures"] = list(TEMPERATURES)
-    if resolved in ("aef-blend", "aef-agree"):
-        settings["grid"] = list(BLEND_GRID)
-    if resolved == "aef-learned":
-        settings.update(steps=steps, lr=lr, patience=patience)
-    if resolved == "fixed":
-        settings["weights"] = None if weights is None else list(weights)
-    if not measures:
-        fused, gates, details = fn(f, c, temperature, weights=weights)
+                "pruning_ratio": pruning_ratio, "alias_of": resolved if method == "aef" else None,
+                **variant.settings(params)}
+    if not variant.measures:
+        fused, gates, details = variant.fuse(FusionInputs(f, c, temperature, pruning_ratio), params)
     else:
         if model is None or adapter is None or calibration is None:
             raise ValueError(f"method {resolved!r} measures the calibration loss: pass model=, adapter= and "
@@ -715,10 +942,10 @@ def fuse(
         sets = [gs for gs in adapter.all_group_sets(model, layers) if gs.key in f]
         masks = _GroupMask(model, adapter, sets)
         try:
-            fused, gates, details = fn(f, c, temperature, model=model, adapter=adapter, masks=masks, sets=sets,
-                                       ratio=pruning_ratio,
-                                       calibration=calibration.to(device), steps=steps, lr=lr, patience=patience,
-                                       holdout=None if holdout is None else holdout.to(device))
+            inputs = FusionInputs(f, c, temperature, pruning_ratio, model=model, adapter=adapter, sets=sets,
+                                  masks=masks, calibration=calibration.to(device),
+                                  holdout=None if holdout is None else holdout.to(device))
+            fused, gates, details = variant.fuse(inputs, params)
         finally:
             masks.remove()
     log.info("fused %s + %s with %s", fine, coarse, resolved)
@@ -769,9 +996,9 @@ def oracle_choice(
     sets = [gs for gs in adapter.all_group_sets(model, layers) if gs.key in f]
     masks = _GroupMask(model, adapter, sets)
     try:
-        fused, gates, details = _aef_layer(f, c, 0, model=model, adapter=adapter, masks=masks, sets=sets,
-                                           ratio=pruning_ratio,
-                                           calibration=evaluation.to(next(model.parameters()).device))
+        inputs = FusionInputs(f, c, 0, pruning_ratio, model=model, adapter=adapter, sets=sets, masks=masks,
+                              calibration=evaluation.to(next(model.parameters()).device))
+        fused, gates, details = FUSIONS["aef-layer"].fuse(inputs, NoParams())   # τ = 0: the hard choice
     finally:
         masks.remove()
     settings = {"method": ORACLE, "fine": fine, "coarse": coarse, "normalize": normalize_with,

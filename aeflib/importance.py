@@ -13,8 +13,15 @@ the slices of the group (``sum`` by default):
 | vector     | | Σ_k s_k |                      | coarse (vector)   | [paper] vector-wise; LLM-Pruner ``vectorize`` |
 | element1   | Σ_k | s_k |                      | fine (element)    | [LLM-Pruner code] ``param_first``        |
 | element2   | Σ_k | s_k − ½ W_k² F_kk |        | fine, 2nd order   | [LLM-Pruner code] ``param_mix``          |
+| wanda      | Σ_k |W_k| · ‖X_k‖₂              | weight × activation | [ours, Wanda-style, Sun et al. 2023]   |
 
 F is the diagonal empirical Fisher F_kk = (1/N) Σ_j (dL(x_j)/dW_k)², from N single-window backward passes.
+‖X_k‖₂ is the L2 norm, over all N·L calibration tokens, of the input feature that W_k multiplies (√(N·L) for a bias,
+whose input is 1); Wanda scores single weights this way (arXiv 2306.11695, §3), summed here per group.
+
+Each criterion is a :class:`Criterion` declaring the statistics it needs (:data:`STATISTICS`: ``weight``, ``grad``,
+``fisher``, ``activations``); :func:`estimate` collects only their union, and a criterion's function reads them
+from a :class:`SliceStats`. Adding a criterion is one entry in :data:`ESTIMATORS`.
 
 Dtype policy: whatever the model dtype, every gradient is upcast to fp32 the moment it exists and all accumulation
 is fp32 (bf16 has 8 mantissa bits: sums of squared gradients in bf16 lose small terms); the model keeps its dtype.
@@ -51,6 +58,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -59,45 +67,136 @@ from aeflib.models.adapters import GroupSet, Slice, StructureAdapter
 from aeflib.models.checksum import checksum
 from aeflib.scores import Scores
 
-__all__ = ["DEFAULT_FISHER_MEMORY_GIB", "ESTIMATORS", "GRADIENT_CRITERIA", "PATHS", "REDUCTIONS", "estimate",
-           "fisher_layer_slices", "slice_scores"]
+__all__ = ["DEFAULT_CRITERIA", "DEFAULT_FISHER_MEMORY_GIB", "ESTIMATORS", "PATHS", "REDUCTIONS", "STATISTICS",
+           "Criterion", "SliceStats", "estimate", "fisher_layer_slices", "slice_scores"]
 
 log = logging.getLogger(__name__)
 
 Tensor = torch.Tensor
 
 
-# ---- one function per criterion: per-group view [n, vectors, vector_len] -> [n] ---------------------------------
-def _l1(w: Tensor, s: Tensor | None, f: Tensor | None) -> Tensor:
-    return w.abs().sum((1, 2))
+# ---- criteria: what each one needs, and its function of a per-group view -----------------------------------------
+#: Statistics a criterion may declare in :attr:`Criterion.needs`; :func:`estimate` collects only their union.
+#: ``weight``: the parameter itself (free); ``grad``: dL/dW of the mean calibration loss (one backward over the
+#: calibration set); ``fisher``: the diagonal empirical Fisher (N single-window backward passes, one fp32
+#: accumulator per pruned weight); ``activations``: the L2 norm over all calibration tokens of each input feature of
+#: the Linear that owns the parameter (one no-grad forward pass; ``[in_features]`` fp32 per Linear).
+STATISTICS = ("weight", "grad", "fisher", "activations")
 
 
-def _l2(w: Tensor, s: Tensor | None, f: Tensor | None) -> Tensor:
-    return w.pow(2).sum((1, 2))
+class SliceStats:
+    """The statistics of one slice in per-group view ``[n_groups, vectors, vector_len]``, fp32; absent ones are None.
+
+    A criterion's function receives this object and reads only what its :attr:`Criterion.needs` declares.
+
+    Attributes:
+        weight: W.
+        grad: dL/dW (None unless some requested criterion needs ``grad``).
+        fisher: Diagonal Fisher F_kk (None unless ``fisher`` is needed).
+        activations: ‖X_j‖₂ of the input feature j that each element of W multiplies, broadcast to W's shape (for a
+            bias, whose input is the constant 1: √T for T calibration tokens); None unless ``activations`` is needed.
+
+    Source: [ours].
+    """
+
+    def __init__(self, weight: Tensor, grad: Tensor | None = None, fisher: Tensor | None = None,
+                 activations: Tensor | None = None):
+        self.weight, self.grad, self.fisher, self.activations = weight, grad, fisher, activations
+        self._salience: Tensor | None = None
+
+    @property
+    def salience(self) -> Tensor:
+        """W ⊙ g, computed once for all criteria that read it.
+
+        Raises:
+            ValueError: If the gradient was not collected (the criterion did not declare ``grad``).
+        """
+        if self.grad is None:
+            raise ValueError("salience W*g needs the gradient: declare 'grad' in the criterion's needs")
+        if self._salience is None:
+            self._salience = self.weight * self.grad
+        return self._salience
 
 
-def _vector(w: Tensor, s: Tensor, f: Tensor | None) -> Tensor:
-    return s.sum(2).abs().sum(1)          # |Σ over each vector|, then Σ over the vectors of the group
+@dataclass(frozen=True)
+class Criterion:
+    """An importance criterion: its name, the statistics it needs and how it scores groups.
+
+    Exactly one of ``fn`` (per slice: ``fn(stats) -> [n_groups]``, fp32; slices are then reduced per group with
+    ``reduction``) or ``per_set`` (per group set: ``per_set(sets, seed) -> {key: [n]}``, e.g. ``random``) is given.
+
+    Attributes:
+        name: Key in :data:`ESTIMATORS` and in :class:`~aeflib.scores.Scores` (stable: saved runs refer to it).
+        needs: Subset of :data:`STATISTICS` that ``fn`` reads from :class:`SliceStats`.
+        fn: Per-slice scoring function of a :class:`SliceStats`.
+        per_set: Per-group-set scoring function (no statistics).
+        source: Where the formula comes from (paper section / LLM-Pruner option / [ours]).
+
+    Raises:
+        ValueError: Unknown statistic in ``needs`` (names the valid ones), or not exactly one of ``fn`` / ``per_set``.
+    """
+
+    name: str
+    needs: frozenset[str]
+    fn: Callable[[SliceStats], Tensor] | None = None
+    per_set: Callable[[list[GroupSet], int], dict[str, Tensor]] | None = None
+    source: str = "[ours]"
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.needs) - set(STATISTICS))
+        if unknown:
+            raise ValueError(f"criterion {self.name!r} needs unknown statistics {unknown}; valid: {list(STATISTICS)}")
+        if (self.fn is None) == (self.per_set is None):
+            raise ValueError(f"criterion {self.name!r}: give exactly one of fn= (per slice) or per_set= (per set)")
+        object.__setattr__(self, "needs", frozenset(self.needs))
 
 
-def _element1(w: Tensor, s: Tensor, f: Tensor | None) -> Tensor:
-    return s.abs().sum((1, 2))
+def _random_scores(sets: list[GroupSet], seed: int) -> dict[str, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {gs.key: torch.rand(gs.n, generator=gen) for gs in sets}
 
 
-def _element2(w: Tensor, s: Tensor, f: Tensor) -> Tensor:
-    return (s - 0.5 * w.pow(2) * f).abs().sum((1, 2))
+def _l1(x: SliceStats) -> Tensor:
+    return x.weight.abs().sum((1, 2))
 
 
-#: criterion -> (function of (W, salience, Fisher) in per-group view, needs gradient, needs Fisher)
-ESTIMATORS: dict[str, tuple[Callable | None, bool, bool]] = {
-    "random": (None, False, False),
-    "l1": (_l1, False, False),
-    "l2": (_l2, False, False),
-    "vector": (_vector, True, False),
-    "element1": (_element1, True, False),
-    "element2": (_element2, True, True),
-}
-GRADIENT_CRITERIA = tuple(c for c, (_, grad, _) in ESTIMATORS.items() if grad)
+def _l2(x: SliceStats) -> Tensor:
+    return x.weight.pow(2).sum((1, 2))
+
+
+def _vector(x: SliceStats) -> Tensor:
+    return x.salience.sum(2).abs().sum(1)          # |Σ over each vector|, then Σ over the vectors of the group
+
+
+def _element1(x: SliceStats) -> Tensor:
+    return x.salience.abs().sum((1, 2))
+
+
+def _element2(x: SliceStats) -> Tensor:
+    return (x.salience - 0.5 * x.weight.pow(2) * x.fisher).abs().sum((1, 2))
+
+
+def _wanda(x: SliceStats) -> Tensor:
+    return (x.weight.abs() * x.activations).sum((1, 2))
+
+
+_W, _G, _F, _A = "weight", "grad", "fisher", "activations"
+
+#: criterion name -> :class:`Criterion`. Add a criterion by adding one entry (its ``needs`` tells :func:`estimate`
+#: what to collect); the method list of stages, pipeline and CLI follows this table.
+ESTIMATORS: dict[str, Criterion] = {c.name: c for c in (
+    Criterion("random", frozenset(), per_set=_random_scores, source="[LLM-Pruner code] random"),
+    Criterion("l1", frozenset({_W}), _l1, source="[LLM-Pruner code] l1"),
+    Criterion("l2", frozenset({_W}), _l2, source="[LLM-Pruner code] l2 (squared norm)"),
+    Criterion("vector", frozenset({_W, _G}), _vector, source="[paper §3] vector-wise; LLM-Pruner vectorize"),
+    Criterion("element1", frozenset({_W, _G}), _element1, source="[LLM-Pruner code] param_first"),
+    Criterion("element2", frozenset({_W, _G, _F}), _element2, source="[LLM-Pruner code] param_mix"),
+    Criterion("wanda", frozenset({_W, _A}), _wanda, source="[ours, Wanda-style, Sun et al. 2023]"),
+)}
+
+#: The criteria :func:`estimate`, :class:`~aeflib.pipeline.RunSettings` and :func:`~aeflib.sweep.compare` use by
+#: default: the random baseline, weight magnitude and the three Taylor estimates AEF fuses.
+DEFAULT_CRITERIA = ("random", "l2", "vector", "element1", "element2")
 
 #: how the per-slice scores of one group are combined (LLM-Pruner ``group_reduction``)
 REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -114,52 +213,79 @@ DEFAULT_FISHER_MEMORY_GIB = 5.0
 
 
 def slice_scores(s: Slice, weight: Tensor, grad: Tensor | None, fisher: Tensor | None,
-                 criteria: Iterable[str]) -> dict[str, Tensor]:
+                 criteria: Iterable[str], activations: Tensor | None = None) -> dict[str, Tensor]:
     """Score the groups of one slice with each criterion.
 
     Args:
         s: The slice (which parameter dimension, how it factorises into groups).
         weight: The parameter, any float dtype, its full shape (e.g. [out, in]).
-        grad: dL/dW, same shape, fp32 (``None`` if no gradient criterion is asked).
-        fisher: Diagonal Fisher, same shape, fp32 (``None`` unless ``element2`` is asked).
-        criteria: Names from :data:`ESTIMATORS`, except ``random`` (which is per group set).
+        grad: dL/dW, same shape, fp32 (``None`` if no criterion needs ``grad``).
+        fisher: Diagonal Fisher, same shape, fp32 (``None`` unless a criterion needs ``fisher``).
+        criteria: Names from :data:`ESTIMATORS` with a per-slice ``fn`` (not ``random``, which is per group set).
+        activations: ‖X_j‖₂ per element, same shape as ``weight``, fp32 (``None`` unless a criterion needs
+            ``activations``; see :class:`SliceStats`).
 
     Returns:
         ``{criterion: fp32 tensor [n_groups]}``.
 
+    Raises:
+        ValueError: If a criterion needs a statistic that was passed as None (names both).
+
     Source: see the module table; a vector is a row (``dim=0``) or column (``dim=1``), as in LLM-Pruner's
     ``TaylorImportance`` (``salience.sum(1)`` for output channels, ``sum(0)`` for input channels).
     """
-    w = s.per_group(weight.detach().float())                                    # [n, vectors, vector_len]
-    sal = None if grad is None else w * s.per_group(grad)                       # salience W ⊙ g
-    fis = None if fisher is None else s.per_group(fisher)
-    return {c: ESTIMATORS[c][0](w, sal, fis) for c in criteria}
+    given = {"weight": weight, "grad": grad, "fisher": fisher, "activations": activations}
+    stats = SliceStats(s.per_group(weight.detach().float()),                    # [n, vectors, vector_len]
+                       *(None if t is None else s.per_group(t) for t in (grad, fisher, activations)))
+    out = {}
+    for c in criteria:
+        crit = ESTIMATORS[c]
+        missing = [k for k in STATISTICS if k in crit.needs and given[k] is None]
+        if missing or crit.fn is None:
+            raise ValueError(f"criterion {c!r} cannot be scored per slice: " +
+                             (f"{missing} not given" if missing else "it scores whole group sets"))
+        out[c] = crit.fn(stats)
+    return out
 
 
 class _Accumulator:
-    """Turns gradients into per-slice scores, either as they arrive (hooks) or from ``.grad`` (naive)."""
+    """Turns the statistics the criteria declare into per-slice scores, as gradients arrive (hooks) or after."""
 
     def __init__(self, sets: list[GroupSet], layers: nn.ModuleList, criteria: list[str]):
-        self.criteria = [c for c in criteria if c != "random"]
-        self.needs_grad = any(ESTIMATORS[c][1] for c in self.criteria)
-        self.needs_fisher = any(ESTIMATORS[c][2] for c in self.criteria)
+        self.criteria = [c for c in criteria if ESTIMATORS[c].fn is not None]
+        self.needs = frozenset().union(*(ESTIMATORS[c].needs for c in self.criteria))
+        self.needs_grad = "grad" in self.needs or "fisher" in self.needs      # the Fisher comes from backward
+        self.needs_fisher = "fisher" in self.needs
+        self.needs_activations = "activations" in self.needs
         # parameter -> the (set key, slice index, slice) entries it feeds
         self.owners: dict[nn.Parameter, list[tuple[str, int, Slice]]] = {}
         self.layer_of: dict[nn.Parameter, int] = {}
+        self.module_of: dict[nn.Parameter, nn.Module] = {}      # the Linear that owns it (for activations)
         for gs in sets:
             block = layers[gs.layer]
             for j, s in enumerate(gs.slices):
                 p = block.get_parameter(s.param)
                 self.owners.setdefault(p, []).append((gs.key, j, s))
                 self.layer_of[p] = gs.layer
+                self.module_of[p] = block.get_submodule(s.param.rpartition(".")[0])
         self.results: dict[tuple[str, int], dict[str, Tensor]] = {}
         self.grad_sum: dict[nn.Parameter, Tensor] = {}     # fp32, only while chunking
-        self.fisher: dict[nn.Parameter, Tensor] = {}       # fp32, only for element2
+        self.fisher: dict[nn.Parameter, Tensor] = {}       # fp32, only for criteria that need the Fisher
+        self.input_norm: dict[nn.Module, Tensor] = {}      # fp32 [in_features], only for activation criteria
+        self.tokens = 0                                    # calibration tokens the input norms cover
+
+    def activations(self, p: nn.Parameter) -> Tensor | None:
+        """‖X_j‖₂ broadcast to ``p``'s shape: per input column for a weight [out, in], √T for a bias."""
+        if not self.needs_activations:
+            return None
+        if p.ndim == 1:                                    # a bias multiplies the constant input 1
+            return torch.full(p.shape, float(self.tokens) ** 0.5, device=p.device)
+        return self.input_norm[self.module_of[p]].to(p.device).expand(p.shape)
 
     def score(self, p: nn.Parameter, grad: Tensor | None) -> None:
-        fisher = self.fisher.get(p)
+        fisher, acts = self.fisher.get(p), self.activations(p)
         for key, j, s in self.owners[p]:
-            self.results[(key, j)] = slice_scores(s, p, grad, fisher, self.criteria)
+            self.results[(key, j)] = slice_scores(s, p, grad, fisher, self.criteria, acts)
 
     def add_fisher(self, p: nn.Parameter, grad: Tensor, n: int) -> None:
         sq = grad.float().pow(2).div_(n)
@@ -244,10 +370,44 @@ def _fisher_passes(model: nn.Module, calibration: Tensor) -> Iterable[None]:
         _loss(model, window).backward()
         yield
 
+@torch.no_grad()
+def _collect_activations(model: nn.Module, acc: _Accumulator, calibration: Tensor, chunk_size: int,
+                         keep_inputs: bool = False) -> None:
+    """‖X_j‖₂ over all calibration tokens of each input feature j of every Linear owning a pruned parameter.
 
-def _random_scores(sets: list[GroupSet], seed: int) -> dict[str, Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {gs.key: torch.rand(gs.n, generator=gen) for gs in sets}
+    One no-grad forward pass, chunk by chunk; a forward pre-hook on each Linear adds Σ_tokens x_j² (fp32) per
+    chunk (``keep_inputs=False``, memory [in_features] per Linear), or keeps every fp32 input and takes the norm at
+    the end (``keep_inputs=True``: the naive path, the oracle of the accumulated one).
+
+    Raises:
+        ValueError: If a pruned parameter's module is not an ``nn.Linear`` (its input features would be unknown).
+    """
+    modules = list(dict.fromkeys(acc.module_of.values()))
+    for m in modules:
+        if not isinstance(m, nn.Linear):
+            raise ValueError(f"activation statistics need nn.Linear modules; got {type(m).__name__}")
+    sums: dict[nn.Module, Tensor] = {}
+    kept: dict[nn.Module, list[Tensor]] = {m: [] for m in modules}
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        x = args[0].detach().float().reshape(-1, args[0].shape[-1])            # [tokens, in_features]
+        if keep_inputs:
+            kept[module].append(x)
+        elif module in sums:
+            sums[module].add_(x.pow(2).sum(0))
+        else:
+            sums[module] = x.pow(2).sum(0)
+
+    handles = [m.register_forward_pre_hook(hook) for m in modules]
+    try:
+        for chunk in _chunks(calibration, chunk_size):
+            model(input_ids=chunk, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    acc.input_norm = {m: torch.cat(kept[m]).norm(dim=0) if keep_inputs else sums[m].sqrt() for m in modules}
+    acc.tokens = calibration.numel()
+
 
 
 def estimate(
@@ -255,7 +415,7 @@ def estimate(
     adapter: StructureAdapter,
     calibration: Tensor,
     *,
-    criteria: Iterable[str] = ("random", "l2", "vector", "element1", "element2"),
+    criteria: Iterable[str] = DEFAULT_CRITERIA,
     layers: range | list[int] | None = None,
     reduction: str = "sum",
     chunk_size: int | None = None,
@@ -269,11 +429,15 @@ def estimate(
         model: Any supported causal LM, any float dtype, on any device; its weights and dtype are unchanged.
         adapter: Its structure adapter.
         calibration: LongTensor [N, L] of token windows (``aeflib.data.calibration``), moved to the model's device.
-        criteria: Names from :data:`ESTIMATORS`, or one name as a string.
+        criteria: Names from :data:`ESTIMATORS` (default :data:`DEFAULT_CRITERIA`), or one name as a string. Only
+            the statistics their :attr:`Criterion.needs` declare are collected: no backward pass for weight-only
+            criteria, the N single-window Fisher passes only for ``fisher``, one no-grad forward pass for
+            ``activations``.
         layers: Decoder layers to score (default: the adapter's pruned range).
         reduction: How a group's slice scores are combined, a key of :data:`REDUCTIONS`.
         chunk_size: Windows per backward pass (default: all N in one pass). Smaller bounds activation memory.
-        path: ``"bounded"`` (hooks, default) or ``"naive"`` (full ``.grad``, LLM-Pruner's way).
+        path: ``"bounded"`` (hooks, default) or ``"naive"`` (full ``.grad`` and, for ``activations``, every
+            Linear input kept until the end: LLM-Pruner's way, the oracle).
         seed: Seed of the ``random`` criterion.
         fisher_memory_gib: Only with ``element2`` on the bounded path: GiB of fp32 accumulators held at once. If the
             all-at-once Fisher (4 bytes per pruned weight) exceeds it, layers are scored a slice at a time (see
@@ -323,6 +487,8 @@ def estimate(
         for p, layer in acc.layer_of.items():
             numel[layer] = numel.get(layer, 0) + p.numel()
         layer_slices = fisher_layer_slices(numel, fisher_memory_gib, 8 if chunk_size < n else 4)
+    if acc.needs_activations:
+        _collect_activations(model, acc, calibration, chunk_size, keep_inputs=path == "naive")
     if layer_slices is not None:
         _run_bounded_sliced(model, acc, calibration, layer_slices)
     elif acc.needs_grad:
@@ -333,8 +499,8 @@ def estimate(
 
     values: dict[str, dict[str, Tensor]] = {}
     for c in criteria:
-        if c == "random":
-            values[c] = _random_scores(sets, seed)
+        if ESTIMATORS[c].per_set is not None:
+            values[c] = ESTIMATORS[c].per_set(sets, seed)
             continue
         values[c] = {gs.key: REDUCTIONS[reduction](torch.stack([acc.results[(gs.key, j)][c]
                                                                 for j in range(len(gs.slices))]))

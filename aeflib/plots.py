@@ -120,7 +120,7 @@ def importance_per_layer(scores, criteria: Sequence[str], protocol: str = "") ->
     """
     fig, axes = _figure(2, width=9.6, height=3.8)
     for ax, kind in zip(axes, ("head", "channel"), strict=True):
-        keys = [k for k in scores.keys if k.endswith("." + kind)]
+        keys = [k for k in scores.group_keys if k.endswith("." + kind)]
         layers = [int(k.split(".")[0]) for k in keys]
         for c in criteria:
             ax.plot(layers, [max(scores[c][k].sum().item(), 1e-30) for k in keys], marker="o", ms=4, label=c)

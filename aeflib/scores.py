@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,12 @@ __all__ = ["Scores"]
 
 @dataclass
 class Scores:
-    """Importance per criterion and group set.
+    """Importance per criterion and group set; reads like a mapping from criterion name to per-set scores.
+
+    ``scores["l2"]`` (``{"<layer>.<kind>": fp32 tensor [n_groups]}``), ``"l2" in scores``, ``len(scores)``,
+    ``list(scores)`` / ``scores.keys()`` / :attr:`criteria` (criterion names, insertion order) and ``scores.items()``
+    all speak of criteria, as a ``Mapping`` does. The group-set keys are :attr:`group_keys`. (``values`` stays the
+    underlying dict attribute, not the ``Mapping`` method: every saved-file reader and writer uses it.)
 
     Attributes:
         values: ``{criterion: {"<layer>.<kind>": fp32 tensor [n_groups]}}``.
@@ -38,16 +44,37 @@ class Scores:
         return list(self.values)
 
     @property
-    def keys(self) -> list[str]:
-        """Group-set keys, ordered by layer then heads before channels."""
+    def group_keys(self) -> list[str]:
+        """Group-set keys (``"5.head"``, ``"5.channel"``), ordered by layer then heads before channels."""
         first = next(iter(self.values.values()), {})
         return sorted(first, key=_key_order)
+
+    def keys(self) -> list[str]:
+        """Criterion names, as ``Mapping.keys`` (the same list as :attr:`criteria`)."""
+        return self.criteria
+
+    def items(self) -> list[tuple[str, dict[str, torch.Tensor]]]:
+        """``(criterion, {"<layer>.<kind>": tensor [n_groups]})`` pairs, as ``Mapping.items``."""
+        return list(self.values.items())
+
+    def __iter__(self) -> Iterator[str]:
+        """Iterate over criterion names."""
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        """Number of criteria."""
+        return len(self.values)
 
     def __contains__(self, criterion: object) -> bool:
         """``"l2" in scores``: whether scores for that criterion are present."""
         return criterion in self.values
 
     def __getitem__(self, criterion: str) -> dict[str, torch.Tensor]:
+        """Per-set scores of one criterion.
+
+        Raises:
+            KeyError: If the criterion is absent (lists the present ones).
+        """
         if criterion not in self.values:
             raise KeyError(f"no scores for criterion {criterion!r}; present: {self.criteria}")
         return self.values[criterion]

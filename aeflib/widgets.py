@@ -59,7 +59,7 @@ def plan_explorer(model: nn.Module, adapter, scores, *, criterion: str | None = 
     if not 0 <= pruning_ratio < 1:
         raise ValueError(f"pruning_ratio={pruning_ratio} is outside [0, 1)")
     if layers is None:
-        layers = sorted({int(k.split(".")[0]) for k in scores.keys})
+        layers = sorted({int(k.split(".")[0]) for k in scores.group_keys})
 
     def make(ratio: float, name: str):
         return plan(model, adapter, scores[name], pruning_ratio=ratio, layers=layers, criterion=name)

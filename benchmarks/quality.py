@@ -54,7 +54,7 @@ from aeflib import data, fusion, importance, pruning
 from aeflib.evaluation import perplexity
 from aeflib.evaluation.zeroshot import TASK_SETS, zeroshot
 
-BASELINES = ["random", "l2", "vector", "element1", "element2"]
+BASELINES = list(importance.DEFAULT_CRITERIA)
 ESTIMATORS = ["vector", "element1", "element2"]  # the baselines AEF fuses; "best baseline" is chosen among them
 VARIANTS = [m for m in fusion.FUSIONS if m != "fixed"]
 PAPER7 = "paper7-offline"
@@ -77,13 +77,13 @@ def fingerprint(method: str) -> dict | None:
     """
     if method not in fusion.FUSIONS:
         return None
-    skip = {"scores", "method", "model", "adapter", "calibration", "pruning_ratio", "weights", "name"}
+    skip = {"scores", "method", "model", "adapter", "calibration", "pruning_ratio", "weights", "name", "params"}
     if method != "aef-learned":
         skip |= {"steps", "lr"}
     params = inspect.signature(fusion.fuse).parameters
     defaults = {k: p.default for k, p in params.items() if k not in skip and p.default is not inspect.Parameter.empty
                 and isinstance(p.default, str | int | float | bool | None)}
-    code = hashlib.sha256(inspect.getsource(fusion.FUSIONS[method][0]).encode()).hexdigest()[:12]
+    code = hashlib.sha256(inspect.getsource(type(fusion.FUSIONS[method])).encode()).hexdigest()[:12]
     return {"variant": method, **defaults, "code": code}
 
 

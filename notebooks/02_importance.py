@@ -138,7 +138,7 @@ scores = aeflib.importance.estimate(
     m, adapter, calib, criteria=criteria, layers=layer_range
 )
 scores.save(run / "scores.safetensors")
-scores.criteria, len(scores.keys)
+scores.criteria, len(scores.group_keys)
 
 # %% [markdown]
 # The scores of the first pruned layer's heads: larger = more important. The criteria live on very different

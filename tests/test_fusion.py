@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -64,7 +66,7 @@ def test_aef_element_weights_are_a_per_group_softmax():
     assert result.weights["1.head"][0] == pytest.approx(alpha[0].mean().item())
 
 
-MEASURING = [m for m, (_, measures) in fusion.FUSIONS.items() if measures]
+MEASURING = [m for m, variant in fusion.FUSIONS.items() if variant.measures]
 
 
 @pytest.mark.parametrize("method", MEASURING)
@@ -279,3 +281,80 @@ def test_oracle_is_not_a_method_and_picks_the_set_by_evaluation_loss(planted):
         assert result.weights[k] == expected, k
     assert "evaluation" in result.settings["note"]
     assert all(w == (1.0, 0.0) for w in result.weights.values())  # fine = good here: every set picks it
+
+
+# ---- variants as objects -----------------------------------------------------------------------------------------
+def test_every_variant_declares_its_name_needs_and_settings():
+    assert list(fusion.FUSIONS) == ["aef-layer", "aef-layer-tuned", "aef-element", "aef-blend", "aef-agree",
+                                    "aef-learned", "fixed"]
+    for name, variant in fusion.FUSIONS.items():
+        assert isinstance(variant, fusion.FusionVariant) and variant.name == name
+        assert variant.needs <= set(fusion.NEEDS) and variant.measures == bool({"model", "calibration"} & variant.needs)
+    assert fusion.AefLayerTuned.Params().temperatures == fusion.TEMPERATURES
+    assert fusion.AefBlend.Params().grid == fusion.AefAgree.Params().grid == fusion.BLEND_GRID
+    assert fusion.AefLearned.Params() == fusion.AefLearned.Params(steps=50, lr=0.1, patience=8)
+
+
+def test_fingerprints_are_those_of_the_keyword_bag_era():
+    """The settings and their hash are unchanged by the variant objects (values from commit 7697dd2)."""
+    a = fuse(_scores(SETS), "fixed", weights=(0.3, 0.7))
+    b = fuse(_scores(SETS), "aef-element", temperature=0.5)
+    assert (a.settings["fingerprint"], b.settings["fingerprint"]) == ("00c976c0466a", "a88e04fbd102")
+    assert list(a.settings) == ["method", "fine", "coarse", "normalize", "temperature", "pruning_ratio", "alias_of",
+                                "weights", "fingerprint"]
+
+
+def test_params_object_equals_the_keyword_form():
+    by_keyword = fuse(_scores(SETS), "fixed", weights=(0.3, 0.7))
+    by_params = fuse(_scores(SETS), "fixed", params=fusion.Fixed.Params(weights=(0.3, 0.7)))
+    assert by_params.settings == by_keyword.settings
+    assert all(torch.equal(by_params.fused[k], by_keyword.fused[k]) for k in SETS)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: fusion.AefLayerTuned.Params(temperatures=()), r"temperatures=\(\) must be a non-empty tuple"),
+    (lambda: fusion.AefLayerTuned.Params(temperatures=(1.0, 0)), r"temperatures=\(1.0, 0\).*> 0"),
+    (lambda: fusion.GridParams(grid=(0.5, 1.5)), r"grid=\(0.5, 1.5\).*in \[0, 1\]"),
+    (lambda: fusion.AefLearned.Params(steps=0), "steps=0 must be an integer >= 1"),
+    (lambda: fusion.AefLearned.Params(lr=float("nan")), "lr=nan must be a positive number"),
+    (lambda: fusion.Fixed.Params(weights=(1, -1)), "needs weights="),
+])
+def test_variant_params_validate_their_values(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_params_of_another_variant_are_rejected():
+    with pytest.raises(TypeError, match=r"params for 'aef-element' must be a NoParams; got GridParams"):
+        fuse(_scores(SETS), "aef-element", params=fusion.GridParams())
+
+
+def test_a_new_variant_is_one_class_and_one_registry_entry(monkeypatch):
+    """fuse() dispatches on the object: no name is branched on; its settings enter the fingerprint."""
+
+    class Coarse(fusion.FusionVariant):
+        name = "coarse-only"
+
+        @dataclass(frozen=True)
+        class Params:
+            scale: float = 1.0
+
+        def fuse(self, inputs, params):
+            return fusion.FusionOutput({k: params.scale * v for k, v in inputs.coarse.items()},
+                                       {k: (0.0, 1.0) for k in inputs.coarse}, {"scale": params.scale})
+
+    monkeypatch.setitem(fusion.FUSIONS, "coarse-only", Coarse())
+    result = fuse(_scores(SETS), "coarse-only", params=Coarse.Params(scale=2.0))
+    assert result.settings["scale"] == 2.0 and result.details == {"scale": 2.0}
+    assert torch.equal(result.fused["1.head"], 2 * normalize(_scores(SETS)["vector"]["1.head"], "rank"))
+    assert result.settings["fingerprint"] != fuse(_scores(SETS), "coarse-only").settings["fingerprint"]
+
+
+def test_a_variant_declaring_an_unknown_input_is_refused_at_definition():
+    with pytest.raises(TypeError, match=r"needs unknown inputs \['evaluation'\]; valid: \['model'"):
+        class Peek(fusion.FusionVariant):
+            name = "peek"
+            needs = frozenset({"model", "evaluation"})
+
+            def fuse(self, inputs, params):
+                raise AssertionError

@@ -257,3 +257,122 @@ def test_plan_given_a_whole_scores_object_says_to_pick_a_criterion():
     scores = Scores({"l2": {gs.key: torch.ones(gs.n) for gs in sets}})
     with pytest.raises(TypeError, match=r"pass one criterion's scores, e\.g\. scores\['l2'\]"):
         pruning.plan(model, adapter, scores, pruning_ratio=0.25)
+
+
+# ---- criteria declare what they need -----------------------------------------------------------------------------
+def _two_layer_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
+                      num_attention_heads=2, head_dim=16)
+    model = LlamaForCausalLM(cfg).eval()
+    return model, aeflib.models.adapter_for(model), torch.randint(0, 50, (5, 8))
+
+
+def test_activation_norms_accumulated_per_chunk_equal_the_norm_of_all_inputs():
+    """‖X_j‖₂ per input feature of every pruned Linear, chunked, against the inputs kept whole (by hand)."""
+    model, adapter, ids = _two_layer_llama()
+    inputs = {}
+
+    def keep(module, args):
+        inputs.setdefault(module, []).append(args[0].reshape(-1, args[0].shape[-1]))
+
+    handles = [m.register_forward_pre_hook(keep) for m in model.model.layers[1].modules()
+               if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        model(input_ids=ids)
+    for h in handles:
+        h.remove()
+    acc = importance._Accumulator(adapter.all_group_sets(model, [1]), adapter.decoder_layers(model), ["wanda"])
+    importance._collect_activations(model, acc, ids, chunk_size=2)
+    assert acc.tokens == 40 and set(acc.input_norm) == set(inputs)
+    for m, xs in inputs.items():
+        torch.testing.assert_close(acc.input_norm[m], torch.cat(xs).norm(dim=0), rtol=1e-5, atol=1e-7)
+
+
+def test_wanda_scores_a_channel_by_weight_magnitude_times_input_norm():
+    """wanda of one channel = Σ |W| ‖X_j‖ over its gate row, up row and down column, norms from the forward pass."""
+    model, adapter, ids = _two_layer_llama()
+    mlp = model.model.layers[1].mlp
+    norms = {}
+    handles = [m.register_forward_pre_hook(lambda m, a: norms.__setitem__(m, a[0].reshape(-1, a[0].shape[-1])
+                                                                          .norm(dim=0)))
+               for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)]
+    with torch.no_grad():
+        model(input_ids=ids)
+    for h in handles:
+        h.remove()
+    scores = estimate(model, adapter, ids, criteria=["wanda"], layers=[1])
+    naive = estimate(model, adapter, ids, criteria=["wanda"], layers=[1], path="naive")
+    term = {m: (m.weight.abs() * norms[m]).detach() for m in norms}
+    expected = term[mlp.gate_proj].sum(1) + term[mlp.up_proj].sum(1) + term[mlp.down_proj].sum(0)
+    torch.testing.assert_close(scores["wanda"]["1.channel"], expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(naive["wanda"]["1.channel"], expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("criteria, collected", [
+    (["l2"], set()),
+    (["wanda", "l1"], {"activations"}),
+    (["element1"], {"grad"}),
+    (["vector", "element2"], {"grad", "fisher"}),
+    (["random", "wanda", "element2"], {"activations", "grad", "fisher"}),
+])
+def test_estimate_collects_only_the_statistics_the_criteria_declare(criteria, collected, monkeypatch, calib):
+    model, _, adapter = aeflib.models.load("tiny-llama")
+    ran = set()
+
+    def spy(stat, fn):
+        def wrapped(*args, **kwargs):
+            ran.add(stat)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(importance, "_collect_activations", spy("activations", importance._collect_activations))
+    monkeypatch.setattr(importance, "_run_bounded", spy("grad", importance._run_bounded))
+    monkeypatch.setattr(importance, "_fisher_passes", spy("fisher", importance._fisher_passes))
+    scores = estimate(model, adapter, calib, criteria=criteria)
+    assert ran == collected and scores.criteria == criteria
+
+
+def test_a_new_criterion_is_one_entry_that_declares_its_needs(monkeypatch):
+    """A gradient-magnitude criterion, Σ|g|, added without touching the accumulator; checked by hand."""
+    model, adapter, ids = _two_layer_llama()
+    grad_l1 = importance.Criterion("grad-l1", frozenset({"grad"}), lambda x: x.grad.abs().sum((1, 2)))
+    monkeypatch.setitem(ESTIMATORS, "grad-l1", grad_l1)
+    scores = estimate(model, adapter, ids, criteria=["grad-l1"], layers=[1])
+    model(input_ids=ids, labels=ids).loss.backward()
+    mlp = model.model.layers[1].mlp
+    expected = mlp.gate_proj.weight.grad.abs().sum(1) + mlp.up_proj.weight.grad.abs().sum(1) + \
+        mlp.down_proj.weight.grad.abs().sum(0)
+    torch.testing.assert_close(scores["grad-l1"]["1.channel"], expected, rtol=1e-5, atol=1e-9)
+
+
+def test_criteria_declare_known_statistics_and_one_scoring_function():
+    assert all(c.needs <= set(importance.STATISTICS) and c.name == n for n, c in ESTIMATORS.items())
+    assert ESTIMATORS["element2"].needs == {"weight", "grad", "fisher"}
+    with pytest.raises(ValueError, match=r"'x' needs unknown statistics \['hessian'\]; valid: \['weight'"):
+        importance.Criterion("x", frozenset({"hessian"}), lambda s: s.weight)
+    with pytest.raises(ValueError, match="give exactly one of fn="):
+        importance.Criterion("x", frozenset())
+    s = Slice("mlp.up_proj.weight", 0, (2,), 0, "up", 3)
+    with pytest.raises(ValueError, match=r"criterion 'vector'.*\['grad'\] not given"):
+        slice_scores(s, torch.ones(2, 3), None, None, ["vector"])
+
+
+def test_the_default_criteria_are_one_constant():
+    from aeflib.pipeline import RunSettings
+
+    assert importance.DEFAULT_CRITERIA == ("random", "l2", "vector", "element1", "element2")
+    assert RunSettings().criteria == list(importance.DEFAULT_CRITERIA)
+    assert importance.estimate.__kwdefaults__["criteria"] is importance.DEFAULT_CRITERIA
+
+
+def test_scores_read_like_a_mapping_of_criteria():
+    scores = Scores({"l2": {"2.head": torch.ones(2), "1.channel": torch.ones(3), "1.head": torch.ones(2)},
+                     "vector": {"2.head": torch.ones(2), "1.channel": torch.ones(3), "1.head": torch.ones(2)}})
+    assert scores.keys() == scores.criteria == list(scores) == ["l2", "vector"] and len(scores) == 2
+    assert [c for c, _ in scores.items()] == ["l2", "vector"] and scores.items()[0][1] is scores["l2"]
+    assert scores.group_keys == ["1.head", "1.channel", "2.head"]
+    with pytest.raises(KeyError, match=r"no scores for criterion 'aef'; present: \['l2', 'vector'\]"):
+        scores["aef"]

@@ -427,3 +427,10 @@ def test_console_scripts_installed_before_the_move_still_find_the_command():
     import aeflib.orchestration.cli
 
     assert aeflib.cli.app is aeflib.orchestration.cli.app
+
+
+def test_run_settings_criteria_default_is_the_library_default():
+    # settings.py writes the list as a literal (importing the settings needs no torch); one source of truth stays
+    from aeflib.importance import DEFAULT_CRITERIA
+
+    assert RunSettings().criteria == list(DEFAULT_CRITERIA)

@@ -44,8 +44,8 @@ def assert_labelled(fig: Figure) -> None:
 def figures(llama, scores):
     model, _, adapter = llama
     agree = analysis.agreement(model, adapter, scores, "element2", "vector", 0.25)
-    weights = analysis.fusion_table({"weights": {k: (0.7, 0.3) for k in scores.keys}, "details": {},
-                                     "influence": {k: (0.9, 0.4) for k in scores.keys}})
+    weights = analysis.fusion_table({"weights": {k: (0.7, 0.3) for k in scores.group_keys}, "details": {},
+                                     "influence": {k: (0.9, 0.4) for k in scores.group_keys}})
     the_plan = aeflib.pruning.plan(model, adapter, scores["aef"], pruning_ratio=0.25, criterion="aef")
     rows = [{"setting": s, "metric": m, "task": t, "value": v} for s, m, t, v in (
         ("dense", "perplexity", "wikipedia", 30.0), ("no-tune", "perplexity", "wikipedia", 41.0),

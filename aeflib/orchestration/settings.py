@@ -208,6 +208,7 @@ STAGES: tuple[Stage, ...] = (
         Param("show_group", int, 0, "which head / channel of the first pruned layer to print"),
     ), produces=("metrics.json",), metrics="model"),
     Stage("02_importance", (
+        # = importance.DEFAULT_CRITERIA (tests/test_pipeline.py checks); a literal so that the settings import no torch
         Param("criteria", list[str], ["random", "l2", "vector", "element1", "element2"],
               cli_help="Criteria estimated in 02 (comma-separated); the method's own is added.", parse=_parse_names),
         _FINE, _COARSE,

@@ -80,7 +80,7 @@ def _scores_for(loaded, run, settings, criteria: list[str], force: bool):
     return scores, calib, layers
 
 
-def compare(settings=None, methods: Sequence[str] = ("random", "l2", "vector", "element1", "element2", "aef"), *,
+def compare(settings=None, methods: Sequence[str] | None = None, *,
             name: str | None = None, runs_root: str | os.PathLike = "runs", zeroshot: bool = False,
             force: bool = False, progress: bool = False) -> Comparison:
     """Prune one model once per method at the same target and compare perplexity (and zero-shot accuracy).
@@ -88,7 +88,8 @@ def compare(settings=None, methods: Sequence[str] = ("random", "l2", "vector", "
     Args:
         settings: :class:`~aeflib.orchestration.settings.RunSettings` (model, target or ratio, calibration,
             evaluation sizes).
-        methods: Criteria (``random``, ``l1``, ``l2``, ``vector``, ``element1``, ``element2``) and AEF variants.
+        methods: Criteria (``random``, ``l1``, ``l2``, ``vector``, ``element1``, ``element2``) and AEF variants;
+            default ``importance.DEFAULT_CRITERIA`` and ``aef``.
         name: Run folder name (default ``compare-<model>-<amount>``).
         runs_root: Parent folder of runs.
         zeroshot: Also measure zero-shot accuracy (``settings.zeroshot_tasks``) per method.
@@ -103,6 +104,7 @@ def compare(settings=None, methods: Sequence[str] = ("random", "l2", "vector", "
         ValueError: An unknown method (lists the choices).
     """
     import aeflib.fusion
+    import aeflib.importance
     import aeflib.models
     import aeflib.pruning
     from aeflib import plots, stages
@@ -111,6 +113,7 @@ def compare(settings=None, methods: Sequence[str] = ("random", "l2", "vector", "
 
     t0 = time.perf_counter()
     settings = (settings or RunSettings()).validate()  # before any folder is made
+    methods = (*aeflib.importance.DEFAULT_CRITERIA, "aef") if methods is None else methods
     for m in methods:
         stages.criterion_for(m)
     fused = [m for m in methods if m == "aef" or m in aeflib.fusion.FUSIONS]
