@@ -159,7 +159,7 @@ def compare(
     force: Annotated[bool, typer.Option("--force", help="Re-estimate the scores.")] = False,
 ) -> None:
     """Prune one model with each criterion at the same target; write comparison.csv/.md and a figure."""
-    from aeflib.stages import criterion_for
+    from aeflib.stages import fusion_method
     from aeflib.sweep import compare as run_compare
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
@@ -168,7 +168,7 @@ def compare(
         if not chosen:
             raise ValueError(f"--methods {methods!r}: give at least one method")
         for m in chosen:
-            criterion_for(m)                      # ValueError naming the method and the choices
+            fusion_method(m)                      # ValueError naming the method and the choices
     except ValueError as err:
         _bad(err)
     try:

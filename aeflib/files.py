@@ -115,8 +115,9 @@ def atomic_folder(target: str | os.PathLike, overwrite: bool = False,
 
 
 def jsonable(value: Any, name: str = "value") -> Any:
-    """``value`` as plain JSON: objects with ``to_dict`` (results, plans), tensors and numpy values (``tolist``),
-    tuples and paths converted; dict keys become strings.
+    """``value`` as plain JSON, with dict keys as strings.
+
+    Objects with ``to_dict`` (results, plans), tensors and numpy values (``tolist``), tuples and paths are converted.
 
     Raises:
         TypeError: A value JSON cannot hold, naming where it sits (``name.key[index]``).

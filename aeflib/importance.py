@@ -59,7 +59,7 @@ from aeflib.models.adapters import GroupSet, Slice, StructureAdapter
 from aeflib.models.checksum import checksum
 from aeflib.scores import Scores
 
-__all__ = ["DEFAULT_FISHER_MEMORY_GIB", "ESTIMATORS", "GRADIENT_CRITERIA", "PATHS", "REDUCTIONS", "estimate",
+__all__ = ["DEFAULT_FISHER_MEMORY_GIB", "ESTIMATORS", "PATHS", "REDUCTIONS", "estimate",
            "fisher_layer_slices", "slice_scores"]
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,6 @@ ESTIMATORS: dict[str, tuple[Callable | None, bool, bool]] = {
     "element1": (_element1, True, False),
     "element2": (_element2, True, True),
 }
-GRADIENT_CRITERIA = tuple(c for c, (_, grad, _) in ESTIMATORS.items() if grad)
 
 #: how the per-slice scores of one group are combined (LLM-Pruner ``group_reduction``)
 REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {

@@ -111,8 +111,7 @@ def _skeleton(raw_config: dict, info: dict, plans: list[PruningPlan], where: str
 
 # ---- save --------------------------------------------------------------------------------------------------------
 def _applied_plans(model: nn.Module, given: list[PruningPlan]) -> list[PruningPlan]:
-    """The plans that rebuild ``model`` from its config: those :func:`aeflib.pruning.apply` recorded on it, else
-    the ones given.
+    """The plans that rebuild ``model`` from its config: those ``apply`` recorded on it, else the ones given.
 
     Raises:
         ValueError: Plans were given that are not the ones applied to the model.
@@ -235,8 +234,9 @@ def _read_json(path: Path) -> dict:
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:
-    """Read and validate ``aeflib.json`` of a checkpoint folder (plans, provenance, metrics); a format-1 manifest's
-    plans are returned in the current plan form (group-set keys).
+    """Read and validate ``aeflib.json`` of a checkpoint folder (plans, provenance, metrics).
+
+    A format-1 manifest's plans are returned in the current plan form (group-set keys).
 
     Raises:
         CheckpointError: Missing or invalid JSON, a ``format_version`` newer than :data:`FORMAT_VERSION`, missing

@@ -140,8 +140,10 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, d: dict) -> PruningPlan:
-        """Inverse of :meth:`to_dict`; also reads the plans aeflib wrote before group-set keys (``keep_heads``,
-        ``keep_channels``, ``n_heads``, ``n_channels``, ``head_unit``), as in format-1 checkpoints.
+        """Inverse of :meth:`to_dict`; also reads the plans aeflib wrote before group-set keys.
+
+        Those (format-1 checkpoints, old ``plan.json``) have ``keep_heads``, ``keep_channels``, ``n_heads``,
+        ``n_channels`` and ``head_unit``; they become ``"<layer>.head"`` and ``"<layer>.channel"`` keys.
 
         Raises:
             ValueError: A dict that is neither form, naming the missing fields.

@@ -1,5 +1,4 @@
-"""Rebuild a pruned architecture from its dense config and the pruning plans applied to it, with empty (meta)
-parameters.
+"""Rebuild a pruned architecture, with empty (meta) parameters, from its dense config and the plans applied to it.
 
 ``build_skeleton(config_dict, plans, ...)`` → ``(model, adapter)``: the family adapter (found by
 ``config["model_type"]``) builds the dense model with its parameters on the meta device (no memory, no init) and its

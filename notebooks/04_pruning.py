@@ -83,7 +83,7 @@ m, tokenizer, adapter = aeflib.models.load(model, dtype=dtype, device=device)
 layer_range = artifacts.pruned_layers(adapter, m, layers)
 adapter.family, adapter.n_layers(m), layer_range
 scores = Scores.load(run.require("scores.safetensors"))
-criterion = stages.criterion_for(method)
+criterion = method  # 02 and 03 store each method's scores under its name (03 adds the fused one)
 criterion, scores.criteria
 
 # %% [markdown]
@@ -106,12 +106,12 @@ widgets.plan_explorer(
 # Heads and channels kept per layer, from the run's criterion and target.
 
 # %% tags=["nbval-check-output"]
-the_plan = aeflib.pruning.plan(
+pruning_plan = aeflib.pruning.plan(
     m, adapter, scores[criterion], pruning_ratio=pruning_ratio,
     target_params=target_params, layers=layer_range, criterion=criterion,
 )
-the_plan.save(run / "plan.json")
-analysis.plan_table(the_plan)
+pruning_plan.save(run / "plan.json")
+analysis.plan_table(pruning_plan)
 
 # %% [markdown]
 # A text sample from the dense model (greedy decoding, so it is repeatable):
@@ -126,15 +126,15 @@ before
 # attribute against the weights, and measures the parameters left. Requested and achieved, side by side:
 
 # %% tags=["nbval-check-output"]
-aeflib.pruning.apply(m, adapter, the_plan)
-the_plan.save(run / "plan.json")
-analysis.plan_summary(the_plan)
+aeflib.pruning.apply(m, adapter, pruning_plan)
+pruning_plan.save(run / "plan.json")
+analysis.plan_summary(pruning_plan)
 
 # %% [markdown]
 # Heads and channels kept per layer — the same plan as a figure:
 
 # %%
-fig = plots.plan_widths(the_plan)
+fig = plots.plan_widths(pruning_plan)
 run.save_figure(fig, "04_plan")
 fig
 
@@ -150,13 +150,13 @@ print(f"after pruning:  {after!r}")
 
 # %% [markdown]
 # ## Save
-# `aeflib.io.save` writes a self-describing folder (safetensors + JSON with every layer's widths): it reloads in a
-# fresh process without this notebook, the plan or pickle.
+# `aeflib.io.save` writes a self-describing folder (safetensors + JSON with the plans that shaped every layer): it
+# reloads in a fresh process without this notebook or pickle.
 
 # %% tags=["nbval-ignore-output"]
 provenance = {"base_model": model, "method": method, "seed": seed}
-aeflib.io.save(m, tokenizer, run / "pruned", adapter=adapter, plan=the_plan,
+aeflib.io.save(m, tokenizer, run / "pruned", adapter=adapter, plan=pruning_plan,
                overwrite=True, provenance=provenance)
 samples = {"sample_before": before, "sample_after": after}
-run.merge_metrics("pruning", {**the_plan.summary(), **samples})
+run.merge_metrics("pruning", {**pruning_plan.summary(), **samples})
 run.listing()

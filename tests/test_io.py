@@ -88,7 +88,7 @@ def test_save_load_non_uniform_keeps_logits_widths_and_ties(tiny, tmp_path):
 
     manifest = aio.read_manifest(folder)
     assert manifest["format_version"] == aio.FORMAT_VERSION
-    assert [PruningPlan.from_dict(d).keep_heads for d in manifest["plans"]] == [p.keep_heads for p in plans]
+    assert [PruningPlan.from_dict(d).kept("head") for d in manifest["plans"]] == [p.kept("head") for p in plans]
     prov = manifest["provenance"]
     assert prov["base_model"] == "tiny" and prov["seed"] == 7 and prov["method"] == "random"
     assert prov["checksum"] == checksum(model) and prov["params"] == count_parameters(model)
@@ -206,7 +206,8 @@ def test_load_rejects_truncated_weights(copy_of):
 
 def test_load_rejects_newer_format_version(copy_of):
     _edit_manifest(copy_of, lambda m: m.update(format_version=aio.FORMAT_VERSION + 1))
-    with pytest.raises(aio.CheckpointError, match=r"format_version 2 was written by a newer aeflib.*<= 1"):
+    newer, ours = aio.FORMAT_VERSION + 1, aio.FORMAT_VERSION
+    with pytest.raises(aio.CheckpointError, match=rf"format_version {newer} was written by a newer aeflib.*<= {ours}"):
         aio.load(copy_of)
 
 
@@ -217,8 +218,8 @@ def test_load_rejects_manifest_paths_outside_the_folder(copy_of):
 
 
 def test_load_rejects_weights_that_do_not_match_recorded_widths(copy_of):
-    def shrink(m):
-        m["model"]["layers"][1]["n_channels"] -= 1
+    def shrink(m):  # the plans rebuild the widths: layer 1 keeps one channel fewer
+        m["plans"][0]["keep"]["1.channel"].pop()
 
     _edit_manifest(copy_of, shrink)
     with pytest.raises(aio.CheckpointError, match=r"do not match the widths recorded.*\n  layer 1 "

@@ -185,8 +185,9 @@ class GroupSet:
 
 @dataclass
 class LayerWidths:
-    """The widths one decoder layer runs with, read from its weights (never from module attributes); derived,
-    for reports, checks and export — checkpoints record plans, not widths.
+    """The widths one decoder layer runs with, read from its weights (never from module attributes).
+
+    Derived, for reports, checks and export; checkpoints record plans, not widths.
 
     Attributes:
         n_heads: Query heads.

@@ -144,8 +144,11 @@ class BaichuanAdapter(LlamaAdapter):
 
     @classmethod
     def load_folder(cls, path: os.PathLike, raw: dict, **kwargs: Any) -> tuple[nn.Module, Any]:
-        """The hub folder's ``config.json`` names remote code: sizes are read by :func:`config_from_hub_json`, and
-        its SentencePiece ``tokenizer.model`` loads as a ``LlamaTokenizer`` when the named class is unknown."""
+        """Load a Baichuan folder; the hub's ``config.json`` names remote code, which never runs.
+
+        Sizes are read by :func:`config_from_hub_json`; the SentencePiece ``tokenizer.model`` loads as a
+        ``LlamaTokenizer`` when the tokenizer class the folder names is unknown.
+        """
         from transformers import AutoTokenizer, LlamaTokenizer
 
         model = BaichuanForCausalLM.from_pretrained(path, config=config_from_hub_json(raw), trust_remote_code=False,

@@ -103,7 +103,7 @@ def test_same_head_ratio_removes_same_number_of_heads_on_every_layout():
     for name in ("tiny-llama", "tiny-baichuan", "tiny-bloom"):
         model, _, adapter = aeflib.models.load(name)
         p = pruning.plan(model, adapter, uniform_scores(model, adapter), pruning_ratio=0.5, kinds=("head",))
-        removed[name] = [p.n_heads[i] - len(k) for i, k in p.keep_heads.items()]
+        removed[name] = [p.groups("head")[i] - len(k) for i, k in p.kept("head").items()]
     assert len({tuple(v) for v in removed.values()}) == 1, removed
 
 
