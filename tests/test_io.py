@@ -228,6 +228,35 @@ def test_load_rejects_weights_that_do_not_match_recorded_widths(copy_of):
         aio.load(copy_of)
 
 
+def _as_format_1(manifest: dict, widths: list[dict], with_plans: bool = True) -> None:
+    """Rewrite a manifest as aeflib format 1 wrote it: per-layer widths and per-layer head/channel plans."""
+    old = []
+    for d in manifest["plans"]:
+        kind_of = {k: k.split(".") for k in d["keep"]}
+        per = {f"{field}_{kind}s": {i: d[src][k] for k, (i, kd) in kind_of.items() if kd == kind}
+               for kind in ("head", "channel") for field, src in (("keep", "keep"), ("n", "n_groups"))}
+        rest = {k: v for k, v in d.items() if k not in ("keep", "n_groups", "units", "gqa_mode")}
+        old.append({**per, "head_unit": d["units"]["head"], **rest, "extra": {}})
+    manifest.update(format_version=1, plans=old if with_plans else [])
+    manifest["model"]["layers"] = widths
+
+
+def test_format_1_checkpoint_loads_or_says_how_to_convert(tmp_path):
+    model, _, adapter = loaded = _tiny("tiny-bloom")
+    _prune_non_uniform(loaded)
+    widths = [{**w.to_dict(), "kept_heads": adapter.kept_heads(model, i)}
+              for i, w in enumerate(adapter.all_widths(model))]
+    folder = aio.save(model, None, tmp_path / "ck", adapter=adapter)
+    _edit_manifest(folder, lambda m: _as_format_1(m, widths))
+    back = aio.load(folder)
+    assert torch.equal(_logits(back.model), _logits(model))
+    assert [back.adapter.kept_heads(back.model, i) for i in range(4)] == [w["kept_heads"] for w in widths]
+    _edit_manifest(folder, lambda m: m.update(plans=[]))
+    with pytest.raises(aio.CheckpointError, match=r"format_version 1 checkpoint records per-layer widths its plans do "
+                                                  r"not rebuild \(layers \[1, 2\]\).*Convert it"):
+        aio.load(folder)
+
+
 def test_load_rejects_modified_weights(copy_of):
     weights = copy_of / aio.WEIGHTS
     data = bytearray(weights.read_bytes())
