@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from aeflib import io, models, pruning, scores  # the core; io registers its checkpoints with models.load
+from aeflib._version import __version__
 
-_SUBMODULES = ("data", "evaluation", "fusion", "importance", "io", "models", "paper", "pipeline", "plots",
-               "pruning", "recovery", "scores", "widgets")
+#: submodules with heavy optional dependencies (matplotlib, papermill, peft, lm-eval ...), imported on first use
+_LAZY = ("data", "evaluation", "fusion", "importance", "paper", "pipeline", "plots", "recovery", "widgets")
 
-__all__ = ["__version__", *_SUBMODULES]
+__all__ = ["__version__", "io", "models", "pruning", "scores", *_LAZY]
 
 
 def __getattr__(name: str):
-    """Import submodules on first use, so ``import aeflib`` stays cheap and ``aeflib.models.load`` just works."""
-    if name in _SUBMODULES:
+    """Import the submodules with heavy optional dependencies on first use (``aeflib.plots`` needs matplotlib)."""
+    if name in _LAZY:
         return importlib.import_module(f"aeflib.{name}")
     raise AttributeError(f"module 'aeflib' has no attribute {name!r}")

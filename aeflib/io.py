@@ -42,11 +42,12 @@ import torch
 import transformers
 from torch import nn
 
-import aeflib
+from aeflib._version import __version__
 from aeflib.export import ExportError, export_hf
 from aeflib.files import atomic_folder, jsonable
 from aeflib.models.adapters import Loaded, StructureAdapter, adapter_for, resolve_dtype
 from aeflib.models.checksum import checksum
+from aeflib.models.registry import FOLDER_FORMATS
 from aeflib.pruning import PruningPlan, count_parameters, install_static_cache_shapes
 from aeflib.skeleton import build_skeleton, shape_problems
 from aeflib.weights import WEIGHTS, split_tied
@@ -197,7 +198,7 @@ def save(
         "params": info["n_params"],
         "param_reduction": None if base is None else round(1 - info["n_params"] / base, 6),
         "checksum": info["checksum"], "dtype": info["dtype"],
-        "versions": {"aeflib": aeflib.__version__, "transformers": transformers.__version__,
+        "versions": {"aeflib": __version__, "transformers": transformers.__version__,
                      "torch": torch.__version__, "safetensors": safetensors.__version__,
                      "python": platform.python_version()},
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -258,7 +259,7 @@ def read_manifest(folder: str | os.PathLike) -> dict:
                               f"format_version={version!r})")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {version} was written by a newer aeflib; this aeflib "
-                              f"{aeflib.__version__} reads format_version <= {FORMAT_VERSION}; upgrade aeflib")
+                              f"{__version__} reads format_version <= {FORMAT_VERSION}; upgrade aeflib")
     info = manifest.get("model")
     needed = ("model_type", "class", "gqa_mode", "dtype", "attn_implementation", "checksum", "tied")
     missing = [k for k in ("weights", "files", "model", "plans") if k not in manifest]
@@ -378,3 +379,7 @@ def _load_tokenizer(folder: Path) -> Any:
         if (folder / "tokenizer.model").is_file():  # a SentencePiece tokenizer saved under a remote class name
             return LlamaTokenizer.from_pretrained(folder)
         raise
+
+
+# aeflib.models.load(folder) reads aeflib checkpoints with load; `import aeflib` imports this module first
+FOLDER_FORMATS[MANIFEST] = load

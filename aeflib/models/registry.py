@@ -24,13 +24,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from aeflib import io
 from aeflib.files import hub_unreachable_reason
 from aeflib.models.adapters import ADAPTERS, DTYPES, Loaded, adapter_class, adapter_for, resolve_dtype
 from aeflib.models.embedded import embedded_folder, load_embedded_tokenizer
@@ -96,6 +95,12 @@ class _Models(Mapping):
 
 #: name → :class:`ModelSpec`: the named models and every family's tiny models.
 MODELS: Mapping[str, ModelSpec] = _Models()
+
+
+#: ``{marker file: loader(folder, dtype=..., device=...) -> Loaded}`` for folders that are not plain transformers
+#: checkpoints. ``aeflib.io`` registers its checkpoints (``aeflib.json``) when imported, and ``import aeflib`` (run
+#: before any ``aeflib.models`` import) imports it: registration keeps the import graph one-way (io → models).
+FOLDER_FORMATS: dict[str, Callable[..., Loaded]] = {}
 
 
 class ModelUnavailableError(RuntimeError):
@@ -183,8 +188,9 @@ def load(
         if not path.exists():
             raise ValueError(f"unknown model {key!r}: not a registered name ({', '.join(MODELS)}) "
                              "and not an existing folder")
-        if (path / io.MANIFEST).is_file():
-            return io.load(path, dtype=None if dtype is None else torch_dtype, device=device)
+        for marker, loader in FOLDER_FORMATS.items():
+            if (path / marker).is_file():
+                return loader(path, dtype=None if dtype is None else torch_dtype, device=device)
         model, tokenizer = _load_folder(path, torch_dtype, device_map)
     if device_map is None and device != "cpu":
         model = model.to(device)
