@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import importlib
 
-from aeflib import io, models, pruning, scores  # the core; io registers its checkpoints with models.load
+# the core, imported in dependency order; io registers its checkpoint format with models.load
+from aeflib import data, fusion, importance, io, models, pruning, scores
 from aeflib._version import __version__
 
-#: submodules with heavy optional dependencies (matplotlib, papermill, peft, lm-eval ...), imported on first use
-_LAZY = ("data", "evaluation", "fusion", "importance", "paper", "pipeline", "plots", "recovery", "widgets")
+#: submodules with heavy optional dependencies (matplotlib, pandas, papermill, peft, lm-eval), imported on first use
+_LAZY = ("evaluation", "paper", "pipeline", "plots", "recovery", "widgets")
 
-__all__ = ["__version__", "io", "models", "pruning", "scores", *_LAZY]
+__all__ = ["__version__", "data", "fusion", "importance", "io", "models", "pruning", "scores", *_LAZY]
 
 
 def __getattr__(name: str):
