@@ -32,7 +32,7 @@ from aeflib.models.adapters import GroupSet, StructureAdapter, StructureError, a
 from aeflib.scores import Scores
 
 __all__ = ["PruningPlan", "apply", "count_parameters", "install_static_cache_shapes", "mask_removed", "plan",
-           "removal_counts", "select", "solve_ratio", "static_cache_shapes"]
+           "removal_counts", "select", "solve_ratio", "split_key", "static_cache_shapes"]
 
 log = logging.getLogger(__name__)
 

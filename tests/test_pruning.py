@@ -160,3 +160,14 @@ def test_pruning_twice_with_different_layers_gives_non_uniform_widths(tiny):
     widths = [w.n_channels for w in adapter.all_widths(model)]
     assert widths[1] < widths[2] < widths[0]
     model(PROMPT)
+
+
+def test_solve_ratio_is_the_ratio_plan_uses_and_select_keeps_whole_blocks():
+    model, _, adapter = aeflib.models.load("tiny-gqa")
+    scores = uniform_scores(model, adapter)
+    ratio = pruning.solve_ratio(model, adapter, 0.005)
+    assert pruning.plan(model, adapter, scores, target_params=0.005).pruning_ratio == ratio
+    gs = adapter.group_sets(model, 1)[0]                      # 6 query heads in 2 kv blocks
+    assert pruning.select(gs, torch.tensor([5.0, 4, 3, 0.1, 0.2, 0.3]), 2) == [0, 1, 4, 5]
+    with pytest.raises(ValueError, match=r"n_remove=1 for 1\.head: must be a multiple of 2"):
+        pruning.select(gs, torch.rand(6), 1)

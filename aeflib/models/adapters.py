@@ -42,6 +42,7 @@ __all__ = [
     "Slice",
     "StructureAdapter",
     "StructureError",
+    "adapter_class",
     "adapter_for",
     "resolve_dtype",
 ]
