@@ -12,6 +12,7 @@ Source: [ours] (known failure 1).
 
 from __future__ import annotations
 
+import copy
 import re
 
 import torch
@@ -68,8 +69,8 @@ def build_skeleton(
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     with init_empty_weights(include_buffers=False), no_init_weights():  # parameters on meta, buffers real
         model = cls.build(cls.config_from_dict(config), dtype=resolve_dtype(dtype), **kwargs)
-    for p in plans:
-        apply(model, cls(gqa_mode=p.gqa_mode), p)
+    for p in plans:  # replayed on copies: apply records params_after, which belongs to the caller's plan
+        apply(model, cls(gqa_mode=p.gqa_mode), copy.deepcopy(p))
     adapter = cls(gqa_mode=gqa_mode)
     adapter.install_runtime(model)
     for name, buffer_dtype in (buffer_dtypes or {}).items():

@@ -83,7 +83,7 @@ m, tokenizer, adapter = aeflib.models.load(model, dtype=dtype, device=device)
 layer_range = artifacts.pruned_layers(adapter, m, layers)
 adapter.family, adapter.n_layers(m), layer_range
 scores = Scores.load(run.require("scores.safetensors"))
-criterion = method  # 02 and 03 store each method's scores under its name (03 adds the fused one)
+criterion = method  # 02/03 store each method's scores under its name
 criterion, scores.criteria
 
 # %% [markdown]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -72,6 +73,7 @@ def _run(code: str) -> None:
 def test_save_load_non_uniform_keeps_logits_widths_and_ties(tiny, tmp_path):
     model, tokenizer, adapter = tiny
     plans = _prune_non_uniform(tiny)
+    saved_plans = copy.deepcopy(plans)
     widths = adapter.all_widths(model)
     assert len({(w.n_heads, w.n_channels) for w in widths}) >= 3
     folder = aio.save(model, tokenizer, tmp_path / "ck", adapter=adapter, plan=plans, metrics={"ppl": 12.5},
@@ -86,6 +88,7 @@ def test_save_load_non_uniform_keeps_logits_widths_and_ties(tiny, tmp_path):
     assert loaded.tokenizer("hello world")["input_ids"] == tokenizer("hello world")["input_ids"]
     assert loaded.model.generation_config.eos_token_id == model.generation_config.eos_token_id
 
+    assert [p.params_after for p in plans] == [p.params_after for p in saved_plans]  # save leaves the plans alone
     manifest = aio.read_manifest(folder)
     assert manifest["format_version"] == aio.FORMAT_VERSION
     assert [PruningPlan.from_dict(d).kept("head") for d in manifest["plans"]] == [p.kept("head") for p in plans]
