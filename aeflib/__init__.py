@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+# the core, imported in dependency order; io registers its checkpoint format with models.load
+from aeflib import data, fusion, importance, io, models, pruning, scores
+from aeflib._version import __version__
 
-_SUBMODULES = ("data", "evaluation", "fusion", "importance", "io", "models", "orchestration", "paper", "plots",
-               "pruning", "recovery", "scores", "widgets")
+#: submodules with heavy optional dependencies (matplotlib, pandas, papermill, peft, lm-eval), imported on first use
+_LAZY = ("evaluation", "orchestration", "paper", "plots", "recovery", "widgets")
 
-__all__ = ["__version__", *_SUBMODULES]
+__all__ = ["__version__", "data", "fusion", "importance", "io", "models", "pruning", "scores", *_LAZY]
 
 
 def __getattr__(name: str):
-    """Import submodules on first use, so ``import aeflib`` stays cheap and ``aeflib.models.load`` just works."""
-    if name in _SUBMODULES:
+    """Import the submodules with heavy optional dependencies on first use (``aeflib.plots`` needs matplotlib)."""
+    if name in _LAZY:
         return importlib.import_module(f"aeflib.{name}")
     raise AttributeError(f"module 'aeflib' has no attribute {name!r}")

@@ -169,7 +169,7 @@ def agreement(model: nn.Module, adapter, scores, a: str, b: str, pruning_ratio: 
     for key in keys:
         layer, kind = int(key.split(".")[0]), key.split(".")[1]
         n = scores[a][key].numel()
-        keep = {c: set((p.keep_heads if kind == "head" else p.keep_channels)[layer]) for c, p in plans.items()}
+        keep = {c: set(p.keep[key]) for c, p in plans.items()}
         removed = {c: set(range(n)) - keep[c] for c in keep}
         overlap = len(removed[a] & removed[b]) / len(removed[a]) if removed[a] else float("nan")
         rows.append({"layer": layer, "kind": kind, "groups": n, "spearman": round(spearman(scores[a][key],
@@ -236,19 +236,24 @@ def fusion_table(fusion):
     return pd.DataFrame(rows).sort_values(["layer", "kind"], ascending=[True, False]).reset_index(drop=True)
 
 
-def plan_table(the_plan: PruningPlan):
-    """Per pruned layer: heads and channels before and kept.
+def plan_table(pruning_plan: PruningPlan):
+    """Per pruned layer: the groups of each kind before and kept.
 
     Returns:
-        ``pandas.DataFrame`` indexed by ``layer`` with ``heads_before, heads_kept, channels_before, channels_kept``.
+        ``pandas.DataFrame`` indexed by ``layer`` with ``<kind>s_before, <kind>s_kept`` per kind of the plan
+        (``heads_before, heads_kept, channels_before, channels_kept``); ``None`` where a layer has no such set.
     """
     import pandas as pd
 
-    return pd.DataFrame([{"layer": i, "heads_before": the_plan.n_heads.get(i), "heads_kept":
-                          len(the_plan.keep_heads.get(i, [])) if i in the_plan.keep_heads else None,
-                          "channels_before": the_plan.n_channels.get(i), "channels_kept":
-                          len(the_plan.keep_channels[i]) if i in the_plan.keep_channels else None}
-                         for i in the_plan.layers]).set_index("layer")
+    rows = []
+    for i in pruning_plan.layers:
+        row: dict[str, Any] = {"layer": i}
+        for kind in pruning_plan.kinds:
+            key = f"{i}.{kind}"
+            row[f"{kind}s_before"] = pruning_plan.n_groups.get(key)
+            row[f"{kind}s_kept"] = len(pruning_plan.keep[key]) if key in pruning_plan.keep else None
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("layer")
 
 
 #: what each quantity of :meth:`aeflib.pruning.PruningPlan.summary` means (shown beside it; under 50 characters,
@@ -260,7 +265,7 @@ _SUMMARY_MEANING = {
     "pruning_ratio_used": "share of groups removed per pruned layer",
     "head_ratio_achieved": "share of head groups removed (after rounding)",
     "channel_ratio_achieved": "share of MLP channels removed",
-    "target_param_reduction": "share of ALL parameters asked for",
+    "target_params": "share of ALL parameters asked for",
     "expected_param_reduction": "share of all parameters the plan removes",
     "param_reduction": "the same, measured by apply",
     "params_before": "parameters of the dense model",
@@ -268,14 +273,14 @@ _SUMMARY_MEANING = {
 }
 
 
-def plan_summary(the_plan: PruningPlan):
+def plan_summary(pruning_plan: PruningPlan):
     """Requested vs achieved, one row per quantity (pruning ratio and parameter reduction are both reported).
 
     Returns:
         ``pandas.DataFrame`` indexed by ``quantity`` (the keys of ``PruningPlan.summary()``) with ``value`` and
         ``meaning``; ``None`` shows as "—".
     """
-    table = as_table(the_plan.summary())
+    table = as_table(pruning_plan.summary())
     return table.assign(meaning=[_SUMMARY_MEANING.get(k, "") for k in table.index])
 
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
+from aeflib.files import jsonable, write_text
 from aeflib.orchestration.settings import producers
 
 __all__ = ["PRODUCERS", "RunDir", "pruned_layers", "setup_notebook"]
@@ -36,27 +36,6 @@ log = logging.getLogger(__name__)
 
 #: artifact -> the notebook that writes it (named in "missing input" errors), from the stage records
 PRODUCERS = producers()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _jsonable(value: Any) -> Any:
-    """Tensors, tuples, numpy scalars and paths → plain JSON values."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):                 # torch / numpy tensors and scalars
-        return value.tolist()
-    return value
 
 
 class RunDir:
@@ -115,13 +94,13 @@ class RunDir:
     def save_json(self, name: str, value: Any) -> Path:
         """Write ``value`` as indented JSON, atomically; returns the path."""
         path = self.root / name
-        _write_atomic(path, json.dumps(_jsonable(value), indent=1) + "\n")
+        write_text(path, json.dumps(jsonable(value), indent=1) + "\n")
         return path
 
     def merge_metrics(self, section: str, values: dict[str, Any]) -> Path:
         """Replace one section of ``metrics.json`` (the other sections stay); returns the path."""
         metrics = self.metrics()
-        metrics[section] = _jsonable(values)
+        metrics[section] = jsonable(values, section)
         return self.save_json("metrics.json", metrics)
 
     def save_figure(self, figure, name: str) -> Path:

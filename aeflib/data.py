@@ -23,15 +23,15 @@ import logging
 import os
 import random
 import re
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import torch
+
+from aeflib.files import hub_unreachable_reason
 
 __all__ = [
     "CORPORA",
@@ -215,15 +215,11 @@ def _read_shipped(spec: CorpusSpec, split: str) -> tuple[list[dict[str, str]], s
 # --------------------------------------------------------------------------------------------------- hub corpora
 @lru_cache(maxsize=4)
 def _hub_unreachable_reason(endpoint: str) -> str | None:
-    """Say why the hub cannot be reached, or None; a 3 s TCP probe so that offline machines fail fast."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # a proxy decides; let datasets try
-    url = urlparse(endpoint)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=3.0).close()
-    except OSError as err:
-        return f"cannot connect to {url.hostname}: {err}"
-    return None
+    """Why the hub at ``endpoint`` cannot be reached, or None; probed once per process.
+
+    No offline variable is checked here: ``datasets`` reads ``HF_DATASETS_OFFLINE`` itself.
+    """
+    return hub_unreachable_reason(offline_vars=(), endpoint=endpoint)
 
 
 def _unavailable(spec: CorpusSpec, split: str, reason: str) -> CorpusUnavailableError:

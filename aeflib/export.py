@@ -8,12 +8,12 @@ shape it implies is compared with the model's (known failure 2, Torch-Pruning #4
 ``head_dim`` from ``hidden_size / num_heads``); any difference is refused with the layer and width named and a
 pointer to :func:`aeflib.io.save`, whose folders keep per-layer widths.
 
-Per family (``_EXPORT_CONFIGS``): LLaMA gets ``num_attention_heads``, ``num_key_value_heads``,
-``intermediate_size`` and an explicit ``head_dim``; transformers 5 also requires ``hidden_size %
-num_attention_heads == 0``, so a head count that breaks it is refused with the legal counts (known failure 3).
-Baichuan keeps ``model_type="baichuan"``: transformers has no such class, so ``import aeflib.models`` (which
-registers aeflib's) before loading. Stock Bloom derives ``head_dim``, the MLP width (``4 * hidden_size``) and the
-ALiBi slopes from ``n_head``: only an unpruned Bloom model exports.
+Each family's adapter rewrites the config (``StructureAdapter.export_config``): LLaMA gets
+``num_attention_heads``, ``num_key_value_heads``, ``intermediate_size`` and an explicit ``head_dim``; transformers 5
+also requires ``hidden_size % num_attention_heads == 0``, so a head count that breaks it is refused with the legal
+counts (known failure 3). Baichuan keeps ``model_type="baichuan"``: transformers has no such class, so ``import
+aeflib.models`` (which registers aeflib's) before loading. Stock Bloom derives ``head_dim``, the MLP width
+(``4 * hidden_size``) and the ALiBi slopes from ``n_head``: only an unpruned Bloom model exports.
 
 Source: [ours] (known failures 2 and 3).
 """
@@ -29,9 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from aeflib.io import WEIGHTS, _atomic_folder, _split_tied, _write_weights
-from aeflib.models import LayerWidths, StructureAdapter, adapter_for
+from aeflib.files import atomic_folder
+from aeflib.models.adapters import LayerWidths, StructureAdapter, adapter_for
 from aeflib.skeleton import shape_problems
+from aeflib.weights import WEIGHTS, split_tied, write_weights
 
 __all__ = ["ExportError", "export_hf"]
 
@@ -40,32 +41,6 @@ log = logging.getLogger(__name__)
 
 class ExportError(ValueError):
     """A model cannot be written as a stock transformers folder (non-uniform widths or shapes a config cannot imply)."""
-
-
-def _llama_config(config: Any, w: LayerWidths) -> Any:
-    if config.hidden_size % w.n_heads:  # transformers 5 LlamaConfig validates this even with an explicit head_dim
-        step = w.n_kv_heads if w.n_kv_heads < w.n_heads else 1  # GQA: whole query heads per kv head
-        legal = [n for n in range(step, config.num_attention_heads + 1, step) if config.hidden_size % n == 0]
-        raise ExportError(f"cannot export {w.n_heads} query heads: stock transformers requires hidden_size "
-                          f"({config.hidden_size}) to be a multiple of num_attention_heads even with an explicit "
-                          f"head_dim; legal uniform head counts: {legal}")
-    config.num_attention_heads, config.num_key_value_heads = w.n_heads, w.n_kv_heads
-    config.head_dim, config.intermediate_size = w.head_dim, w.n_channels
-    return config
-
-
-def _bloom_config(config: Any, w: LayerWidths) -> Any:
-    config.n_head = w.n_heads  # stock Bloom derives head_dim, MLP width (4 * hidden) and ALiBi slopes from it
-    return config
-
-
-#: family -> rewrite the dense config for uniform widths; the stock class then derives every shape from it.
-_EXPORT_CONFIGS = {"llama": _llama_config, "baichuan": _llama_config, "bloom": _bloom_config}
-#: family -> why a stock class may not fit a pruned model, added to the refusal.
-_EXPORT_LIMITS = {
-    "bloom": "stock Bloom derives head_dim = hidden_size // n_head, the MLP width 4 * hidden_size and the ALiBi "
-             "slopes from n_head, so only an unpruned Bloom model exports",
-}
 
 
 def _describe(w: LayerWidths) -> str:
@@ -120,24 +95,22 @@ def export_hf(
             "config holds one width for all layers; pruning only a layer range (LLM-Pruner's default 4..n-2) leaves "
             f"the other layers dense, so the model is not uniform. Prune every layer (plan(..., layers=range("
             f"{len(widths)}))) for a stock export, or {hint}")
-    if adapter.family not in _EXPORT_CONFIGS:
-        raise ExportError(f"no stock export for family {adapter.family!r}; supported: {sorted(_EXPORT_CONFIGS)}")
     try:
-        config = _EXPORT_CONFIGS[adapter.family](copy.deepcopy(model.config), widths[0])
-    except ExportError as err:
+        config = adapter.export_config(copy.deepcopy(model.config), widths[0])
+    except NotImplementedError as err:
+        raise ExportError(f"{err}; {hint}") from None
+    except ValueError as err:
         raise ExportError(f"{err}; or {hint}") from None
     config.dtype = next(model.parameters()).dtype
-    from transformers import AutoModelForCausalLM
-
     try:
         if hasattr(config, "validate"):
             config.validate()  # what save_pretrained and from_pretrained run
         with torch.device("meta"):
-            reference = AutoModelForCausalLM.from_config(copy.deepcopy(config))
+            reference = adapter.build(copy.deepcopy(config))
     except Exception as err:  # transformers raises ValueError or StrictDataclassError (not a ValueError)
         raise ExportError(f"cannot export: a stock {type(model).__name__} cannot be built with "
                           f"{_describe(widths[0])} ({err}); {hint}") from err
-    state, tied = _split_tied(model)
+    state, tied = split_tied(model)
     if tied and not getattr(config, "tie_word_embeddings", False):  # the stock model would not re-tie: store both
         state.update({alias: state[name].clone() for alias, name in tied.items()})
         tied = {}
@@ -150,10 +123,10 @@ def export_hf(
         raise ExportError(
             f"cannot export: the config a stock {type(model).__name__} would read ({_describe(widths[0])}) implies "
             f"other shapes than the model has (known failure 2):\n  " + "\n  ".join(problems[:10])
-            + (f"\n{_EXPORT_LIMITS[adapter.family]}" if adapter.family in _EXPORT_LIMITS else "") + f"\n{hint}")
+            + (f"\n{adapter.export_limits}" if adapter.export_limits else "") + f"\n{hint}")
     target = Path(folder).expanduser()
-    with _atomic_folder(target, overwrite) as tmp:
-        _write_weights(state, tmp / WEIGHTS, {"format": "pt"})
+    with atomic_folder(target, overwrite, replaceable=("aeflib.json", "config.json")) as tmp:
+        write_weights(state, tmp / WEIGHTS, {"format": "pt"})
         config.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)

@@ -7,11 +7,15 @@ nothing that executes code (no pickle, no ``trust_remote_code``)::
     config.json              the *dense* base architecture (``PretrainedConfig``), unchanged by pruning
     generation_config.json   token ids and generation defaults (known failure 16), if the model has them
     tokenizer files          ``tokenizer.save_pretrained``
-    aeflib.json              the manifest: ``format_version``, per-layer widths, pruning plans, provenance, metrics
+    aeflib.json              the manifest: ``format_version``, the pruning plans applied, provenance, metrics
 
 ``load`` rebuilds the architecture with :func:`aeflib.skeleton.build_skeleton` (dense config, meta parameters,
-each layer shrunk to its recorded :class:`~aeflib.models.LayerWidths`), then loads the weights with strict key and
+the recorded plans replayed in order with :func:`aeflib.pruning.apply`), then loads the weights with strict key and
 shape checks and verifies the model checksum. ``aeflib.models.load(folder)`` dispatches here for such folders.
+
+Format 2 (this aeflib) records the plans, keyed by group set (``"<layer>.<kind>"``); format 1 recorded per-layer
+widths and per-layer head/channel plans. A format-1 folder still loads when its plans (converted on read) rebuild
+the recorded widths; otherwise the error says how to convert it.
 
 ``export_hf`` (in :mod:`aeflib.export`, also reachable as ``aeflib.io.export_hf``) writes a plain transformers
 folder when every layer has the same widths and a stock class fits them; otherwise it refuses and points to ``save``.
@@ -23,16 +27,12 @@ Source: [ours] after known failures 1-4 (LLM-Pruner #3/#14/#68, Torch-Pruning #4
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
 import os
 import platform
-import shutil
-import tempfile
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,33 +42,31 @@ import torch
 import transformers
 from torch import nn
 
-import aeflib
-from aeflib.models import LayerWidths, Loaded, StructureAdapter, adapter_for, checksum, resolve_dtype
+from aeflib._version import __version__
+from aeflib.export import ExportError, export_hf
+from aeflib.files import atomic_folder, jsonable
+from aeflib.models.adapters import Loaded, StructureAdapter, adapter_for, resolve_dtype
+from aeflib.models.checksum import checksum
+from aeflib.models.registry import FOLDER_FORMATS
 from aeflib.pruning import PruningPlan, count_parameters, install_static_cache_shapes
 from aeflib.skeleton import build_skeleton, shape_problems
+from aeflib.weights import WEIGHTS, split_tied
+from aeflib.weights import write_weights as _write_weights  # module-level name: tests fail it to check atomicity
 
-# export_hf and ExportError come from aeflib.export through __getattr__ (at the end of this file)
-__all__ = ["FORMAT_VERSION", "MANIFEST", "WEIGHTS", "CheckpointError", "ExportError", "export_hf",  # noqa: F822
-           "load", "read_manifest", "save"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "WEIGHTS", "CheckpointError", "ExportError", "export_hf", "load",
+           "read_manifest", "save"]
 
 log = logging.getLogger(__name__)
 
-#: Version of the folder layout this aeflib writes and the newest it reads.
-FORMAT_VERSION = 1
+#: Version of the folder layout this aeflib writes (2: plans keyed by group set, replayed on load); it reads 1 and 2.
+FORMAT_VERSION = 2
 MANIFEST = "aeflib.json"
-WEIGHTS = "model.safetensors"
 _FORMAT = "aeflib-pruned-checkpoint"
 _REPLACEABLE = (MANIFEST, "config.json")  # overwrite=True replaces only folders holding one of these (or empty)
 
 
 class CheckpointError(ValueError):
     """A checkpoint folder is corrupt, truncated, from a newer aeflib, or its weights disagree with its manifest."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _dumps(value: Any, indent: str = "") -> str:
@@ -82,77 +80,7 @@ def _dumps(value: Any, indent: str = "") -> str:
     return json.dumps(value)
 
 
-# ---- atomic folders ------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _atomic_folder(target: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a hidden temporary folder next to ``target``; on success rename it to ``target`` (swap if replacing).
-
-    On any exception the temporary folder is removed and ``target`` is left as it was.
-    """
-    replacing = target.exists() or target.is_symlink()
-    if replacing:
-        if not overwrite:
-            raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
-        if not target.is_dir() or target.is_symlink() or (
-                any(target.iterdir()) and not any((target / f).is_file() for f in _REPLACEABLE)):
-            raise FileExistsError(f"refusing to replace {target}: it is not a checkpoint folder (no "
-                                  f"{' or '.join(_REPLACEABLE)}); remove it yourself or choose another folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the final folder should look like any other
-    try:
-        yield tmp
-        if not replacing:
-            os.replace(tmp, target)
-            return
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            os.replace(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 # ---- weights -----------------------------------------------------------------------------------------------------
-def _split_tied(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """State dict with every shared tensor stored once, and ``{alias: stored name}`` for the others.
-
-    The input embedding keeps its name when it is shared (SmolLM2 and Bloom tie ``lm_head`` to it), as transformers
-    expects. Tensors that share storage without being the same view are cloned, since safetensors refuses them.
-    """
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    embedding = model.get_input_embeddings()
-    preferred = {f"{n}.weight" for n, mod in model.named_modules() if embedding is not None and mod is embedding}
-    by_storage: dict[tuple, list[str]] = {}
-    for name, t in state.items():
-        by_storage.setdefault((t.device, t.untyped_storage().data_ptr()), []).append(name)
-    tied: dict[str, str] = {}
-    for names in by_storage.values():
-        if len(names) < 2:
-            continue
-        names.sort(key=lambda n: (n not in preferred, n))
-        keep = state[names[0]]
-        for alias in names[1:]:
-            t = state[alias]
-            if (t.data_ptr(), t.shape, t.stride(), t.dtype) == (keep.data_ptr(), keep.shape, keep.stride(), keep.dtype):
-                tied[alias] = names[0]
-                del state[alias]
-            else:
-                state[alias] = t.clone()
-    return {k: v.contiguous() for k, v in state.items()}, tied
-
-
-def _write_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write ``state`` as safetensors (the one place weights are written; tests fail it to check atomicity)."""
-    safetensors.torch.save_file({k: v.cpu() for k, v in state.items()}, str(path), metadata=metadata)
-    os.chmod(path, 0o666 & ~_umask())  # safetensors creates 0600
-
-
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return safetensors.torch.load_file(str(path), device="cpu")
@@ -168,12 +96,12 @@ def _retie(model: nn.Module, tied: dict[str, str]) -> None:
 
 
 # ---- the pruned architecture ------------------------------------------------------------------------------------
-def _skeleton(raw_config: dict, info: dict, where: str) -> tuple[nn.Module, StructureAdapter]:
-    """:func:`aeflib.skeleton.build_skeleton` from a manifest's ``model`` record; errors name ``where``."""
+def _skeleton(raw_config: dict, info: dict, plans: list[PruningPlan], where: str) -> tuple[nn.Module, StructureAdapter]:
+    """:func:`aeflib.skeleton.build_skeleton` from a manifest's ``model`` record and plans; errors name ``where``."""
     try:
         model, adapter = build_skeleton(
-            raw_config, [LayerWidths.from_dict(d) for d in info["layers"]], gqa_mode=info["gqa_mode"],
-            dtype=info["dtype"], attn_implementation=info["attn_implementation"], buffer_dtypes=info.get("buffers"))
+            raw_config, plans, gqa_mode=info["gqa_mode"], dtype=info["dtype"],
+            attn_implementation=info["attn_implementation"], buffer_dtypes=info.get("buffers"))
     except (ValueError, KeyError, TypeError) as err:  # StructureError is a ValueError
         raise CheckpointError(f"{where}: cannot rebuild the recorded structure: {err}") from err
     if type(model).__name__ != info["class"]:
@@ -183,19 +111,19 @@ def _skeleton(raw_config: dict, info: dict, where: str) -> tuple[nn.Module, Stru
 
 
 # ---- save --------------------------------------------------------------------------------------------------------
-def _jsonable(value: Any, name: str) -> Any:
-    """``value`` with objects that have ``to_dict`` (results, plans) converted; a clear error if not JSON."""
-    value = value.to_dict() if hasattr(value, "to_dict") else value
-    if isinstance(value, dict):
-        value = {str(k): _jsonable(v, f"{name}.{k}") for k, v in value.items()}
-    elif isinstance(value, list | tuple):
-        value = [_jsonable(v, f"{name}[{i}]") for i, v in enumerate(value)]
-    try:
-        json.dumps(value)
-    except TypeError as err:
-        raise TypeError(f"{name} is not JSON-serialisable ({err}); pass plain numbers, strings, lists and dicts") \
-            from err
-    return value
+def _applied_plans(model: nn.Module, given: list[PruningPlan]) -> list[PruningPlan]:
+    """The plans that rebuild ``model`` from its config: those ``apply`` recorded on it, else the ones given.
+
+    Raises:
+        ValueError: Plans were given that are not the ones applied to the model.
+    """
+    recorded = [PruningPlan.from_dict(d) for d in getattr(model, "aef_plans", [])]
+    if not recorded:
+        return given
+    if given and [(p.keep, p.gqa_mode) for p in given] != [(p.keep, p.gqa_mode) for p in recorded]:
+        raise ValueError(f"the plans given ({len(given)}) are not the {len(recorded)} plans applied to this model "
+                         "(recorded by aeflib.pruning.apply in model.aef_plans); pass those, in order, or none")
+    return given or recorded
 
 
 def _model_info(model: nn.Module, adapter: StructureAdapter, tied: dict[str, str]) -> dict:
@@ -204,7 +132,7 @@ def _model_info(model: nn.Module, adapter: StructureAdapter, tied: dict[str, str
         "model_type": model.config.model_type, "class": type(model).__name__, "family": adapter.family,
         "gqa_mode": adapter.gqa_mode, "dtype": str(dtype).removeprefix("torch."),
         "attn_implementation": model.config._attn_implementation, "n_params": count_parameters(model),
-        "checksum": checksum(model), "tied": tied, "layers": [w.to_dict() for w in adapter.all_widths(model)],
+        "checksum": checksum(model), "tied": tied,
         # buffers rebuilt from the config (RoPE inv_freq) get back the dtype they had, e.g. after model.to(bf16)
         "buffers": {n: str(b.dtype).removeprefix("torch.") for n, b in model.named_buffers() if b.is_floating_point()},
     }
@@ -228,7 +156,8 @@ def save(
         tokenizer: Its tokenizer (saved with ``save_pretrained``), or ``None``.
         folder: Target folder; must not exist unless ``overwrite``.
         adapter: Its structure adapter (default: :func:`aeflib.models.adapter_for`).
-        plan: The :class:`~aeflib.pruning.PruningPlan` applied, or several in the order applied.
+        plan: The :class:`~aeflib.pruning.PruningPlan` applied, or several in the order applied (default: the
+            plans :func:`aeflib.pruning.apply` recorded on the model; the checkpoint replays them on load).
         metrics: JSON-able metrics (objects with ``to_dict``, e.g. ``PerplexityResult``, are converted).
         provenance: Extra provenance; recognised keys ``base_model``, ``base_checksum``, ``method``, ``seed``;
             others are kept as given.
@@ -240,23 +169,25 @@ def save(
     Raises:
         FileExistsError: ``folder`` exists and ``overwrite`` is false, or it is not a checkpoint folder.
         StructureError: The model fails the adapter's width check.
-        CheckpointError: The recorded widths could not be rebuilt from the model's config (nothing is written).
+        CheckpointError: The plans do not rebuild the model's shapes from its config (nothing is written).
+        ValueError: ``plan`` differs from the plans applied to the model.
         TypeError: ``metrics`` or ``provenance`` are not JSON-serialisable.
 
     Source: [ours] (known failures 1 and 4).
     """
     adapter = adapter if adapter is not None else adapter_for(model)
     adapter.check(model)
-    plans = [] if plan is None else [plan] if isinstance(plan, PruningPlan) else list(plan)
-    state, tied = _split_tied(model)
+    plans = _applied_plans(model, [] if plan is None else [plan] if isinstance(plan, PruningPlan) else list(plan))
+    state, tied = split_tied(model)
     info = _model_info(model, adapter, tied)
     raw_config = model.config.to_dict()
-    skeleton, _ = _skeleton(raw_config, info, "save")  # proves the folder will load before anything is written
+    skeleton, _ = _skeleton(raw_config, info, plans, "save")  # proves the folder will load before anything is written
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if k not in tied}
     problems = shape_problems(expected, {k: tuple(v.shape) for k, v in state.items()}, "the model")
     if problems:
-        raise CheckpointError("the model's weights do not match its recorded widths:\n  " + "\n  ".join(problems))
-    given = _jsonable(dict(provenance or {}), "provenance")
+        raise CheckpointError("the model's weights do not match the shapes its plans rebuild from its config:\n  "
+                              + "\n  ".join(problems))
+    given = jsonable(dict(provenance or {}), "provenance")
     base = plans[0].params_before if plans else None
     record = {
         "base_model": given.pop("base_model", None) or getattr(model.config, "name_or_path", None) or None,
@@ -267,7 +198,7 @@ def save(
         "params": info["n_params"],
         "param_reduction": None if base is None else round(1 - info["n_params"] / base, 6),
         "checksum": info["checksum"], "dtype": info["dtype"],
-        "versions": {"aeflib": aeflib.__version__, "transformers": transformers.__version__,
+        "versions": {"aeflib": __version__, "transformers": transformers.__version__,
                      "torch": torch.__version__, "safetensors": safetensors.__version__,
                      "python": platform.python_version()},
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -275,9 +206,9 @@ def save(
     }
     manifest = {"format": _FORMAT, "format_version": FORMAT_VERSION, "weights": WEIGHTS, "model": info,
                 "plans": [p.to_dict() for p in plans], "provenance": record,
-                "metrics": _jsonable(dict(metrics or {}), "metrics")}
+                "metrics": jsonable(dict(metrics or {}), "metrics")}
     target = Path(folder).expanduser()
-    with _atomic_folder(target, overwrite) as tmp:
+    with atomic_folder(target, overwrite, replaceable=_REPLACEABLE) as tmp:
         _write_weights(state, tmp / WEIGHTS, {"format": "pt", "aeflib_format_version": str(FORMAT_VERSION)})
         (tmp / "config.json").write_text(json.dumps(raw_config, indent=2, sort_keys=True) + "\n")
         if getattr(model, "generation_config", None) is not None:
@@ -304,11 +235,13 @@ def _read_json(path: Path) -> dict:
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:
-    """Read and validate ``aeflib.json`` of a checkpoint folder (plans, provenance, metrics, per-layer widths).
+    """Read and validate ``aeflib.json`` of a checkpoint folder (plans, provenance, metrics).
+
+    A format-1 manifest's plans are returned in the current plan form (group-set keys).
 
     Raises:
-        CheckpointError: Missing or invalid JSON, a ``format_version`` newer than :data:`FORMAT_VERSION`, or
-            missing fields, naming the file.
+        CheckpointError: Missing or invalid JSON, a ``format_version`` newer than :data:`FORMAT_VERSION`, missing
+            fields, or plans that cannot be read, naming the file.
         FileNotFoundError: ``folder`` does not exist.
         NotADirectoryError: ``folder`` is a file.
     """
@@ -326,10 +259,10 @@ def read_manifest(folder: str | os.PathLike) -> dict:
                               f"format_version={version!r})")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {version} was written by a newer aeflib; this aeflib "
-                              f"{aeflib.__version__} reads format_version <= {FORMAT_VERSION}; upgrade aeflib")
+                              f"{__version__} reads format_version <= {FORMAT_VERSION}; upgrade aeflib")
     info = manifest.get("model")
-    needed = ("model_type", "class", "gqa_mode", "dtype", "attn_implementation", "checksum", "tied", "layers")
-    missing = [k for k in ("weights", "files", "model") if k not in manifest]
+    needed = ("model_type", "class", "gqa_mode", "dtype", "attn_implementation", "checksum", "tied")
+    missing = [k for k in ("weights", "files", "model", "plans") if k not in manifest]
     missing += [f"model.{k}" for k in needed if not isinstance(info, dict) or k not in info]
     if missing:
         raise CheckpointError(f"{path}: missing fields {missing}; the manifest is corrupt")
@@ -337,9 +270,32 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     if names is None or not all(isinstance(n, str) and n and Path(n).name == n for n in names):
         raise CheckpointError(f"{path}: 'weights' and 'files' must name plain files inside the folder; got "
                               f"{manifest['weights']!r}, {manifest['files']!r}")
-    if not isinstance(info["layers"], list) or not isinstance(info["tied"], dict):
-        raise CheckpointError(f"{path}: model.layers must be a list and model.tied an object")
+    if not isinstance(manifest["plans"], list) or not isinstance(info["tied"], dict):
+        raise CheckpointError(f"{path}: plans must be a list and model.tied an object")
+    try:
+        manifest["plans"] = [PruningPlan.from_dict(d).to_dict() for d in manifest["plans"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: the plans cannot be read ({err}); the manifest is corrupt") from err
     return manifest
+
+
+def _check_format_1(model: nn.Module, adapter: StructureAdapter, info: dict, where: str) -> None:
+    """A format-1 manifest recorded per-layer widths; its plans (converted) must rebuild exactly those.
+
+    Raises:
+        CheckpointError: They do not (the folder was saved without every plan applied), saying how to convert it.
+    """
+    recorded = [{k: d.get(k) for k in ("n_heads", "n_kv_heads", "head_dim", "n_channels")}
+                for d in info.get("layers", [])]
+    rebuilt = [w.to_dict() for w in adapter.all_widths(model)]
+    if recorded != rebuilt:
+        bad = [i for i in range(max(len(recorded), len(rebuilt)))
+               if i >= min(len(recorded), len(rebuilt)) or recorded[i] != rebuilt[i]]
+        raise CheckpointError(
+            f"{where}: this format_version 1 checkpoint records per-layer widths its plans do not rebuild (layers "
+            f"{bad[:5]}): it was saved without every plan applied. Convert it: load it with the aeflib that wrote "
+            "it (format 1), and save it again after applying its plans with aeflib.pruning.apply to the dense model, "
+            "or re-run the pruning with this aeflib; format 2 checkpoints record every plan applied")
 
 
 def load(folder: str | os.PathLike, dtype: torch.dtype | str | None = None, device: str = "cpu") -> Loaded:
@@ -358,7 +314,8 @@ def load(folder: str | os.PathLike, dtype: torch.dtype | str | None = None, devi
         FileNotFoundError: ``folder`` does not exist.
         NotADirectoryError: ``folder`` is a file, not a folder.
         CheckpointError: Corrupt or missing JSON, truncated or unreadable weights, a newer ``format_version``,
-            weights that do not match the recorded widths, or a checksum mismatch; the message names the file.
+            weights that do not match the widths the recorded plans rebuild, a format-1 folder whose plans do not
+            rebuild its widths, or a checksum mismatch; the message names the file.
 
     Source: [ours] (known failure 1). No code from the folder runs: configs are parsed by aeflib, weights are
     safetensors, tokenizers load with ``trust_remote_code=False``.
@@ -374,14 +331,18 @@ def load(folder: str | os.PathLike, dtype: torch.dtype | str | None = None, devi
             raise CheckpointError(f"{path} has {path.stat().st_size} bytes, {where} records {size}: the file is "
                                   "truncated, replaced or edited by hand; an aeflib checkpoint is only changed by "
                                   "aeflib.io.save (load the model, change it, save it again)")
-    model, adapter = _skeleton(_read_json(folder / "config.json"), info, where)
+    plans = [PruningPlan.from_dict(d) for d in manifest["plans"]]
+    model, adapter = _skeleton(_read_json(folder / "config.json"), info, plans, where)
+    if manifest["format_version"] == 1:
+        _check_format_1(model, adapter, info, where)
     weights = folder / manifest["weights"]
     state = _read_weights(weights)
     tied = dict(info["tied"])
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in tied}
     problems = shape_problems(expected, {k: tuple(v.shape) for k, v in state.items()}, weights.name)
     if problems:
-        raise CheckpointError(f"{weights}: the weights do not match the widths recorded in {where}:\n  "
+        raise CheckpointError(f"{weights}: the weights do not match the widths recorded in {where} (its plans "
+                              "replayed):\n  "
                               + "\n  ".join(problems[:20]))
     state.update({alias: state[name] for alias, name in tied.items()})
     model.load_state_dict(state, strict=True, assign=True)
@@ -420,10 +381,5 @@ def _load_tokenizer(folder: Path) -> Any:
         raise
 
 
-def __getattr__(name: str) -> Any:
-    """``aeflib.io.export_hf`` / ``ExportError`` live in :mod:`aeflib.export` (imported on first use: no cycle)."""
-    if name in ("export_hf", "ExportError"):
-        from aeflib import export
-
-        return getattr(export, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# aeflib.models.load(folder) reads aeflib checkpoints with load; `import aeflib` imports this module first
+FOLDER_FORMATS[MANIFEST] = load

@@ -212,14 +212,16 @@ def fusion_weights(table, method: str = "") -> Figure:
 
 
 @_styled
-def plan_widths(the_plan, title: str = "") -> Figure:
-    """Heads and channels kept (and removed) per pruned layer of a :class:`~aeflib.pruning.PruningPlan`.
+def plan_widths(pruning_plan, title: str = "") -> Figure:
+    """Groups kept (and removed) per pruned layer of a :class:`~aeflib.pruning.PruningPlan`, one panel per kind.
 
     The y axes count groups (integer ticks) and say how many each layer had, e.g. ``query heads kept (of 9)``.
     """
-    fig, axes = _figure(2, width=9.6, height=3.8)
-    for ax, kind, keep, before in ((axes[0], "head", the_plan.keep_heads, the_plan.n_heads),
-                                   (axes[1], "channel", the_plan.keep_channels, the_plan.n_channels)):
+    kinds = pruning_plan.kinds
+    fig, axes = _figure(len(kinds), width=4.8 * len(kinds), height=3.8)
+    axes = list(axes)
+    for ax, kind in zip(axes, kinds, strict=True):
+        keep, before = pruning_plan.kept(kind), pruning_plan.groups(kind)
         layers = sorted(keep)
         kept = [len(keep[i]) for i in layers]
         removed = [before[i] - len(keep[i]) for i in layers]
@@ -227,15 +229,16 @@ def plan_widths(the_plan, title: str = "") -> Figure:
         ax.bar(layers, removed, bottom=kept, label="removed", color="lightgrey")
         _layer_ticks(ax, layers)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))  # 0, 25, 50... not 15s
-        ax.set_title(_KIND_LABEL[kind])
+        ax.set_title(_KIND_LABEL.get(kind, kind))
         ax.set_xlabel("decoder layer (0-based)")
-        unit = the_plan.head_unit if kind == "head" else "MLP channel"
+        unit = "MLP channel" if kind == "channel" else pruning_plan.units[kind]
         sizes = {before[i] for i in layers}
         ax.set_ylabel(f"{unit}s kept (of {sizes.pop()})" if len(sizes) == 1 else f"{unit}s kept (count)")
     _legend(fig, axes, ncol=2)
-    reduction = the_plan.param_reduction if the_plan.param_reduction is not None else the_plan.expected_param_reduction
-    fig.suptitle(_title(title or (f"Plan by {the_plan.criterion}: pruning ratio {the_plan.pruning_ratio:.3f}, "
-                                  f"parameter reduction {100 * reduction:.1f} %")))
+    reduction = (pruning_plan.param_reduction if pruning_plan.param_reduction is not None
+                 else pruning_plan.expected_param_reduction)
+    fig.suptitle(_title(title or (f"Plan by {pruning_plan.criterion}: pruning ratio "
+                                  f"{pruning_plan.pruning_ratio:.3f}, parameter reduction {100 * reduction:.1f} %")))
     return fig
 
 

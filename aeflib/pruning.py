@@ -21,17 +21,18 @@ import json
 import logging
 import math
 import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from aeflib.models.adapters import GroupSet, StructureAdapter, StructureError
+from aeflib.files import write_text
+from aeflib.models.adapters import GroupSet, StructureAdapter, StructureError, adapter_for
+from aeflib.scores import Scores
 
 __all__ = ["PruningPlan", "apply", "count_parameters", "install_static_cache_shapes", "mask_removed", "plan",
-           "removal_counts", "static_cache_shapes"]
+           "removal_counts", "select", "solve_ratio", "split_key", "static_cache_shapes"]
 
 log = logging.getLogger(__name__)
 
@@ -41,41 +42,66 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def split_key(key: str) -> tuple[int, str]:
+    """``"12.head"`` → ``(12, "head")``: the layer and kind of a group-set key (:attr:`GroupSet.key`).
+
+    Raises:
+        ValueError: A key that is not ``"<layer>.<kind>"`` with an integer layer.
+    """
+    layer, _, kind = str(key).partition(".")
+    if not layer.isdigit() or not kind:
+        raise ValueError(f"group-set key {key!r} is not '<layer>.<kind>' (e.g. '4.head')")
+    return int(layer), kind
+
+
 @dataclass
 class PruningPlan:
-    """Which heads and channels each pruned layer keeps; JSON round-trip restores the int layer keys.
+    """Which groups each pruned group set keeps, keyed by group-set key ``"<layer>.<kind>"`` (:attr:`GroupSet.key`).
 
     Attributes:
-        keep_heads: ``{layer: kept head-group indices, ascending}``; indices of the group set the plan was made
-            on (query heads, or kv groups under ``gqa_mode="kv-groups"``).
-        keep_channels: ``{layer: kept MLP channel indices, ascending}``.
-        n_heads: ``{layer: head groups before pruning}``; ``n_channels`` likewise.
-        head_unit: What one head group is (``"head"``, ``"query head"``, ``"kv group"``).
+        keep: ``{"<layer>.<kind>": kept group indices, ascending}``; indices of the group set the plan was made on
+            (query heads, or kv groups under ``gqa_mode="kv-groups"``).
+        n_groups: ``{"<layer>.<kind>": groups before pruning}``.
+        units: ``{kind: what one group is}`` (``{"head": "query head", "channel": "channel"}``).
         criterion: Name of the importance criterion that ranked the groups.
         pruning_ratio: Per-structure ratio used (requested, or solved from ``target_params``).
-        target_params: Requested parameter reduction, if the plan was asked that way.
+        target_params: Requested share of all parameters to remove, if the plan was asked that way.
         params_before: Parameters of the dense model (measured).
         expected_params_removed: Parameters the plan removes, from the group shapes.
+        gqa_mode: The adapter's GQA mode the group indices refer to (a checkpoint replays the plan with it).
         params_after: Measured after :func:`apply`; ``None`` until then.
     """
 
-    keep_heads: dict[int, list[int]]
-    keep_channels: dict[int, list[int]]
-    n_heads: dict[int, int]
-    n_channels: dict[int, int]
-    head_unit: str
+    keep: dict[str, list[int]]
+    n_groups: dict[str, int]
+    units: dict[str, str]
     criterion: str
     pruning_ratio: float
     target_params: float | None
     params_before: int
     expected_params_removed: int
+    gqa_mode: str = "query-heads"
     params_after: int | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def layers(self) -> list[int]:
         """Pruned layers, ascending."""
-        return sorted(set(self.keep_heads) | set(self.keep_channels))
+        return sorted({split_key(k)[0] for k in self.keep})
+
+    @property
+    def kinds(self) -> list[str]:
+        """Kinds of group sets the plan was made for, in the adapter's order (``["head", "channel"]``)."""
+        return list(self.units)
+
+    def kept(self, kind: str) -> dict[int, list[int]]:
+        """``{layer: kept indices}`` of the group sets of ``kind``, by ascending layer."""
+        return {split_key(k)[0]: v for k, v in sorted(self.keep.items(), key=lambda kv: split_key(kv[0]))
+                if split_key(k)[1] == kind}
+
+    def groups(self, kind: str) -> dict[int, int]:
+        """``{layer: groups before pruning}`` of the group sets of ``kind``, by ascending layer."""
+        return {split_key(k)[0]: v for k, v in sorted(self.n_groups.items(), key=lambda kv: split_key(kv[0]))
+                if split_key(k)[1] == kind}
 
     @property
     def expected_param_reduction(self) -> float:
@@ -88,21 +114,20 @@ class PruningPlan:
         return None if self.params_after is None else 1 - self.params_after / self.params_before
 
     def achieved_ratio(self, kind: str) -> float:
-        """Share of groups of ``kind`` (``"head"``/``"channel"``) removed over the pruned layers."""
-        keep, total = (self.keep_heads, self.n_heads) if kind == "head" else (self.keep_channels, self.n_channels)
-        n = sum(total[i] for i in keep)
-        return 0.0 if n == 0 else 1 - sum(len(v) for v in keep.values()) / n
+        """Share of groups of ``kind`` (``"head"``, ``"channel"`` ...) removed over the pruned layers."""
+        keys = [k for k in self.keep if split_key(k)[1] == kind]
+        n = sum(self.n_groups[k] for k in keys)
+        return 0.0 if n == 0 else 1 - sum(len(self.keep[k]) for k in keys) / n
 
     def summary(self) -> dict:
-        """Requested and achieved numbers, for tables and reports."""
+        """Requested and achieved numbers, for tables and reports (``<kind>_ratio_achieved`` per kind)."""
         return {
             "criterion": self.criterion,
             "layers": f"{self.layers[0]}..{self.layers[-1]}" if self.layers else "none",
             "pruning_ratio_requested": None if self.target_params is not None else self.pruning_ratio,
             "pruning_ratio_used": self.pruning_ratio,
-            "head_ratio_achieved": round(self.achieved_ratio("head"), 4),
-            "channel_ratio_achieved": round(self.achieved_ratio("channel"), 4),
-            "target_param_reduction": self.target_params,
+            **{f"{kind}_ratio_achieved": round(self.achieved_ratio(kind), 4) for kind in self.kinds},
+            "target_params": self.target_params,
             "expected_param_reduction": round(self.expected_param_reduction, 4),
             "param_reduction": None if self.param_reduction is None else round(self.param_reduction, 4),
             "params_before": self.params_before,
@@ -110,34 +135,54 @@ class PruningPlan:
         }
 
     def to_dict(self) -> dict:
-        """Plain-JSON form (layer keys become strings)."""
-        d = asdict(self)
-        for k in ("keep_heads", "keep_channels", "n_heads", "n_channels"):
-            d[k] = {str(i): v for i, v in d[k].items()}
-        return d
+        """Plain-JSON form."""
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> PruningPlan:
-        """Inverse of :meth:`to_dict`; int layer keys restored."""
+        """Inverse of :meth:`to_dict`; also reads the plans aeflib wrote before group-set keys.
+
+        Those (format-1 checkpoints, old ``plan.json``) have ``keep_heads``, ``keep_channels``, ``n_heads``,
+        ``n_channels`` and ``head_unit``; they become ``"<layer>.head"`` and ``"<layer>.channel"`` keys.
+
+        Raises:
+            ValueError: A dict that is neither form, naming the missing fields.
+        """
         d = dict(d)
-        for k in ("keep_heads", "keep_channels", "n_heads", "n_channels"):
-            d[k] = {int(i): v for i, v in d[k].items()}
-        return cls(**d)
+        if "keep_heads" in d:
+            d = _from_layer_dicts(d)
+        names = {f.name for f in _FIELDS}
+        missing = sorted(f.name for f in _FIELDS if f.name not in d and f.default is MISSING)
+        if missing:
+            raise ValueError(f"not a pruning plan: fields {missing} are missing")
+        d["keep"] = {str(k): [int(i) for i in v] for k, v in d["keep"].items()}
+        d["n_groups"] = {str(k): int(v) for k, v in d["n_groups"].items()}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, path)
-        return path
+        return write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PruningPlan:
         """Read a plan written by :meth:`save`."""
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+_FIELDS = PruningPlan.__dataclass_fields__.values()
+
+
+def _from_layer_dicts(d: dict) -> dict:
+    """A plan dict of aeflib format 1 (per-layer head and channel dicts) in group-set keys."""
+    out = {k: v for k, v in d.items() if k not in ("keep_heads", "keep_channels", "n_heads", "n_channels",
+                                                     "head_unit", "extra")}
+    out["keep"] = {f"{i}.head": v for i, v in d["keep_heads"].items()}
+    out["keep"].update({f"{i}.channel": v for i, v in d["keep_channels"].items()})
+    out["n_groups"] = {f"{i}.head": v for i, v in d["n_heads"].items()}
+    out["n_groups"].update({f"{i}.channel": v for i, v in d["n_channels"].items()})
+    out["units"] = {"head": d.get("head_unit", "head"), "channel": "channel"}
+    out.setdefault("gqa_mode", "kv-groups" if d.get("head_unit") == "kv group" else "query-heads")
+    return out
 
 
 # ---- how many groups go --------------------------------------------------------------------------------------
@@ -160,8 +205,47 @@ def _removed_params(sets: list[GroupSet], ratio: float) -> int:
     return sum(removal_counts(gs, ratio) * gs.params_per_group for gs in sets)
 
 
-def _solve_ratio(sets: list[GroupSet], target_params: float, total: int) -> float:
-    """Smallest ratio whose removal is closest to ``target_params * total`` (the step function is monotone)."""
+def _group_sets(model: nn.Module, adapter: StructureAdapter, layers, kinds) -> list[GroupSet]:
+    """The adapter's group sets of ``layers`` whose kind is in ``kinds`` (default: every kind).
+
+    Raises:
+        ValueError: ``kinds`` empty or naming a kind the adapter does not have.
+    """
+    sets = adapter.all_group_sets(model, layers)
+    available = list(dict.fromkeys(gs.kind for gs in sets)) or ["head", "channel"]
+    if kinds is None:
+        return sets
+    bad = [k for k in kinds if k not in available]
+    if bad or not kinds:
+        raise ValueError(f"kinds={kinds!r}: choose from {' and '.join(repr(k) for k in available)}")
+    return [gs for gs in sets if gs.kind in kinds]
+
+
+def solve_ratio(model: nn.Module, adapter: StructureAdapter, target_params: float, *,
+                layers: range | list[int] | None = None, kinds: tuple[str, ...] | None = None) -> float:
+    """The per-structure pruning ratio whose whole-group removal comes closest to ``target_params``.
+
+    The answer depends only on group shapes and the parameter count, never on scores. Among ratios that remove
+    equally close to the goal the smallest is returned (the removal is a monotone step function of the ratio).
+
+    Args:
+        model: The dense model (read only).
+        adapter: Its structure adapter.
+        target_params: Share of *all* parameters (embeddings and skipped layers included) to remove, in [0, 1).
+        layers: Decoder layers to prune (default: the adapter's, LLM-Pruner's 4..n-2).
+        kinds: Kinds of group sets to prune (default: all the adapter has).
+
+    Returns:
+        A ratio in [0, 0.999], on a grid of 4000 steps.
+
+    Raises:
+        ValueError: ``target_params`` outside [0, 1), a bad kind, or a target the group sets cannot reach.
+
+    Source: [ours].
+    """
+    _check_ratio(target_params, "target_params")
+    sets = _group_sets(model, adapter, layers, kinds)
+    total = count_parameters(model)
     goal = target_params * total
     max_removed = _removed_params(sets, 0.999999)
     if goal > max_removed:
@@ -176,19 +260,40 @@ def _solve_ratio(sets: list[GroupSet], target_params: float, total: int) -> floa
 
 
 # ---- which groups go -------------------------------------------------------------------------------------------
-def _kept(gs: GroupSet, score: torch.Tensor, n_remove: int) -> list[int]:
-    """Keep all but the ``n_remove`` lowest-scored groups, the same number from each block."""
-    if score.shape != (gs.n,):
-        raise ValueError(f"scores for {gs.key} have shape {tuple(score.shape)}, the model has {gs.n} groups there")
-    if not torch.isfinite(score).all():
+def select(gs: GroupSet, scores: torch.Tensor, n_remove: int) -> list[int]:
+    """Keep all but the ``n_remove`` lowest-scored groups of ``gs``, the same number from each block.
+
+    Args:
+        gs: The group set.
+        scores: Float tensor [gs.n], higher = more important; ties keep the lower index.
+        n_remove: Groups to remove, a multiple of ``gs.blocks`` (see :func:`removal_counts`).
+
+    Returns:
+        Kept group indices, ascending.
+
+    Raises:
+        ValueError: Scores of another shape, NaN or inf scores, or ``n_remove`` outside ``0..n - blocks`` or not a
+            multiple of ``gs.blocks``.
+
+    Source: [LLM-Pruner code] local ranking; per-block selection [ours] (known failure 5).
+    """
+    if scores.shape != (gs.n,):
+        raise ValueError(f"scores for {gs.key} have shape {tuple(scores.shape)}, the model has {gs.n} groups there")
+    if not torch.isfinite(scores).all():
         raise ValueError(f"scores for {gs.key} contain NaN or inf; check the estimator's dtype policy")
+    if not 0 <= n_remove <= gs.n - gs.blocks or n_remove % gs.blocks:
+        raise ValueError(f"n_remove={n_remove} for {gs.key}: must be a multiple of {gs.blocks} in "
+                         f"0..{gs.n - gs.blocks} (every block keeps a group)")
     per_block, remove_per_block = gs.n // gs.blocks, n_remove // gs.blocks
     kept: list[int] = []
     for b in range(gs.blocks):
-        block = score[b * per_block:(b + 1) * per_block].double()
+        block = scores[b * per_block:(b + 1) * per_block].double()
         order = torch.argsort(block, stable=True)                        # ascending: least important first
         kept += sorted((order[remove_per_block:] + b * per_block).tolist())
     return kept
+
+
+_kept = select  # fusion.py imports this name (fusion.py is rewritten on another branch)
 
 
 def plan(
@@ -199,19 +304,20 @@ def plan(
     pruning_ratio: float | None = None,
     target_params: float | None = None,
     layers: range | list[int] | None = None,
-    kinds: tuple[str, ...] = ("head", "channel"),
+    kinds: tuple[str, ...] | None = None,
     criterion: str = "unnamed",
 ) -> PruningPlan:
-    """Choose the heads and channels to keep from one criterion's scores.
+    """Choose the groups to keep in every group set from one criterion's scores.
 
     Args:
         model: The model to be pruned (read only).
         adapter: Its structure adapter.
         scores: ``{"<layer>.<kind>": tensor [n_groups]}`` — one criterion of a :class:`~aeflib.scores.Scores`.
-        pruning_ratio: Share of heads and channels to remove per pruned layer, in [0, 1).
-        target_params: Share of all parameters to remove, in [0, 1); the ratio is solved for. Give exactly one.
+        pruning_ratio: Share of the groups to remove in each pruned group set, in [0, 1).
+        target_params: Share of all parameters to remove, in [0, 1); the ratio is solved for (:func:`solve_ratio`).
+            Give exactly one.
         layers: Decoder layers to prune (default: the adapter's, LLM-Pruner's 4..n-2).
-        kinds: Which structures to prune: ``"head"``, ``"channel"`` or both.
+        kinds: Which kinds of group sets to prune (``("head",)``, ``("channel",)``); default all the adapter has.
         criterion: Name recorded in the plan.
 
     Returns:
@@ -224,37 +330,25 @@ def plan(
 
     Source: [LLM-Pruner code] local (per-layer) ranking, ``block_wise`` head + channel pruning; target solving [ours].
     """
-    from aeflib.scores import Scores
-
     if isinstance(scores, Scores):
         raise TypeError(f"scores is a Scores object with criteria {scores.criteria}; pass one criterion's scores, "
                         f"e.g. scores[{(scores.criteria or ['<criterion>'])[0]!r}]")
     if (pruning_ratio is None) == (target_params is None):
         raise ValueError("give exactly one of pruning_ratio (per-structure share) or target_params (share of all "
                          f"parameters); got pruning_ratio={pruning_ratio}, target_params={target_params}")
-    bad = [k for k in kinds if k not in ("head", "channel")]
-    if bad or not kinds:
-        raise ValueError(f"kinds={kinds!r}: choose from 'head' and 'channel'")
-    sets = [gs for gs in adapter.all_group_sets(model, layers) if gs.kind in kinds]
+    sets = _group_sets(model, adapter, layers, kinds)
     missing = [gs.key for gs in sets if gs.key not in scores]
     if missing:
         raise ValueError(f"scores lack group sets {missing[:5]}{'...' if len(missing) > 5 else ''}; "
                          "estimate importance on the same layers you prune")
-    total = count_parameters(model)
     if target_params is not None:
-        _check_ratio(target_params, "target_params")
-        pruning_ratio = _solve_ratio(sets, target_params, total)
+        pruning_ratio = solve_ratio(model, adapter, target_params, layers=layers, kinds=kinds)
     _check_ratio(pruning_ratio)
-    result = PruningPlan({}, {}, {}, {}, head_unit="head", criterion=criterion, pruning_ratio=float(pruning_ratio),
-                         target_params=target_params, params_before=total,
-                         expected_params_removed=_removed_params(sets, pruning_ratio))
-    for gs in sets:
-        kept = _kept(gs, scores[gs.key].float(), removal_counts(gs, pruning_ratio))
-        if gs.kind == "head":
-            result.keep_heads[gs.layer], result.n_heads[gs.layer], result.head_unit = kept, gs.n, gs.unit
-        else:
-            result.keep_channels[gs.layer], result.n_channels[gs.layer] = kept, gs.n
-    return result
+    return PruningPlan(
+        keep={gs.key: select(gs, scores[gs.key].float(), removal_counts(gs, pruning_ratio)) for gs in sets},
+        n_groups={gs.key: gs.n for gs in sets}, units={gs.kind: gs.unit for gs in sets}, criterion=criterion,
+        pruning_ratio=float(pruning_ratio), target_params=target_params, params_before=count_parameters(model),
+        expected_params_removed=_removed_params(sets, pruning_ratio), gqa_mode=adapter.gqa_mode)
 
 
 # ---- cutting -------------------------------------------------------------------------------------------------------
@@ -269,20 +363,33 @@ def _slice_parameter(block: nn.Module, param_name: str, dim: int, index: torch.T
         module.out_features, module.in_features = new.shape
 
 
-def _group_sets_by_kind(adapter: StructureAdapter, model: nn.Module, layer: int) -> dict[str, GroupSet]:
-    return {gs.kind: gs for gs in adapter.group_sets(model, layer)}
+def _planned_sets(adapter: StructureAdapter, model: nn.Module, layer: int, pruning_plan: PruningPlan
+                  ) -> list[GroupSet]:
+    """The group sets of ``layer`` that ``pruning_plan`` covers, checked against the group counts it was made for.
+
+    Raises:
+        StructureError: A group count differs from the plan's (a plan for another model, or one applied twice).
+    """
+    sets = [gs for gs in adapter.group_sets(model, layer) if gs.key in pruning_plan.keep]
+    for gs in sets:
+        if gs.n != pruning_plan.n_groups[gs.key]:
+            raise StructureError(f"layer {layer} has {gs.n} {gs.unit} groups, the plan was made for "
+                                 f"{pruning_plan.n_groups[gs.key]}; plans apply once, to the model they were made on")
+    return sets
 
 
-def apply(model: nn.Module, adapter: StructureAdapter, the_plan: PruningPlan) -> nn.Module:
+def apply(model: nn.Module, adapter: StructureAdapter, pruning_plan: PruningPlan) -> nn.Module:
     """Remove every group the plan does not keep, in place; the forward code is unchanged.
 
-    After cutting, the adapter updates the widths the forward reads (GQA group ratio, Bloom head count and ALiBi
-    slopes) and :meth:`StructureAdapter.check` verifies every width attribute against the weights.
+    After cutting a layer, the adapter updates the widths the forward reads (``after_cut``: GQA group ratio, Bloom
+    head count and ALiBi slopes) and :meth:`StructureAdapter.check` verifies every width attribute against the
+    weights. The plan is appended to ``model.aef_plans`` (the cuts a checkpoint replays; ``aeflib.io.save``).
+    Works on a model on the meta device too (``aeflib.skeleton``).
 
     Args:
         model: The model the plan was made on (same widths in the planned layers).
         adapter: Its structure adapter.
-        the_plan: From :func:`plan`; ``params_after`` is set here from a fresh ``sum(p.numel())``.
+        pruning_plan: From :func:`plan`; ``params_after`` is set here from a fresh ``sum(p.numel())``.
 
     Returns:
         ``model`` itself.
@@ -294,31 +401,20 @@ def apply(model: nn.Module, adapter: StructureAdapter, the_plan: PruningPlan) ->
     Source: [ours]; the couplings are LLM-Pruner's (``hf_llama_pruner.py``) as written in each adapter.
     """
     layers = adapter.decoder_layers(model)
-    for layer in the_plan.layers:
-        sets = _group_sets_by_kind(adapter, model, layer)
-        widths = adapter.widths(model, layer)
-        for kind, keep, n_before in (("head", the_plan.keep_heads, the_plan.n_heads),
-                                     ("channel", the_plan.keep_channels, the_plan.n_channels)):
-            if layer not in keep:
-                continue
-            gs = sets[kind]
-            if gs.n != n_before[layer]:
-                raise StructureError(f"layer {layer} has {gs.n} {gs.unit} groups, the plan was made for "
-                                     f"{n_before[layer]}; plans apply once, to the model they were made on")
-            kept = torch.tensor(keep[layer], dtype=torch.long)
+    for layer in pruning_plan.layers:
+        kept = {}
+        for gs in _planned_sets(adapter, model, layer, pruning_plan):
+            kept[gs.kind] = pruning_plan.keep[gs.key]
+            index = torch.tensor(kept[gs.kind], dtype=torch.long)
             for s in gs.slices:
-                _slice_parameter(layers[layer], s.param, s.dim, s.positions(kept))
-            if kind == "head" and widths.kept_heads:
-                # heads are per query head for Bloom (no GQA): compose with what earlier prunes kept
-                widths.kept_heads = [widths.kept_heads[i] for i in keep[layer]]
-        new = adapter.widths(model, layer)
-        new.kept_heads = widths.kept_heads
-        adapter.set_widths(model, layer, new)
+                _slice_parameter(layers[layer], s.param, s.dim, s.positions(index))
+        adapter.after_cut(model, layer, kept)
     adapter.check(model)
     install_static_cache_shapes(model)
-    the_plan.params_after = count_parameters(model)
-    log.info("pruned %d layers: %d -> %d parameters (%.1f %% removed)", len(the_plan.layers),
-             the_plan.params_before, the_plan.params_after, 100 * the_plan.param_reduction)
+    pruning_plan.params_after = count_parameters(model)
+    model.aef_plans = [*getattr(model, "aef_plans", []), pruning_plan.to_dict()]
+    log.info("pruned %d layers: %d -> %d parameters (%.1f %% removed)", len(pruning_plan.layers),
+             pruning_plan.params_before, pruning_plan.params_after, 100 * pruning_plan.param_reduction)
     return model
 
 
@@ -334,8 +430,6 @@ def static_cache_shapes(model: nn.Module) -> tuple[list[int], list[int]]:
 
     Source: [ours].
     """
-    from aeflib.models.registry import adapter_for  # registry imports this module
-
     widths = adapter_for(model).all_widths(model)
     return [w.n_kv_heads for w in widths], [w.head_dim for w in widths]
 
@@ -375,20 +469,19 @@ def install_static_cache_shapes(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def mask_removed(model: nn.Module, adapter: StructureAdapter, the_plan: PruningPlan) -> nn.Module:
+def mask_removed(model: nn.Module, adapter: StructureAdapter, pruning_plan: PruningPlan) -> nn.Module:
     """Zero, in place, every weight slice of the groups the plan removes; shapes stay dense.
 
     The reference for the same-function guarantee: a physically pruned model computes what the dense model
     computes with its removed groups zeroed. Also handy to preview a plan without changing shapes.
+
+    Raises:
+        StructureError: As :func:`apply`, for a plan made on other group counts.
     """
     layers = adapter.decoder_layers(model)
-    for layer in the_plan.layers:
-        sets = _group_sets_by_kind(adapter, model, layer)
-        for kind, keep in (("head", the_plan.keep_heads), ("channel", the_plan.keep_channels)):
-            if layer not in keep:
-                continue
-            gs = sets[kind]
-            removed = torch.tensor(sorted(set(range(gs.n)) - set(keep[layer])), dtype=torch.long)
+    for layer in pruning_plan.layers:
+        for gs in _planned_sets(adapter, model, layer, pruning_plan):
+            removed = torch.tensor(sorted(set(range(gs.n)) - set(pruning_plan.keep[gs.key])), dtype=torch.long)
             if removed.numel() == 0:
                 continue
             for s in gs.slices:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from aeflib.files import atomic_file
 
 __all__ = ["Scores"]
 
@@ -88,15 +89,8 @@ class Scores:
         """Write one safetensors file atomically (temp file + rename). Returns the path."""
         path = Path(path)
         tensors = {f"{c}/{k}": v.contiguous() for c, per in self.values.items() for k, v in per.items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"aeflib.scores.meta": json.dumps(self.meta)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"aeflib.scores.meta": json.dumps(self.meta)})
         return path
 
     @classmethod

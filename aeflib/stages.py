@@ -2,7 +2,7 @@
 
 The notebooks' code cells stay "a few aeflib calls and a display"; whatever needs a branch or a loop lives here:
 
-* :func:`criterion_for` / :func:`fusion_method` — what ``method="aef"`` or ``"vector"`` means for stages 03-04;
+* :func:`fusion_method` — what ``method="aef"`` or ``"vector"`` means for stages 03-04;
 * :func:`solve_ratio` — the per-structure pruning ratio a parameter target implies (fusion judges removals at it);
 * :func:`evaluate` — perplexity on each corpus, zero-shot and efficiency of one model, as rows + raw results;
 * :func:`model_section`, :func:`importance_section`, :func:`fusion_section` — the ``metrics.json`` sections.
@@ -20,12 +20,13 @@ from typing import Any
 
 from torch import nn
 
+from aeflib import pruning
 from aeflib.fusion import FUSIONS
 from aeflib.importance import ESTIMATORS
 from aeflib.models.checksum import checksum
 from aeflib.pruning import count_parameters, plan
 
-__all__ = ["METHODS", "Evaluation", "criterion_for", "evaluate", "fusion_method", "fusion_section",
+__all__ = ["METHODS", "Evaluation", "evaluate", "fusion_method", "fusion_section",
            "importance_section", "model_section", "solve_ratio"]
 
 log = logging.getLogger(__name__)
@@ -49,16 +50,6 @@ def fusion_method(method: str) -> str:
     return method if method == "aef" or method in FUSIONS else "aef"
 
 
-def criterion_for(method: str) -> str:
-    """The criterion in ``scores.safetensors`` that ranks the groups in stage 04 (the fused one for AEF methods).
-
-    Raises:
-        ValueError: If ``method`` is not in :data:`METHODS`.
-    """
-    _check_method(method)
-    return method
-
-
 def solve_ratio(model: nn.Module, adapter, scores, *, pruning_ratio: float | None = None,
                 target_params: float | None = None, layers=None) -> float:
     """The per-structure pruning ratio of the run: ``pruning_ratio`` as given, or solved from ``target_params``.
@@ -68,9 +59,14 @@ def solve_ratio(model: nn.Module, adapter, scores, *, pruning_ratio: float | Non
     Raises:
         ValueError: As :func:`aeflib.pruning.plan` (neither or both given, out of range, unreachable target).
     """
-    first = scores.criteria[0]
-    return plan(model, adapter, scores[first], pruning_ratio=pruning_ratio, target_params=target_params,
-                layers=layers, criterion=first).pruning_ratio
+    if (pruning_ratio is None) == (target_params is None):
+        raise ValueError("give exactly one of pruning_ratio (per-structure share) or target_params (share of all "
+                         f"parameters); got pruning_ratio={pruning_ratio}, target_params={target_params}")
+    if target_params is not None:
+        return pruning.solve_ratio(model, adapter, target_params, layers=layers)
+    first = scores.criteria[0]  # validates the ratio and the scores as plan() does
+    return plan(model, adapter, scores[first], pruning_ratio=pruning_ratio, layers=layers,
+                criterion=first).pruning_ratio
 
 
 # ---- metrics.json sections ---------------------------------------------------------------------------------------

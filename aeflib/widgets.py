@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 def _describe(p) -> str:
     """One line: criterion, ratio, parameters before → after, and the shares removed (the UI test reads it)."""
     after = p.params_before - p.expected_params_removed
+    shares = " and ".join(f"{kind}s {100 * p.achieved_ratio(kind):.0f} %" for kind in p.kinds)
     return (f"{p.criterion}: pruning ratio {p.pruning_ratio:.2f} · {p.params_before:,} → {after:,} parameters "
-            f"({100 * p.expected_param_reduction:.1f} % of all removed; heads {100 * p.achieved_ratio('head'):.0f} %"
-            f" and channels {100 * p.achieved_ratio('channel'):.0f} % removed in the pruned layers)")
+            f"({100 * p.expected_param_reduction:.1f} % of all removed; {shares} removed in the pruned layers)")
 
 
 def plan_explorer(model: nn.Module, adapter, scores, *, criterion: str | None = None,

@@ -14,11 +14,11 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from aeflib.files import atomic_file
 
 __all__ = ["machine", "median_seconds", "write_json"]
 
@@ -30,16 +30,8 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
     atomic within one file system); the folder is created if missing. Values JSON cannot encode are written with
     ``str`` (paths, dtypes).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
 
 
 def machine() -> dict[str, Any]:

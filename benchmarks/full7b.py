@@ -124,14 +124,13 @@ def random_model_mmap(name: str, dtype: str = "bfloat16", seed: int = 0):
     from accelerate import init_empty_weights
 
     import aeflib.models
+    from aeflib.files import atomic_file
 
     path = Path(tempfile.gettempdir()) / "aeflib-random-weights" / f"{name}-{dtype}-seed{seed}.pt"
     if not path.is_file():
         model, _ = random_model(name, dtype, "cpu", seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            torch.save(model.state_dict(), tmp)
         del model
     cls, config = shape_config(name)
     with init_empty_weights(include_buffers=False):
@@ -232,7 +231,7 @@ def _pipeline_child(spec: dict) -> dict:
     calib = calib.to(spec["device"])
     scores = _stage(stages, "estimate", lambda: importance.estimate(
         model, adapter, calib, criteria=["vector", "element2"], fisher_memory_gib=spec["fisher_memory_gib"]), sampler)
-    the_plan = _stage(stages, "plan", lambda: pruning.plan(model, adapter, scores["element2"],
+    pruning_plan = _stage(stages, "plan", lambda: pruning.plan(model, adapter, scores["element2"],
                                                            target_params=spec["target"],
                                                            criterion="element2"), sampler)
 
@@ -242,16 +241,16 @@ def _pipeline_child(spec: dict) -> dict:
 
     loss = _stage(stages, "fusion forward", one_forward, sampler)
     n_sets = len(adapter.all_group_sets(model))
-    _stage(stages, "apply", lambda: pruning.apply(model, adapter, the_plan), sampler)
+    _stage(stages, "apply", lambda: pruning.apply(model, adapter, pruning_plan), sampler)
     probe = calib[:2, :16]
     with torch.no_grad():
         logits = model(input_ids=probe, use_cache=False).logits.float()
-    _stage(stages, "save", lambda: io.save(model, None, spec["folder"], adapter=adapter, plan=the_plan), sampler)
+    _stage(stages, "save", lambda: io.save(model, None, spec["folder"], adapter=adapter, plan=pruning_plan), sampler)
     sampler.__exit__()
     torch.save({"probe": probe.cpu(), "logits": logits.cpu()}, Path(spec["folder"]).parent / "probe.pt")
     return {"stages": stages, "params": n_params, "params_after": sum(p.numel() for p in model.parameters()),
             "weight_gib": round(weight_bytes / GIB, 3), "calibration_loss": loss,
-            "pruning_ratio": the_plan.pruning_ratio, "group_sets": n_sets,
+            "pruning_ratio": pruning_plan.pruning_ratio, "group_sets": n_sets,
             "fisher_layer_slices": scores.meta["fisher_layer_slices"], "peak_rss_gib": round(_peak_gib(), 3),
             "sampled_peak_gib": sampler.gib(),
             "needed_gib_at_most": round(weight_bytes / GIB + sampler.gib()["anon"], 3)}

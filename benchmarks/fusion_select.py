@@ -175,7 +175,7 @@ def main() -> None:
             measured: dict[str, tuple] = {}   # plan (kept groups) -> (method, window NLL), this seed and setting
             target, ratio = _setting(setting)
             if target is not None:
-                ratio = pruning.plan(dense, adapter, scores["vector"], target_params=target).pruning_ratio
+                ratio = pruning.solve_ratio(dense, adapter, target)
             for method in methods:
                 if done(seed, setting, method):
                     continue
@@ -191,7 +191,7 @@ def main() -> None:
                                fusion_cpu_seconds=round(time.process_time() - cpu, 2), **_summary(result))
                     per_set = result.fused
                 plan = pruning.plan(dense, adapter, per_set, pruning_ratio=ratio, criterion=method)
-                key = json.dumps([plan.keep_heads, plan.keep_channels], sort_keys=True)
+                key = json.dumps(plan.keep, sort_keys=True)
                 if key not in measured:
                     model = copy.deepcopy(dense)
                     pruning.apply(model, adapter, plan)

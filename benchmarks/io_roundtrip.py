@@ -76,10 +76,10 @@ def _prune(args: argparse.Namespace, all_layers: bool) -> tuple:
     calib = aeflib.data.calibration(tokenizer)                                   # [10, 64]
     scores = estimate(model, adapter, calib, criteria=["l2"], layers=layers)
     target = args.target if args.ratio is None else None
-    the_plan = plan(model, adapter, scores["l2"], target_params=target, pruning_ratio=args.ratio, layers=layers,
+    pruning_plan = plan(model, adapter, scores["l2"], target_params=target, pruning_ratio=args.ratio, layers=layers,
                     criterion="l2")
-    apply(model, adapter, the_plan)
-    return model, tokenizer, adapter, the_plan, base, calib
+    apply(model, adapter, pruning_plan)
+    return model, tokenizer, adapter, pruning_plan, base, calib
 
 
 def main() -> None:
@@ -98,7 +98,7 @@ def main() -> None:
     report: dict = {}
 
     # 1. non-uniform: aeflib format
-    model, tokenizer, adapter, the_plan, base, calib = _prune(args, all_layers=False)
+    model, tokenizer, adapter, pruning_plan, base, calib = _prune(args, all_layers=False)
     start, stop = adapter.default_layer_range(model)
     n_layers = len(adapter.decoder_layers(model))
     ids = calib[:2]                                                               # [2, 64]
@@ -110,7 +110,7 @@ def main() -> None:
         ref = model(ids).logits                                                   # [2, 64, vocab]
     folder = work / f"{args.model}-pruned"
     t0, c0 = time.perf_counter(), time.process_time()
-    aeflib.io.save(model, tokenizer, folder, adapter=adapter, plan=the_plan, overwrite=True,
+    aeflib.io.save(model, tokenizer, folder, adapter=adapter, plan=pruning_plan, overwrite=True,
                    provenance={"base_model": args.model, "base_checksum": base, "method": "l2", "seed": 42})
     save_s, save_cpu = time.perf_counter() - t0, time.process_time() - c0
     t0, c0 = time.perf_counter(), time.process_time()
@@ -122,8 +122,8 @@ def main() -> None:
     total, weights = _size(folder)
     widths = {(w.n_heads, w.n_kv_heads, w.n_channels) for w in adapter.all_widths(model)}
     report[f"aeflib.save (layers {start}..{stop - 1})"] = {
-        "params": count_parameters(model), "param_reduction": round(the_plan.param_reduction, 4),
-        "pruning_ratio_used": round(the_plan.pruning_ratio, 4), "distinct layer widths": sorted(widths),
+        "params": count_parameters(model), "param_reduction": round(pruning_plan.param_reduction, 4),
+        "pruning_ratio_used": round(pruning_plan.pruning_ratio, 4), "distinct layer widths": sorted(widths),
         "folder MB": round(total / 2**20, 1), "weights MB": round(weights / 2**20, 1),
         "save s": round(save_s, 2), "save cpu s": round(save_cpu, 2),
         "load s (same process, incl. tokenizer)": round(load_s, 2), "load cpu s": round(load_cpu, 2),
@@ -133,7 +133,7 @@ def main() -> None:
     del model, back
 
     # 2. uniform: stock transformers export
-    model, tokenizer, adapter, the_plan, base, _ = _prune(args, all_layers=True)
+    model, tokenizer, adapter, pruning_plan, base, _ = _prune(args, all_layers=True)
     with torch.no_grad():
         ref = model(ids).logits
     folder = work / f"{args.model}-pruned-hf"
@@ -144,7 +144,7 @@ def main() -> None:
     w = adapter.widths(model, 0)
     total, weights = _size(folder)
     report[f"export_hf (all {n_layers} layers)"] = {
-        "params": count_parameters(model), "param_reduction": round(the_plan.param_reduction, 4),
+        "params": count_parameters(model), "param_reduction": round(pruning_plan.param_reduction, 4),
         "widths (heads / kv heads / channels)": [w.n_heads, w.n_kv_heads, w.n_channels],
         "folder MB": round(total / 2**20, 1), "export s": round(export_s, 2),
         "stock load s (fresh process, after imports)": round(stock_load_s, 2),

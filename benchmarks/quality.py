@@ -255,7 +255,7 @@ def run(args) -> None:
             continue
         calib, scores, est_s = scores_for(seed)
         if setting[0] == "target":
-            ratio = pruning.plan(dense, adapter, scores["l2"], target_params=setting[1]).pruning_ratio
+            ratio = pruning.solve_ratio(dense, adapter, setting[1])
         else:
             ratio = setting[1]
         started = time.perf_counter()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import tempfile
@@ -91,33 +92,38 @@ def main() -> None:
                                       target=round(args.target * 100) if args.ratio is None else f"r{args.ratio}"))
     t0 = time.perf_counter()
     if plan_path.is_file():  # importance + AEF fusion take minutes on 2 cores; the plan is deterministic (seed 42)
-        the_plan = pruning.PruningPlan.load(plan_path)
-        fusion_info, ratio = the_plan.extra.get("fusion"), the_plan.pruning_ratio
+        pruning_plan = pruning.PruningPlan.load(plan_path)
+        fusion_path = plan_path.with_name(f"{plan_path.stem}_fusion.json")
+        fusion_info = json.loads(fusion_path.read_text()) if fusion_path.is_file() else \
+            json.loads(plan_path.read_text()).get("extra", {}).get("fusion")  # older plans held it inside
+        ratio = pruning_plan.pruning_ratio
         print(f"plan read from {plan_path}", flush=True)
     else:
         calib = data.calibration(tok)  # [10, 64], shipped Wikipedia train, seed 42
         criteria = ["vector", "element2"] if args.method == "aef" else [args.method]
         scores = importance.estimate(model, adapter, calib, criteria=criteria)
         ratio = args.ratio if args.ratio is not None else \
-            pruning.plan(model, adapter, scores[criteria[0]], target_params=args.target).pruning_ratio
+            pruning.solve_ratio(model, adapter, args.target)
         if args.method == "aef":
             fused = fusion.fuse(scores, "aef", model=model, adapter=adapter, calibration=calib, pruning_ratio=ratio)
-            the_plan = pruning.plan(model, adapter, fused.fused, pruning_ratio=ratio, criterion=fused.name)
-            fusion_info = the_plan.extra["fusion"] = fused.to_dict()
+            pruning_plan = pruning.plan(model, adapter, fused.fused, pruning_ratio=ratio, criterion=fused.name)
+            fusion_info = fused.to_dict()
+            write_json(fusion_info, plan_path.with_name(f"{plan_path.stem}_fusion.json"))
         else:
-            the_plan = pruning.plan(model, adapter, scores[args.method], pruning_ratio=ratio, criterion=args.method)
+            pruning_plan = pruning.plan(model, adapter, scores[args.method], pruning_ratio=ratio, criterion=args.method)
             fusion_info = None
-        the_plan.save(plan_path)
+        pruning_plan.save(plan_path)
     t_prune = time.perf_counter() - t0
 
     def ppl(m) -> float:
         return perplexity(m, tok, "wikipedia", "test", max_windows=args.max_windows, progress=False).value
 
     dense = ppl(model)
-    pruning.apply(model, adapter, the_plan)
+    pruning.apply(model, adapter, pruning_plan)
     pruned = ppl(model)
-    print(f"{args.model}: pruning ratio {ratio:.4f} -> parameter reduction {the_plan.param_reduction:.4f} "
-          f"({the_plan.params_before} -> {the_plan.params_after}); importance+fusion {t_prune:.0f} s", flush=True)
+    print(f"{args.model}: pruning ratio {ratio:.4f} -> parameter reduction {pruning_plan.param_reduction:.4f} "
+          f"({pruning_plan.params_before} -> {pruning_plan.params_after}); importance+fusion {t_prune:.0f} s",
+          flush=True)
 
     dtype_times = time_dtypes(model, tok, adapter, args) if args.time_dtypes else None
     cpu_rec = time.process_time()
@@ -127,7 +133,7 @@ def main() -> None:
     cpu_rec = time.process_time() - cpu_rec
     recovered = ppl(model)
     adapter.check(model)
-    assert pruning.count_parameters(model) == the_plan.params_after
+    assert pruning.count_parameters(model) == pruning_plan.params_after
 
     print(f"recovery: {args.dataset}, {res.settings['steps']} steps x {args.batch_size} seqs (cutoff {args.cutoff}), "
           f"lr {args.lr}, {res.settings['compute_dtype']}: {res.seconds:.0f} s wall, {cpu_rec:.0f} s CPU; train loss "
@@ -141,7 +147,7 @@ def main() -> None:
     print(f"total: {wall:.0f} s wall, {cpu:.0f} s CPU ({torch.get_num_threads()} threads, {os.cpu_count()} cores; "
           f"load average {os.getloadavg()[0]:.1f})")
     write_json({
-        "model": args.model, "args": vars(args), "pruning": the_plan.summary(), "fusion": fusion_info,
+        "model": args.model, "args": vars(args), "pruning": pruning_plan.summary(), "fusion": fusion_info,
         "ppl": {"dense": dense, "pruned": pruned, "recovered": recovered, "protocol": "llm-pruner-128",
                 "corpus": "wikipedia/test", "max_windows": args.max_windows},
         "ratios": {"recovered_over_pruned": recovered / pruned, "pruned_over_dense": pruned / dense,

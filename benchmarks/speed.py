@@ -123,11 +123,11 @@ def bench_model(name: str, dense, tokenizer, adapter, plans: list[tuple[dict, pr
     if args.control:  # an A/A control: the same model twice must come out as no measurable difference
         models["dense copy"] = copy.deepcopy(dense)
     labels = {}
-    for label, the_plan in plans:
+    for label, pruning_plan in plans:
         model = copy.deepcopy(dense)
-        pruning.apply(model, adapter, the_plan)
+        pruning.apply(model, adapter, pruning_plan)
         key = f"pruned r{label['pruning_ratio']:.3f}"
-        models[key], labels[key] = model, (label, the_plan)
+        models[key], labels[key] = model, (label, pruning_plan)
     t = time.perf_counter()
     timed = latency(models, tokenizer, args)
     print(f"{name}: {len(models)} models timed interleaved in {time.perf_counter() - t:.0f} s", flush=True)
@@ -141,7 +141,7 @@ def bench_model(name: str, dense, tokenizer, adapter, plans: list[tuple[dict, pr
             for q in comparison.spreads
             for r in [comparison.ratio(q, "dense copy", "dense")]
         }
-    for key, (label, the_plan) in labels.items():
+    for key, (label, pruning_plan) in labels.items():
         res = efficiency(models[key], tokenizer, seq_len=args.seq_len, repeats=0)
         ratios = {k: v for k, v in efficiency_ratios(base, res).items() if not math.isnan(v)}
         intervals, verdicts = {}, {}
@@ -152,7 +152,7 @@ def bench_model(name: str, dense, tokenizer, adapter, plans: list[tuple[dict, pr
                 intervals[f"{quantity}@bs{b}"] = [r.low, r.high]
                 verdicts[f"{quantity}@bs{b}"] = r.verdict
         record["pruned"].append(
-            {**label, "plan": the_plan.summary(), "efficiency": res.to_dict(), "ratios": ratios,
+            {**label, "plan": pruning_plan.summary(), "efficiency": res.to_dict(), "ratios": ratios,
              "intervals": intervals, "verdicts": verdicts}
         )
     del models
@@ -246,8 +246,8 @@ def main() -> None:
     else:
         plans = []
         for target in map(float, args.targets.split(",")):
-            the_plan = l2_plan(dense, adapter, target=target)
-            plans.append(({"target_params": target, "pruning_ratio": the_plan.pruning_ratio}, the_plan))
+            pruning_plan = l2_plan(dense, adapter, target=target)
+            plans.append(({"target_params": target, "pruning_ratio": pruning_plan.pruning_ratio}, pruning_plan))
     records = [bench_model(args.model, dense, tokenizer, adapter, plans, args)]
     del dense
 

@@ -285,7 +285,7 @@ f"Σ|½W²F| / Σ|W·g| = {fisher_share.item():.2e} for head 0 of layer {layer}"
 # ratio vector / element1 lies in [0, 1] — near 1 when a group's saliences share a sign, near 0 when they cancel.
 
 # %%
-ratio_ve = torch.cat([scores["vector"][k] / scores["element1"][k] for k in scores.keys])
+ratio_ve = torch.cat([scores["vector"][k] / scores["element1"][k] for k in scores.group_keys])
 assert (ratio_ve <= 1 + 1e-5).all()
 f"vector / element1 over {ratio_ve.numel()} groups: min {ratio_ve.min():.3f}, " \
     f"median {ratio_ve.median():.3f}, max {ratio_ve.max():.3f}"
@@ -352,7 +352,7 @@ run.listing()
 # from `scores` (no new gradients needed).
 
 # %% tags=["solution", "hide-input"] jupyter={"source_hidden": true, "outputs_hidden": true}
-ratio_of = {k: scores["vector"][k] / scores["element1"][k] for k in scores.keys}
+ratio_of = {k: scores["vector"][k] / scores["element1"][k] for k in scores.group_keys}
 heads = torch.cat([v for k, v in ratio_of.items() if k.endswith(".head")])
 channels = torch.cat([v for k, v in ratio_of.items() if k.endswith(".channel")])
 print(f"mean vector / element1: heads {heads.mean():.3f}, channels {channels.mean():.3f}")

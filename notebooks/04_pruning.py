@@ -102,7 +102,7 @@ m, tokenizer, adapter = aeflib.models.load(model, dtype=dtype, device=device)
 layer_range = artifacts.pruned_layers(adapter, m, layers)
 adapter.family, adapter.n_layers(m), layer_range
 scores = Scores.load(run.require("scores.safetensors"))
-criterion = stages.criterion_for(method)
+criterion = method  # 02/03 store each method's scores under its name
 criterion, scores.criteria
 
 # %% [markdown]
@@ -125,12 +125,12 @@ widgets.plan_explorer(
 # Heads and channels kept per layer, from the run's criterion and target.
 
 # %% tags=["nbval-check-output"]
-the_plan = aeflib.pruning.plan(
+pruning_plan = aeflib.pruning.plan(
     m, adapter, scores[criterion], pruning_ratio=pruning_ratio,
     target_params=target_params, layers=layer_range, criterion=criterion,
 )
-the_plan.save(run / "plan.json")
-analysis.plan_table(the_plan)
+pruning_plan.save(run / "plan.json")
+analysis.plan_table(pruning_plan)
 
 # %% [markdown]
 # A text sample from the dense model (greedy decoding, so it is repeatable):
@@ -154,15 +154,15 @@ f"{len(dense_sets)} group sets, {params_dense:,} parameters before the cut"
 # attribute against the weights, and measures the parameters left. Requested and achieved, side by side:
 
 # %% tags=["nbval-check-output"]
-aeflib.pruning.apply(m, adapter, the_plan)
-the_plan.save(run / "plan.json")
-analysis.plan_summary(the_plan)
+aeflib.pruning.apply(m, adapter, pruning_plan)
+pruning_plan.save(run / "plan.json")
+analysis.plan_summary(pruning_plan)
 
 # %% [markdown]
 # Heads and channels kept per layer — the same plan as a figure:
 
 # %%
-fig = plots.plan_widths(the_plan)
+fig = plots.plan_widths(pruning_plan)
 run.save_figure(fig, "04_plan")
 fig
 
@@ -178,15 +178,15 @@ print(f"after pruning:  {after!r}")
 
 # %% [markdown]
 # ## Save
-# `aeflib.io.save` writes a self-describing folder (safetensors + JSON with every layer's widths): it reloads in a
-# fresh process without this notebook, the plan or pickle.
+# `aeflib.io.save` writes a self-describing folder (safetensors + JSON with the plans that shaped every layer): it
+# reloads in a fresh process without this notebook or pickle.
 
 # %% tags=["nbval-ignore-output"]
 provenance = {"base_model": model, "method": method, "seed": seed}
-aeflib.io.save(m, tokenizer, run / "pruned", adapter=adapter, plan=the_plan,
+aeflib.io.save(m, tokenizer, run / "pruned", adapter=adapter, plan=pruning_plan,
                overwrite=True, provenance=provenance)
 samples = {"sample_before": before, "sample_after": after}
-run.merge_metrics("pruning", {**the_plan.summary(), **samples})
+run.merge_metrics("pruning", {**pruning_plan.summary(), **samples})
 run.listing()
 
 # %% [markdown]

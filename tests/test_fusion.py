@@ -221,7 +221,7 @@ def test_tuned_variants_fall_back_to_the_good_estimate_when_the_other_is_reverse
     result = fuse(scores, method, model=model, adapter=adapter, calibration=calib, pruning_ratio=0.5)
     ref = pruning.plan(model, adapter, good, pruning_ratio=0.5)
     got = pruning.plan(model, adapter, result.fused, pruning_ratio=0.5)
-    assert (got.keep_heads, got.keep_channels) == (ref.keep_heads, ref.keep_channels)
+    assert got.keep == ref.keep
     chosen = result.details["chosen"] if method == "aef-layer-tuned" else "channel=1,head=1"
     assert result.details["holdout_loss"][chosen] == min(result.details["holdout_loss"].values())
 
@@ -245,10 +245,10 @@ def test_aef_agree_removes_what_both_remove_and_keeps_what_both_keep(calib):
     kept = {"fine": pruning.plan(model, adapter, scores["element2"], pruning_ratio=0.5),
             "coarse": pruning.plan(model, adapter, scores["vector"], pruning_ratio=0.5)}
     fused = pruning.plan(model, adapter, result.fused, pruning_ratio=0.5)
-    for attr in ("keep_heads", "keep_channels"):
-        for layer, keep in getattr(fused, attr).items():
-            a, b = set(getattr(kept["fine"], attr)[layer]), set(getattr(kept["coarse"], attr)[layer])
-            assert a & b <= set(keep) <= a | b, (attr, layer)
+    for kind in ("head", "channel"):
+        for layer, keep in fused.kept(kind).items():
+            a, b = set(kept["fine"].kept(kind)[layer]), set(kept["coarse"].kept(kind)[layer])
+            assert a & b <= set(keep) <= a | b, (kind, layer)
 
 
 def test_aef_learned_stops_early_and_keeps_its_best_held_out_step(calib):

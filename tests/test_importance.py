@@ -361,7 +361,7 @@ def test_criteria_declare_known_statistics_and_one_scoring_function():
 
 
 def test_the_default_criteria_are_one_constant():
-    from aeflib.pipeline import RunSettings
+    from aeflib.orchestration.settings import RunSettings
 
     assert importance.DEFAULT_CRITERIA == ("random", "l2", "vector", "element1", "element2")
     assert RunSettings().criteria == list(importance.DEFAULT_CRITERIA)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -72,6 +73,7 @@ def _run(code: str) -> None:
 def test_save_load_non_uniform_keeps_logits_widths_and_ties(tiny, tmp_path):
     model, tokenizer, adapter = tiny
     plans = _prune_non_uniform(tiny)
+    saved_plans = copy.deepcopy(plans)
     widths = adapter.all_widths(model)
     assert len({(w.n_heads, w.n_channels) for w in widths}) >= 3
     folder = aio.save(model, tokenizer, tmp_path / "ck", adapter=adapter, plan=plans, metrics={"ppl": 12.5},
@@ -86,9 +88,10 @@ def test_save_load_non_uniform_keeps_logits_widths_and_ties(tiny, tmp_path):
     assert loaded.tokenizer("hello world")["input_ids"] == tokenizer("hello world")["input_ids"]
     assert loaded.model.generation_config.eos_token_id == model.generation_config.eos_token_id
 
+    assert [p.params_after for p in plans] == [p.params_after for p in saved_plans]  # save leaves the plans alone
     manifest = aio.read_manifest(folder)
     assert manifest["format_version"] == aio.FORMAT_VERSION
-    assert [PruningPlan.from_dict(d).keep_heads for d in manifest["plans"]] == [p.keep_heads for p in plans]
+    assert [PruningPlan.from_dict(d).kept("head") for d in manifest["plans"]] == [p.kept("head") for p in plans]
     prov = manifest["provenance"]
     assert prov["base_model"] == "tiny" and prov["seed"] == 7 and prov["method"] == "random"
     assert prov["checksum"] == checksum(model) and prov["params"] == count_parameters(model)
@@ -206,7 +209,8 @@ def test_load_rejects_truncated_weights(copy_of):
 
 def test_load_rejects_newer_format_version(copy_of):
     _edit_manifest(copy_of, lambda m: m.update(format_version=aio.FORMAT_VERSION + 1))
-    with pytest.raises(aio.CheckpointError, match=r"format_version 2 was written by a newer aeflib.*<= 1"):
+    newer, ours = aio.FORMAT_VERSION + 1, aio.FORMAT_VERSION
+    with pytest.raises(aio.CheckpointError, match=rf"format_version {newer} was written by a newer aeflib.*<= {ours}"):
         aio.load(copy_of)
 
 
@@ -217,14 +221,43 @@ def test_load_rejects_manifest_paths_outside_the_folder(copy_of):
 
 
 def test_load_rejects_weights_that_do_not_match_recorded_widths(copy_of):
-    def shrink(m):
-        m["model"]["layers"][1]["n_channels"] -= 1
+    def shrink(m):  # the plans rebuild the widths: layer 1 keeps one channel fewer
+        m["plans"][0]["keep"]["1.channel"].pop()
 
     _edit_manifest(copy_of, shrink)
     with pytest.raises(aio.CheckpointError, match=r"do not match the widths recorded.*\n  layer 1 "
                                                   r"model\.layers\.1\.mlp\.down_proj\.weight: model\.safetensors "
                                                   r"has \[96, 120\], expected \[96, 119\]"):
         aio.load(copy_of)
+
+
+def _as_format_1(manifest: dict, widths: list[dict], with_plans: bool = True) -> None:
+    """Rewrite a manifest as aeflib format 1 wrote it: per-layer widths and per-layer head/channel plans."""
+    old = []
+    for d in manifest["plans"]:
+        kind_of = {k: k.split(".") for k in d["keep"]}
+        per = {f"{field}_{kind}s": {i: d[src][k] for k, (i, kd) in kind_of.items() if kd == kind}
+               for kind in ("head", "channel") for field, src in (("keep", "keep"), ("n", "n_groups"))}
+        rest = {k: v for k, v in d.items() if k not in ("keep", "n_groups", "units", "gqa_mode")}
+        old.append({**per, "head_unit": d["units"]["head"], **rest, "extra": {}})
+    manifest.update(format_version=1, plans=old if with_plans else [])
+    manifest["model"]["layers"] = widths
+
+
+def test_format_1_checkpoint_loads_or_says_how_to_convert(tmp_path):
+    model, _, adapter = loaded = _tiny("tiny-bloom")
+    _prune_non_uniform(loaded)
+    widths = [{**w.to_dict(), "kept_heads": adapter.kept_heads(model, i)}
+              for i, w in enumerate(adapter.all_widths(model))]
+    folder = aio.save(model, None, tmp_path / "ck", adapter=adapter)
+    _edit_manifest(folder, lambda m: _as_format_1(m, widths))
+    back = aio.load(folder)
+    assert torch.equal(_logits(back.model), _logits(model))
+    assert [back.adapter.kept_heads(back.model, i) for i in range(4)] == [w["kept_heads"] for w in widths]
+    _edit_manifest(folder, lambda m: m.update(plans=[]))
+    with pytest.raises(aio.CheckpointError, match=r"format_version 1 checkpoint records per-layer widths its plans do "
+                                                  r"not rebuild \(layers \[1, 2\]\).*Convert it"):
+        aio.load(folder)
 
 
 def test_load_rejects_modified_weights(copy_of):

@@ -54,8 +54,10 @@ def test_papermill_outputs_show_the_tiny_model_structure(tiny_llama_run):
 
 def test_papermill_plan_matches_plan_json(tiny_llama_run):
     plan = json.loads((tiny_llama_run.run_dir / "plan.json").read_text())
-    assert {k: len(v) for k, v in plan["keep_heads"].items()} == {"1": 3, "2": 3}
-    assert {k: len(v) for k, v in plan["keep_channels"].items()} == {"1": 96, "2": 96}
+    kept = {kind: {k.split(".")[0]: len(v) for k, v in plan["keep"].items() if k.endswith(f".{kind}")}
+            for kind in ("head", "channel")}
+    assert kept["head"] == {"1": 3, "2": 3}
+    assert kept["channel"] == {"1": 96, "2": 96}
     shown = "\n".join(text_of(c) for c in checked_cells(executed(tiny_llama_run, "04_pruning")))
     assert str(plan["params_after"]) in shown and "0.25" in shown
 

@@ -46,7 +46,7 @@ def figures(llama, scores):
     agree = analysis.agreement(model, adapter, scores, "element2", "vector", 0.25)
     weights = analysis.fusion_table({"weights": {k: (0.7, 0.3) for k in scores.group_keys}, "details": {},
                                      "influence": {k: (0.9, 0.4) for k in scores.group_keys}})
-    the_plan = aeflib.pruning.plan(model, adapter, scores["aef"], pruning_ratio=0.25, criterion="aef")
+    pruning_plan = aeflib.pruning.plan(model, adapter, scores["aef"], pruning_ratio=0.25, criterion="aef")
     rows = [{"setting": s, "metric": m, "task": t, "value": v} for s, m, t, v in (
         ("dense", "perplexity", "wikipedia", 30.0), ("no-tune", "perplexity", "wikipedia", 41.0),
         ("dense", "acc_norm", "aef_qa", 40.0), ("no-tune", "acc", "aef_cloze", 20.0))]
@@ -59,7 +59,7 @@ def figures(llama, scores):
         plots.importance_scatter(scores, "vector", "element2", "1.channel"),
         plots.agreement(agree, "element2", "vector", 0.25),
         plots.fusion_weights(weights, "aef-layer"),
-        plots.plan_widths(the_plan),
+        plots.plan_widths(pruning_plan),
         plots.loss_curve([3.0, 2.5, 2.2], 3.1, 2.4, "qa, 3 steps"),
         plots.metric_bars(rows, "perplexity", "perplexity", "Perplexity, llm-pruner-128"),
         plots.metric_bars(rows, "acc", "accuracy (%)", "Zero-shot"),
@@ -119,13 +119,13 @@ def test_units_and_protocol_appear_in_labels(llama, scores):
 
 def test_plan_widths_bars_equal_kept_and_removed_counts(llama, scores):
     model, _, adapter = llama
-    the_plan = aeflib.pruning.plan(model, adapter, scores["aef"], pruning_ratio=0.5, criterion="aef")
-    fig = plots.plan_widths(the_plan)
+    pruning_plan = aeflib.pruning.plan(model, adapter, scores["aef"], pruning_ratio=0.5, criterion="aef")
+    fig = plots.plan_widths(pruning_plan)
     heads_ax = fig.axes[0]
     heights = [round(p.get_height()) for p in heads_ax.patches]
-    layers = sorted(the_plan.keep_heads)
-    assert heights[:len(layers)] == [len(the_plan.keep_heads[i]) for i in layers]
-    assert heights[len(layers):] == [the_plan.n_heads[i] - len(the_plan.keep_heads[i]) for i in layers]
+    layers = sorted(pruning_plan.kept("head"))
+    assert heights[:len(layers)] == [len(pruning_plan.kept("head")[i]) for i in layers]
+    assert heights[len(layers):] == [pruning_plan.groups("head")[i] - len(pruning_plan.kept("head")[i]) for i in layers]
     fig.draw_without_rendering()
     assert all(float(t).is_integer() for t in heads_ax.get_yticks()), heads_ax.get_yticks()   # no "2.5 heads"
     assert heads_ax.get_ylabel() == "heads kept (of 4)" and "(of 128)" in fig.axes[1].get_ylabel()

@@ -48,7 +48,7 @@ def test_bloom_alibi_keeps_each_kept_heads_own_slope():
     reference = pruning.mask_removed(copy.deepcopy(model), adapter, p)
     pruning.apply(model, adapter, p)
     torch.testing.assert_close(model(PROMPT).logits, reference(PROMPT).logits, rtol=1e-5, atol=1e-5)
-    assert adapter.widths(model, 1).kept_heads == [2, 3]
+    assert adapter.kept_heads(model, 1) == [2, 3]
     for block in adapter.decoder_layers(model):
         block.self_attention.aef_kept_heads = list(range(block.self_attention.num_heads))  # wrong slopes
     assert not torch.allclose(model(PROMPT).logits, reference(PROMPT).logits, rtol=1e-4, atol=1e-4)
@@ -69,8 +69,8 @@ def test_plan_removes_exactly_the_lowest_scored_groups():
     model, _, adapter = aeflib.models.load("tiny-llama")
     scores = {gs.key: torch.arange(gs.n, dtype=torch.float).flip(0) for gs in adapter.all_group_sets(model)}
     p = pruning.plan(model, adapter, scores, pruning_ratio=0.25)
-    assert p.keep_heads[1] == [0, 1, 2]                     # head 3 has the lowest score
-    assert p.keep_channels[1] == list(range(96))             # 32 of 128 channels removed, the highest indices
+    assert p.keep["1.head"] == [0, 1, 2]                  # head 3 has the lowest score
+    assert p.keep["1.channel"] == list(range(96))          # 32 of 128 channels removed, the highest indices
     pruning.apply(model, adapter, p)
     assert adapter.widths(model, 1).n_channels == 96 and adapter.widths(model, 0).n_channels == 128
 
@@ -80,7 +80,7 @@ def test_gqa_query_heads_mode_removes_same_count_per_kv_group():
     scores = {gs.key: torch.tensor([5.0, 4, 3, 0.1, 0.2, 0.3]) if gs.kind == "head" else torch.rand(gs.n)
               for gs in adapter.all_group_sets(model)}
     p = pruning.plan(model, adapter, scores, pruning_ratio=0.34)
-    assert p.keep_heads[1] == [0, 1, 4, 5]                  # one head from each kv group, not the two lowest overall
+    assert p.keep["1.head"] == [0, 1, 4, 5]               # one head from each kv group, not the two lowest overall
     pruning.apply(model, adapter, p)
     w = adapter.widths(model, 1)
     assert (w.n_heads, w.n_kv_heads) == (4, 2) and w.n_heads % w.n_kv_heads == 0
@@ -89,7 +89,7 @@ def test_gqa_query_heads_mode_removes_same_count_per_kv_group():
 def test_ratio_is_rounded_to_whole_groups_and_achieved_is_reported():
     model, _, adapter = aeflib.models.load("tiny-llama")
     p = _plan(model, adapter, ratio=0.3)                     # 0.3 * 4 heads = 1.2 -> 1 head
-    assert [len(v) for v in p.keep_heads.values()] == [3, 3]
+    assert [len(v) for v in p.kept("head").values()] == [3, 3]
     assert p.achieved_ratio("head") == pytest.approx(0.25)
     assert p.summary()["pruning_ratio_requested"] == 0.3
 
@@ -150,7 +150,7 @@ def test_plan_json_roundtrip_restores_int_keys(tmp_path):
     model, _, adapter = aeflib.models.load("tiny-bloom")
     p = _plan(model, adapter)
     again = PruningPlan.load(p.save(tmp_path / "plan.json"))
-    assert again == p and all(isinstance(k, int) for k in again.keep_heads)
+    assert again == p and all(isinstance(k, int) for k in again.kept("head"))
 
 
 def test_pruning_twice_with_different_layers_gives_non_uniform_widths(tiny):
@@ -160,3 +160,14 @@ def test_pruning_twice_with_different_layers_gives_non_uniform_widths(tiny):
     widths = [w.n_channels for w in adapter.all_widths(model)]
     assert widths[1] < widths[2] < widths[0]
     model(PROMPT)
+
+
+def test_solve_ratio_is_the_ratio_plan_uses_and_select_keeps_whole_blocks():
+    model, _, adapter = aeflib.models.load("tiny-gqa")
+    scores = uniform_scores(model, adapter)
+    ratio = pruning.solve_ratio(model, adapter, 0.005)
+    assert pruning.plan(model, adapter, scores, target_params=0.005).pruning_ratio == ratio
+    gs = adapter.group_sets(model, 1)[0]                      # 6 query heads in 2 kv blocks
+    assert pruning.select(gs, torch.tensor([5.0, 4, 3, 0.1, 0.2, 0.3]), 2) == [0, 1, 4, 5]
+    with pytest.raises(ValueError, match=r"n_remove=1 for 1\.head: must be a multiple of 2"):
+        pruning.select(gs, torch.rand(6), 1)

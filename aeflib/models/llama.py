@@ -18,11 +18,26 @@ n_kv_heads)`` (``repeat_kv`` in transformers). Two ways to keep that legal (know
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from aeflib.models.adapters import GroupSet, LayerWidths, Slice, StructureAdapter
 
-__all__ = ["LlamaAdapter"]
+__all__ = ["LlamaAdapter", "tiny_llama_config"]
+
+#: Width of every tiny model: the SmolLM2 vocabulary, so that the embedded tokenizer and shipped text drive them.
+TINY_VOCAB = 49152
+TINY_LAYERS = 4
+
+
+def tiny_llama_config(n_heads: int, n_kv: int, channels: int, config_class: type = LlamaConfig) -> Any:
+    """A 4-layer LLaMA-layout config with head_dim 16 and the SmolLM2 vocabulary (tiny random test models)."""
+    return config_class(vocab_size=TINY_VOCAB, hidden_size=16 * n_heads, intermediate_size=channels,
+                        num_hidden_layers=TINY_LAYERS, num_attention_heads=n_heads, num_key_value_heads=n_kv,
+                        head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                        bos_token_id=1, eos_token_id=2, pad_token_id=2)
 
 
 def _linear(module: nn.Module, name: str) -> nn.Linear:
@@ -38,6 +53,9 @@ class LlamaAdapter(StructureAdapter):
     family = "llama"
     model_types = ("llama",)
     lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    config_class, model_class = LlamaConfig, LlamaForCausalLM
+    #: LLaMA-7B / Vicuna-7B layout (MHA, 4 / 4 heads, 128 channels) and SmolLM2 / Llama-2/3 (GQA, 6 / 2, 160).
+    tiny = {"tiny-llama": lambda: tiny_llama_config(4, 4, 128), "tiny-gqa": lambda: tiny_llama_config(6, 2, 160)}
 
     attn = "self_attn"
     mlp_in = ("mlp.gate_proj", "mlp.up_proj")
@@ -123,10 +141,28 @@ class LlamaAdapter(StructureAdapter):
         return [GroupSet(layer, "head", n, head_slices, unit, blocks),
                 GroupSet(layer, "channel", w.n_channels, self.channel_slices(block, w), "channel")]
 
-    def set_widths(self, model: nn.Module, layer: int, widths: LayerWidths) -> None:
+    def after_cut(self, model: nn.Module, layer: int, kept: dict[str, list[int]]) -> None:
         """``num_key_value_groups`` is the only width ``LlamaAttention.forward`` reads (eager and sdpa)."""
+        widths = self.widths(model, layer)
         attn = self.decoder_layers(model)[layer].get_submodule(self.attn)
         attn.num_key_value_groups = widths.n_heads // widths.n_kv_heads
+
+    def export_config(self, config: Any, w: LayerWidths) -> Any:
+        """``num_attention_heads``, ``num_key_value_heads``, ``intermediate_size`` and an explicit ``head_dim``.
+
+        Raises:
+            ValueError: A head count that does not divide ``hidden_size`` (transformers 5 ``LlamaConfig`` validates
+                it even with an explicit ``head_dim``; known failure 3), listing the legal uniform counts.
+        """
+        if config.hidden_size % w.n_heads:
+            step = w.n_kv_heads if w.n_kv_heads < w.n_heads else 1  # GQA: whole query heads per kv head
+            legal = [n for n in range(step, config.num_attention_heads + 1, step) if config.hidden_size % n == 0]
+            raise ValueError(f"cannot export {w.n_heads} query heads: stock transformers requires hidden_size "
+                             f"({config.hidden_size}) to be a multiple of num_attention_heads even with an explicit "
+                             f"head_dim; legal uniform head counts: {legal}")
+        config.num_attention_heads, config.num_key_value_heads = w.n_heads, w.n_kv_heads
+        config.head_dim, config.intermediate_size = w.head_dim, w.n_channels
+        return config
 
     def attribute_widths(self, model: nn.Module, layer: int) -> dict[str, tuple[int, int]]:
         """Attention attributes and every Linear's in/out features against the weights."""

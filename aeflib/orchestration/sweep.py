@@ -115,7 +115,7 @@ def compare(settings=None, methods: Sequence[str] | None = None, *,
     settings = (settings or RunSettings()).validate()  # before any folder is made
     methods = (*aeflib.importance.DEFAULT_CRITERIA, "aef") if methods is None else methods
     for m in methods:
-        stages.criterion_for(m)
+        stages.fusion_method(m)  # ValueError naming the method and the choices
     fused = [m for m in methods if m == "aef" or m in aeflib.fusion.FUSIONS]
     criteria = list(dict.fromkeys([m for m in methods if m not in fused]
                                   + ([settings.fine, settings.coarse] if fused else [])))
@@ -247,11 +247,12 @@ def missing_for_reproduce(models: Sequence[str], settings=None) -> list[str]:
     from huggingface_hub import try_to_load_from_cache
 
     from aeflib.data import CORPORA
-    from aeflib.evaluation.zeroshot import HUB_DATASETS, TASK_SETS, _hub_dataset_cached, _hub_unreachable_reason
+    from aeflib.evaluation.zeroshot import HUB_DATASETS, TASK_SETS, _hub_dataset_cached
+    from aeflib.files import hub_unreachable_reason
     from aeflib.models import MODELS
 
     settings = settings or RunSettings.paper(models[0] if models else "llama-7b")
-    reason = _hub_unreachable_reason()
+    reason = hub_unreachable_reason(("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
     missing = []
     for name in models:
         if name in MODELS:

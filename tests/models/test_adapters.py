@@ -10,7 +10,7 @@ from conftest import TINY_NAMES, uniform_scores
 
 import aeflib.models
 from aeflib import pruning
-from aeflib.models import GQA_MODES, StructureError
+from aeflib.models import GQA_MODES, GroupSet, Slice, StructureError
 
 
 def test_group_sets_cover_every_layer_parameter(tiny):
@@ -103,7 +103,7 @@ def test_same_head_ratio_removes_same_number_of_heads_on_every_layout():
     for name in ("tiny-llama", "tiny-baichuan", "tiny-bloom"):
         model, _, adapter = aeflib.models.load(name)
         p = pruning.plan(model, adapter, uniform_scores(model, adapter), pruning_ratio=0.5, kinds=("head",))
-        removed[name] = [p.n_heads[i] - len(k) for i, k in p.keep_heads.items()]
+        removed[name] = [p.groups("head")[i] - len(k) for i, k in p.kept("head").items()]
     assert len({tuple(v) for v in removed.values()}) == 1, removed
 
 
@@ -123,3 +123,12 @@ def test_shapes_come_from_config_on_three_layer_head_dim_16_model():
     x = torch.randint(0, 100, (1, 5))
     torch.testing.assert_close(model(x).logits, ref(x).logits, rtol=1e-5, atol=1e-5)
     assert [w.n_heads for w in adapter.all_widths(model)] == [2, 2, 2]
+
+
+def test_group_set_needs_exactly_one_input_column_slice():
+    rows = Slice("mlp.up_proj.weight", 0, (4,), 0, "up", 8)
+    with pytest.raises(StructureError, match=r"0\.channel cuts input columns of no parameter"):
+        GroupSet(0, "channel", 4, (rows,), "channel")
+    cols = [Slice(f"mlp.{n}.weight", 1, (4,), 0, n, 8) for n in ("down_proj", "other_proj")]
+    with pytest.raises(StructureError, match=r"exactly one slice with dim=1"):
+        GroupSet(0, "channel", 4, (rows, *cols), "channel")

@@ -1,0 +1,3 @@
+"""aeflib's version, in a module of its own so that submodules can read it without importing the package."""
+
+__version__ = "0.1.0"
