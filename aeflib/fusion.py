@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from aeflib.models.adapters import GroupSet, StructureAdapter
-from aeflib.pruning import removal_counts
+from aeflib.pruning import removal_counts, select
 from aeflib.scores import Scores
 
 __all__ = ["BLEND_GRID", "DEFAULT_METHOD", "DEFAULT_NORMALIZATION", "FUSIONS", "NEEDS", "NORMALIZATIONS", "ORACLE",
@@ -301,10 +301,8 @@ def _loss(model: nn.Module, calibration: Tensor, chunk: int = 16) -> float:
 
 def _removal_mask(score: Tensor, gs: GroupSet, ratio: float) -> Tensor:
     """1 for kept groups, 0 for the ``removal_counts`` lowest-scored (per kv block), as :func:`pruning.plan`."""
-    from aeflib.pruning import _kept
-
     keep = torch.zeros(gs.n)
-    keep[_kept(gs, score, removal_counts(gs, ratio))] = 1.0
+    keep[select(gs, score, removal_counts(gs, ratio))] = 1.0
     return keep
 
 

@@ -27,6 +27,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from aeflib.data import data_dir
+
 __all__ = ["COLUMNS", "PAPER_PROTOCOLS", "PAPER_TASKS", "load_paper_results", "paper_results_path", "paper_table",
            "relative_to_dense", "run_results", "seven_tasks", "side_by_side"]
 
@@ -46,8 +48,6 @@ _SETTING_ORDER = {"dense": 0, "no-tune": 1, "lora": 2, "claim": 3, "claim-50%": 
 
 def paper_results_path() -> Path:
     """Path of ``paper_results.csv`` in the shipped data folder (see :func:`aeflib.data.data_dir`)."""
-    from aeflib.data import data_dir
-
     return data_dir() / "paper_results.csv"
 
 

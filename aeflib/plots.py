@@ -34,6 +34,8 @@ import matplotlib as mpl
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
+from aeflib.fusion import normalize
+
 __all__ = ["agreement", "comparison", "fusion_weights", "importance_per_layer", "importance_scatter", "loss_curve",
            "metric_bars", "plan_widths", "structure", "zeroshot_intervals"]
 
@@ -137,8 +139,6 @@ def importance_per_layer(scores, criteria: Sequence[str], protocol: str = "") ->
 @_styled
 def importance_scatter(scores, a: str, b: str, key: str) -> Figure:
     """Rank of every group of one set under criteria ``a`` (x) and ``b`` (y); the diagonal is full agreement."""
-    from aeflib.fusion import normalize
-
     fig, (ax,) = _figure(width=5.2, height=4.6, integer_x=False)
     x, y = normalize(scores[a][key], "rank"), normalize(scores[b][key], "rank")
     ax.scatter(x.tolist(), y.tolist(), s=10, alpha=0.6)

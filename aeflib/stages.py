@@ -21,6 +21,10 @@ from typing import Any
 from torch import nn
 
 from aeflib import pruning
+from aeflib.analysis import evaluation_rows
+from aeflib.evaluation import perplexity
+from aeflib.evaluation.efficiency import efficiency
+from aeflib.evaluation.zeroshot import zeroshot
 from aeflib.fusion import FUSIONS
 from aeflib.importance import ESTIMATORS
 from aeflib.models.checksum import checksum
@@ -173,21 +177,16 @@ def evaluate(model: nn.Module, tokenizer, *, name: str, setting: str, method: st
     Returns:
         :class:`Evaluation`.
     """
-    from aeflib.analysis import evaluation_rows
-    from aeflib.evaluation import perplexity
-
     ppl = [perplexity(model, tokenizer, corpus=corpus, split=split, protocol=ppl_protocol, batch_size=batch_size,
                       max_windows=ppl_max_windows, progress=progress) for corpus, split in (ppl_datasets or [])]
     zs = None
     if zeroshot_tasks:
-        from aeflib.evaluation.zeroshot import zeroshot
 
         with _silenced(not progress):  # lm-eval draws its own bars and prints bootstrapping notes
             zs = zeroshot(model, tokenizer, tasks=zeroshot_tasks, limit=zeroshot_limit, batch_size=2 * batch_size,
                           log_samples=True)  # per-item results: intervals and paired differences (notebook 06)
     eff = None
     if efficiency_seq_len:
-        from aeflib.evaluation.efficiency import efficiency
 
         eff = efficiency(model, tokenizer, seq_len=efficiency_seq_len, decode_tokens=efficiency_decode_tokens,
                          repeats=efficiency_repeats)

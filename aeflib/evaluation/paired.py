@@ -34,6 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from aeflib.evaluation.zeroshot import CHANCE
+from aeflib.evaluation.zeroshot_results import item_values, task_of
+
 __all__ = [
     "MIN_ITEMS",
     "PairedDifference",
@@ -347,9 +350,6 @@ def zeroshot_intervals(
 
     Source: [ours] Wilson intervals per task, paired bootstrap for differences.
     """
-    from aeflib.evaluation.zeroshot import CHANCE
-    from aeflib.evaluation.zeroshot_results import item_values, task_of
-
     models = {}
     for label, table in tables.items():
         tasks = {}

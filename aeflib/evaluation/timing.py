@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from aeflib.data import load_corpus
+
 __all__ = ["BatchTiming", "LatencyComparison", "LatencyRatio", "LatencySpread", "PeakMemory",
            "compare_latency", "input_ids", "machine_now", "measure_batch",
            "rounds_needed"]
@@ -140,7 +142,6 @@ def _sync(device: torch.device) -> None:
 def input_ids(model: nn.Module, tokenizer: Any, batch: int, seq_len: int, device: torch.device) -> torch.Tensor:
     """[batch, seq_len] token ids: shipped Wikipedia test text when a tokenizer is given, else seeded random ids."""
     if tokenizer is not None:
-        from aeflib.data import load_corpus
 
         text = load_corpus("wikipedia", "test").text(join="\n\n")[: 40 * seq_len * batch]
         ids = torch.as_tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.long)

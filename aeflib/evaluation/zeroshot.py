@@ -41,6 +41,8 @@ from unittest import mock
 import torch
 
 from aeflib.data import data_dir
+from aeflib.evaluation.olmo_tasks import item_hash, offline_task_dir, subset_ids
+from aeflib.evaluation.olmo_tasks import source as offline_source
 from aeflib.evaluation.zeroshot_results import TaskScore, ZeroShotResult, check_metric, write_table
 from aeflib.files import hub_unreachable_reason
 from aeflib.models.checksum import checksum
@@ -302,9 +304,8 @@ def zeroshot(
 
     start = time.perf_counter()
     if offline:
-        from aeflib.evaluation import olmo_tasks
 
-        folder, lm_names = olmo_tasks.offline_task_dir(list(table))  # results keep the paper's task names
+        folder, lm_names = offline_task_dir(list(table))  # results keep the paper's task names
         manager = TaskManager(include_path=str(folder), include_defaults=False)
         by_lm_name = manager.load(list(lm_names.values()))["tasks"]
     else:
@@ -371,7 +372,7 @@ def zeroshot(
             stderr=float(stderr) if isinstance(stderr, int | float) and math.isfinite(stderr) else None,
             n_items=int(n["effective"]), n_available=n_docs[task], metrics=metrics,
             chance=CHANCE.get(task), version=str(out["versions"].get(lm_names[task])),
-            split=_split_of(loaded[task]), source=olmo_tasks.source(task) if offline else _source_of(loaded[task]),
+            split=_split_of(loaded[task]), source=offline_source(task) if offline else _source_of(loaded[task]),
             item_ids=item_ids[task], items_hash=_item_hash(item_ids[task], n_docs[task]),
         )  # fmt: skip
     samples = None
@@ -416,13 +417,11 @@ def _select_items(task: Any, ids: list[int]) -> bool:
 
 
 def _subset_ids(n: int, limit: int | float | None, seed: int | None) -> list[int] | None:
-    from aeflib.evaluation.olmo_tasks import subset_ids
 
     return subset_ids(n, limit, seed)
 
 
 def _item_hash(ids: Sequence[int] | None, n: int) -> str:
-    from aeflib.evaluation.olmo_tasks import item_hash
 
     return item_hash(ids, n)
 

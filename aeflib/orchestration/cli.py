@@ -21,11 +21,13 @@ from typing import Annotated, Any
 
 import typer
 
+from aeflib.models import MODELS
 from aeflib.orchestration.runner import StageFailed, select
 from aeflib.orchestration.runner import run as run_pipeline
 from aeflib.orchestration.settings import Param, RunSettings, settings_params
 from aeflib.orchestration.sweep import compare as run_compare
 from aeflib.orchestration.sweep import reproduce as run_reproduce
+from aeflib.stages import fusion_method
 
 __all__ = ["app", "main"]
 
@@ -208,15 +210,13 @@ def compare(
     force: Annotated[bool, typer.Option("--force", help="Re-estimate the scores.")] = False,
 ) -> None:
     """Prune one model with each criterion at the same target; write comparison.csv/.md and a figure."""
-    from aeflib.stages import criterion_for
-
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     try:
         settings = _settings(fields, method="aef")
         if not chosen:
             raise ValueError(f"--methods {methods!r}: give at least one method")
         for m in chosen:
-            criterion_for(m)                      # ValueError naming the method and the choices
+            fusion_method(m)                      # ValueError naming the method and the choices
     except ValueError as err:
         _bad(err)
     try:
@@ -261,8 +261,6 @@ def reproduce(
 @app.command()
 def models() -> None:
     """List the model registry."""
-    from aeflib.models import MODELS
-
     for spec in MODELS.values():
         where = spec.hub_id or spec.source
         _echo(f"{spec.name:<14} {spec.family:<9} {'paper' if spec.paper else '':<6} {where:<40} {spec.description}")

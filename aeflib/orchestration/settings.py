@@ -30,6 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aeflib.evaluation.zeroshot import TASK_SETS
+from aeflib.fusion import NORMALIZATIONS
+from aeflib.importance import ESTIMATORS
+from aeflib.models import MODELS
+from aeflib.models.registry import DTYPES
+from aeflib.stages import METHODS
+
 __all__ = ["COMMON", "PAPER_MODELS", "STAGES", "STAGE_NAMES", "Param", "RunSettings", "Stage", "parameters_cell",
            "producers", "settings_params", "stage", "write_parameter_cells"]
 
@@ -392,8 +399,6 @@ class RunSettings:
 
         So ``method="l1"`` ranks by scores that stage 02 computed, whatever ``criteria`` says.
         """
-        from aeflib.importance import ESTIMATORS
-
         values = json.loads(json.dumps(dataclasses.asdict(self)))
         if self.method in ESTIMATORS and isinstance(values["criteria"], list) and \
                 self.method not in values["criteria"]:
@@ -415,11 +420,6 @@ class RunSettings:
 
         Source: [ours].
         """
-        from aeflib.importance import ESTIMATORS
-        from aeflib.models import MODELS
-        from aeflib.models.registry import DTYPES
-        from aeflib.stages import METHODS
-
         if self.model not in MODELS and not Path(str(self.model)).expanduser().is_dir():
             raise ValueError(f"unknown model {self.model!r}: not a registry name ({', '.join(MODELS)}) and not an "
                              "existing folder")
@@ -439,7 +439,6 @@ class RunSettings:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not 0 < value < 1):
                 raise ValueError(f"{name}={value!r}: give a number strictly between 0 and 1 (e.g. 0.2)")
-        from aeflib.fusion import NORMALIZATIONS
 
         if self.normalize_with not in NORMALIZATIONS:
             raise ValueError(f"unknown normalize_with {self.normalize_with!r}; choose one of {sorted(NORMALIZATIONS)}")
@@ -452,7 +451,6 @@ class RunSettings:
         if self.dtype not in DTYPES:
             raise ValueError(f"unsupported dtype {self.dtype!r}; choose one of {list(DTYPES)}")
         if isinstance(self.zeroshot_tasks, str):
-            from aeflib.evaluation.zeroshot import TASK_SETS
 
             if self.zeroshot_tasks not in TASK_SETS:
                 raise ValueError(f"unknown zeroshot_tasks {self.zeroshot_tasks!r}; choose one of {list(TASK_SETS)}, "

@@ -25,9 +25,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aeflib.data
+import aeflib.fusion
+import aeflib.importance
+import aeflib.models
+import aeflib.pruning
+from aeflib import plots, stages
+from aeflib.artifacts import RunDir, pruned_layers
+from aeflib.data import CORPORA
+from aeflib.evaluation import perplexity
+from aeflib.evaluation.paired import paired_bootstrap
+from aeflib.evaluation.zeroshot import HUB_DATASETS, TASK_SETS, _hub_dataset_cached
+from aeflib.evaluation.zeroshot import zeroshot as zs
+from aeflib.evaluation.zeroshot_results import item_values, task_of
+from aeflib.files import hub_unreachable_reason
+from aeflib.models import MODELS, checksum
 from aeflib.orchestration import runner
 from aeflib.orchestration.report import markdown_table
 from aeflib.orchestration.settings import RunSettings
+from aeflib.scores import Scores
 
 __all__ = ["Comparison", "compare", "missing_for_reproduce", "reproduce"]
 
@@ -54,12 +70,6 @@ class Comparison:
 
 def _scores_for(loaded, run, settings, criteria: list[str], force: bool):
     """Scores of ``criteria`` from the run folder when they match this model and calibration, else estimated."""
-    import aeflib.data
-    import aeflib.importance
-    from aeflib.artifacts import pruned_layers
-    from aeflib.models import checksum
-    from aeflib.scores import Scores
-
     model, tokenizer, adapter = loaded
     calib = aeflib.data.calibration(tokenizer, corpus=settings.calib_corpus, n=settings.calib_n,
                                     seq_len=settings.calib_seq_len, seed=settings.seed)
@@ -103,14 +113,6 @@ def compare(settings=None, methods: Sequence[str] | None = None, *,
     Raises:
         ValueError: An unknown method (lists the choices).
     """
-    import aeflib.fusion
-    import aeflib.importance
-    import aeflib.models
-    import aeflib.pruning
-    from aeflib import plots, stages
-    from aeflib.artifacts import RunDir
-    from aeflib.evaluation import perplexity
-
     t0 = time.perf_counter()
     settings = (settings or RunSettings()).validate()  # before any folder is made
     methods = (*aeflib.importance.DEFAULT_CRITERIA, "aef") if methods is None else methods
@@ -135,7 +137,6 @@ def compare(settings=None, methods: Sequence[str] | None = None, *,
     items: dict[str, dict[str, dict]] = {}  # method -> measure -> {item id: value}, for paired intervals
 
     def measure(model, tokenizer, method: str) -> dict[str, Any]:
-        from aeflib.evaluation.zeroshot_results import item_values
 
         out, mine = {}, items.setdefault(method, {})
         for corpus, split in settings.ppl_datasets:
@@ -145,7 +146,6 @@ def compare(settings=None, methods: Sequence[str] | None = None, *,
             out[f"perplexity_{corpus}" if len(settings.ppl_datasets) > 1 else "perplexity"] = round(p.value, 4)
             mine[f"NLL {corpus}"] = dict(enumerate(p.window_nll))
         if zeroshot:
-            from aeflib.evaluation.zeroshot import zeroshot as zs
 
             result = zs(model, tokenizer, tasks=settings.zeroshot_tasks, limit=settings.zeroshot_limit,
                         log_samples=True)
@@ -181,9 +181,6 @@ def _paired(rows: list[dict[str, Any]], items: dict[str, dict[str, dict]]) -> li
     The reference is the baseline with the highest zero-shot average when zero-shot was measured, else the lowest
     first perplexity; every other pruned method is compared with it on each measure, items (or windows) paired.
     """
-    from aeflib.evaluation.paired import paired_bootstrap
-    from aeflib.evaluation.zeroshot_results import task_of
-
     pruned = [r for r in rows if r["method"] != "dense"]
     base = [r for r in pruned if r["method"] in BASELINES]
     if not base or len(pruned) < 2:
@@ -246,10 +243,6 @@ def missing_for_reproduce(models: Sequence[str], settings=None) -> list[str]:
     """
     from huggingface_hub import try_to_load_from_cache
 
-    from aeflib.data import CORPORA
-    from aeflib.evaluation.zeroshot import HUB_DATASETS, TASK_SETS, _hub_dataset_cached
-    from aeflib.files import hub_unreachable_reason
-    from aeflib.models import MODELS
 
     settings = settings or RunSettings.paper(models[0] if models else "llama-7b")
     reason = hub_unreachable_reason(("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
