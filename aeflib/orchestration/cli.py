@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
+from aeflib.importance import DEFAULT_CRITERIA
 from aeflib.models import MODELS
 from aeflib.orchestration.runner import StageFailed, select
 from aeflib.orchestration.runner import run as run_pipeline
@@ -203,7 +204,7 @@ def run(
 def compare(
     fields: dict[str, Any],
     methods: Annotated[str, typer.Option(help="Comma-separated criteria / AEF variants.")] =
-        "random,l2,vector,element1,element2,aef",
+        ",".join((*DEFAULT_CRITERIA, "aef")),
     name: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
     runs_root: Runs = "runs",
     zeroshot: Annotated[bool, typer.Option("--zeroshot", help="Also measure zero-shot accuracy.")] = False,

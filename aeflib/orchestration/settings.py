@@ -32,7 +32,7 @@ from typing import Any
 
 from aeflib.evaluation.zeroshot import TASK_SETS
 from aeflib.fusion import NORMALIZATIONS
-from aeflib.importance import ESTIMATORS
+from aeflib.importance import DEFAULT_CRITERIA, ESTIMATORS
 from aeflib.models import MODELS
 from aeflib.models.registry import DTYPES
 from aeflib.stages import METHODS
@@ -215,8 +215,7 @@ STAGES: tuple[Stage, ...] = (
         Param("show_group", int, 0, "which head / channel of the first pruned layer to print"),
     ), produces=("metrics.json",), metrics="model"),
     Stage("02_importance", (
-        # = importance.DEFAULT_CRITERIA (tests/test_pipeline.py checks); a literal so that the settings import no torch
-        Param("criteria", list[str], ["random", "l2", "vector", "element1", "element2"],
+        Param("criteria", list[str], list(DEFAULT_CRITERIA),
               cli_help="Criteria estimated in 02 (comma-separated); the method's own is added.", parse=_parse_names),
         _FINE, _COARSE,
     ), produces=("scores.safetensors",), metrics="importance"),
