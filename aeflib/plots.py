@@ -19,6 +19,7 @@ axes (below them) so that they never cover data.
 | metric_bars             | one metric across models/settings (perplexity, accuracy, speed) | 06    |
 | zeroshot_intervals      | zero-shot accuracy per task with intervals and chance levels    | 06    |
 | comparison              | methods of one sweep: perplexity vs parameter reduction         | aef compare |
+| relative_change         | change vs dense (%) of this run and of the published methods    | 07    |
 
 Source: [ours].
 """
@@ -37,7 +38,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 from aeflib.fusion import normalize
 
 __all__ = ["agreement", "comparison", "fusion_weights", "importance_per_layer", "importance_scatter", "loss_curve",
-           "metric_bars", "plan_widths", "structure", "zeroshot_intervals"]
+           "metric_bars", "plan_widths", "relative_change", "structure", "zeroshot_intervals"]
 
 _KIND_LABEL = {"head": "attention heads", "channel": "MLP channels"}
 MAX_WIDTH = 10.0                     # inches: JupyterLab's cell width at 100 dpi; wider figures get scaled down
@@ -311,6 +312,46 @@ def comparison(table, protocol: str = "") -> Figure:
     ax.set_xlabel("parameter reduction (%)")
     ax.set_ylabel("perplexity (log scale)")
     _legend(fig, [ax])
+    return fig
+
+
+@_styled
+def relative_change(relative, metric: str = "mean", title: str = "") -> Figure:
+    """Change against each model's own dense row (%), one horizontal bar per (model, method), one panel per setting.
+
+    Args:
+        relative: Output of :func:`aeflib.paper.relative_to_dense` (columns ``model, setting, method, metric, task,
+            change_percent``): this run's rows and the published ones.
+        metric: ``"mean"`` (the seven-task average accuracy) or ``"perplexity"``.
+        title: Figure title (the run and the published model).
+
+    Raises:
+        ValueError: No row of ``metric`` (names the metrics present).
+
+    Source: [ours]; published rows from ``data/paper_results.csv``.
+    """
+    records = relative.to_dict("records") if hasattr(relative, "to_dict") else list(relative)
+    picked = [r for r in records if r["metric"] == metric and r["change_percent"] == r["change_percent"]]
+    if not picked:
+        raise ValueError(f"no rows of metric {metric!r}; present: {sorted({r['metric'] for r in records})}")
+    settings = list(dict.fromkeys(r["setting"] for r in picked))
+    n_bars = max(sum(r["setting"] == s for r in picked) for s in settings)
+    fig, axes = _figure(ncols=len(settings), width=4.2 * len(settings), height=1.2 + 0.32 * n_bars,
+                        integer_x=False)
+    models = list(dict.fromkeys(r["model"] for r in picked))
+    for ax, setting in zip(axes, settings, strict=True):
+        rows = [r for r in picked if r["setting"] == setting]
+        labels = [f"{r['method']} ({r['model']}{', ' + r['task'] if metric == 'perplexity' else ''})" for r in rows]
+        colours = [f"C{models.index(r['model'])}" for r in rows]
+        ax.barh(range(len(rows)), [r["change_percent"] for r in rows], color=colours)
+        ax.set_yticks(range(len(rows)), labels)
+        ax.invert_yaxis()
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_title(setting)
+        ax.set_xlabel("change vs dense (%)" if metric == "mean" else "perplexity change vs dense (%)")
+        ax.set_ylabel("method (model)")
+    what = "seven-task mean accuracy" if metric == "mean" else "perplexity"
+    fig.suptitle(_title(title or f"{what}: change against the same model's dense row", 90))
     return fig
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from conftest import uniform_scores
@@ -10,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 
 import aeflib.models
+import aeflib.paper
 import aeflib.pruning
 from aeflib import analysis, plots, widgets
 from aeflib.scores import Scores
@@ -147,3 +149,22 @@ def test_plan_explorer_rejects_unknown_criterion(llama, scores):
     model, _, adapter = llama
     with pytest.raises(ValueError, match="criterion 'l9' is not in the scores"):
         widgets.plan_explorer(model, adapter, scores, criterion="l9", interactive=False)
+
+
+def test_relative_change_figure_has_one_panel_per_setting_and_the_published_bars():
+    published = aeflib.paper.load_paper_results(model="llama-7b")
+    ours = pd.DataFrame([
+        {"model": "tiny-llama", "setting": s, "method": m, "metric": "mean", "task": "average", "value": v,
+         "source": "this run"} for s, m, v in (("dense", "dense", 50.0), ("no-tune", "aef", 45.0))])
+    headline = aeflib.paper.side_by_side(ours, published, metrics=("perplexity", "mean"))
+    relative = aeflib.paper.relative_to_dense(headline)
+    fig = plots.relative_change(relative, title="tiny-llama beside llama-7b")
+    assert_labelled(fig)
+    panels = [ax.get_title() for ax in fig.axes]
+    assert panels[0] == "no-tune" and "lora" in panels
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert "aef (tiny-llama)" in labels and "element1 (llama-7b)" in labels
+    bar = fig.axes[0].patches[labels.index("aef (tiny-llama)")]
+    assert bar.get_width() == pytest.approx(-10.0)  # 45 against 50: −10 %
+    with pytest.raises(ValueError, match="no rows of metric 'nope'"):
+        plots.relative_change(relative, metric="nope")
