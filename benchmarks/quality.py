@@ -19,7 +19,11 @@ paired by id across methods, bootstrap over items and seeds; ``aeflib.evaluation
 model. Rows are written one by one, atomically; a rerun keeps every row that has all requested metrics (an AEF row
 also needs the same fusion fingerprint: resolved variant and its settings), so an interrupted sweep resumes. The
 work is ordered so that the baseline estimators come first (vector, element1, element2 at the first two settings),
-then the default AEF variant, the other variants, random and l2, then the remaining settings.
+then the default AEF variant, the ``oracle`` row, the other variants, random and l2, then the remaining settings.
+
+``oracle`` is an upper bound, never a method: per (layer, kind) it keeps whichever of element2 and vector hurts the
+loss on *evaluation* text less (``aeflib.fusion.oracle_choice`` on the first 32 windows of the Wikipedia test split),
+so the distance between the element-wise estimate and the best per-layer choice of the two is visible.
 
     python benchmarks/quality.py --seeds 42,43,44 --settings 0.2,r0.64,0.5 --threads 1          # days on 2 busy cores
     python benchmarks/quality.py ... --paper7-limit 100     # a later pass adds paper7-offline to the finished rows
@@ -57,6 +61,9 @@ from aeflib.evaluation.zeroshot import TASK_SETS, zeroshot
 BASELINES = list(importance.DEFAULT_CRITERIA)
 ESTIMATORS = ["vector", "element1", "element2"]  # the baselines AEF fuses; "best baseline" is chosen among them
 VARIANTS = [m for m in fusion.FUSIONS if m != "fixed"]
+#: Upper bound, never a method: per (layer, kind) the better of element2 and vector chosen by the loss on *evaluation*
+#: text (the first ORACLE_WINDOWS 128-token windows of the Wikipedia test split, a subset of the scored ones).
+ORACLE, ORACLE_WINDOWS = fusion.ORACLE, 32
 PAPER7 = "paper7-offline"
 COMMIT = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                         cwd=Path(__file__).parent).stdout.strip() or None  # the code a row was measured with
@@ -108,7 +115,7 @@ def work_order(seeds: list[int], settings: list[tuple[str, float]]) -> list[tupl
     """(seed, setting, method) in the order they are run: what separates the estimators first."""
     first, rest = settings[:2], settings[2:]
     others = [v for v in VARIANTS if v != fusion.DEFAULT_METHOD]
-    phases = [(first, ESTIMATORS), (first, [fusion.DEFAULT_METHOD]), (first, others),
+    phases = [(first, ESTIMATORS), (first, [fusion.DEFAULT_METHOD]), (first, [ORACLE]), (first, others),
               (first, [b for b in BASELINES if b not in ESTIMATORS]), (rest, BASELINES + VARIANTS)]
     return [(seed, st, m) for sts, methods in phases for seed in seeds for st in sts for m in methods]
 
@@ -152,9 +159,9 @@ def main() -> None:
         args.out = str(Path(tempfile.mkdtemp()) / "quality_s{seed}.json")
     if args.paper7_limit and PAPER7 not in TASK_SETS:
         raise SystemExit(f"--paper7-limit: this aeflib has no {PAPER7!r} task set (task sets: {sorted(TASK_SETS)})")
-    unknown = sorted(set(args.methods.split(",") if args.methods else []) - set(BASELINES + VARIANTS))
+    unknown = sorted(set(args.methods.split(",") if args.methods else []) - set(BASELINES + VARIANTS + [ORACLE]))
     if unknown:
-        raise SystemExit(f"--methods: unknown {unknown}; choose from {BASELINES + VARIANTS}")
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {BASELINES + VARIANTS + [ORACLE]}")
     run(args)
 
 
@@ -263,6 +270,10 @@ def run(args) -> None:
         if method in fusion.FUSIONS:
             fused = fusion.fuse(scores, method, model=dense, adapter=adapter, calibration=calib, pruning_ratio=ratio)
             per_set, fusion_s = fused.fused, time.perf_counter() - started
+        elif method == ORACLE:
+            fused = fusion.oracle_choice(scores, evaluation_windows(tokenizer, 2 if args.smoke else ORACLE_WINDOWS),
+                                         model=dense, adapter=adapter, pruning_ratio=ratio)
+            per_set, fusion_s = fused.fused, time.perf_counter() - started
         else:
             per_set = scores[method]
         model = copy.deepcopy(dense)
@@ -302,6 +313,14 @@ def run(args) -> None:
     merged = merge([{**f["result"], "items": f["items"]} for f in files.values()])
     summarize(merged)
     paired_summary(merged)
+
+
+def evaluation_windows(tokenizer, n: int) -> torch.Tensor:
+    """LongTensor [n, 128]: the first ``n`` windows of the Wikipedia *test* split as perplexity cuts them
+    (llm-pruner-128: documents joined by a blank line, one BOS, non-overlapping windows). Only the oracle reads them."""
+    text = data.load_corpus("wikipedia", "test").text(join="\n\n")
+    ids = tokenizer(text, add_special_tokens=True, return_attention_mask=False, verbose=False)["input_ids"]
+    return torch.as_tensor(ids[: n * 128], dtype=torch.long).reshape(n, 128)
 
 
 def items_path(path: Path) -> Path:
@@ -512,6 +531,7 @@ def markdown(results: dict) -> None:
             mean, half = statistics.mean(vals), (max(vals) - min(vals)) / 2
             cells.append(f"{mean:{fmt}} ± {half:{fmt}}" + ("" if len(vals) == len(sel) else f" (n={len(vals)})"))
         name = f"{method} (= `aef`)" if method == fusion.DEFAULT_METHOD else method
+        name = "oracle (upper bound: chosen on evaluation text)" if method == ORACLE else name
         seeds = ",".join(str(r["seed"]) for r in sorted(sel, key=lambda r: r["seed"]))
         print(f"| {target} | {name} | {seeds} | "
               f"{100 * statistics.mean(r['param_reduction'] for r in sel):.2f} % | " + " | ".join(cells) + " |")
@@ -556,7 +576,7 @@ def _setting_order(label: str) -> tuple[int, float]:
 
 
 def _order(method: str) -> int:
-    order = BASELINES + VARIANTS
+    order = BASELINES + VARIANTS + [ORACLE]
     return order.index(method) if method in order else len(order)
 
 
