@@ -195,7 +195,7 @@ def run(args) -> None:
                                               "threads": torch.get_num_threads()}}}
 
     def measure(model, known: dict | None, items: dict) -> tuple[dict, dict]:
-        out = {k: v for k, v in (known or {}).items() if k in metrics or k in ("zeroshot", "paper7")}
+        out = dict(known or {})  # a pass that measures less keeps what earlier passes measured
         items = dict(items)
         if "calib_loss" not in out:
             out["calib_loss"] = calib_loss(model, holdout)
@@ -362,18 +362,20 @@ def merge(files: list[dict]) -> dict:
 
 
 def _protocol_line(results: dict) -> str:
-    dense = results["dense"]
-    wiki = dense.get("ppl_wikipedia_windows", results["max_windows"])
-    news = dense.get("ppl_lee_news_windows")
+    dense, nll = results["dense"], results.get("items", {}).get("dense", {}).get("nll", {})
+    wiki = dense.get("ppl_wikipedia_windows") or len(nll.get("wikipedia", [])) or results["max_windows"]
+    news = dense.get("ppl_lee_news_windows") or len(nll.get("lee-news", []))
     line = (f"{results['model']}, no recovery; perplexity llm-pruner-128 on the first {wiki} windows of the Wikipedia "
             f"test split and {'all ' + str(news) if news else 'the first ' + str(results['max_windows'])} windows of "
             "the Lee news test split")
     if "zeroshot" in dense:
         tasks = ", ".join(f"{t} {v['metric']} n={v['n']}" for t, v in dense["zeroshot"].items())
         line += f"; zero-shot local average ({tasks})"
+        line += "" if any("zeroshot_avg" in r for r in results["rows"]) else " — measured on dense only so far"
     if "paper7" in dense:
         n = sorted({v["n"] for v in dense["paper7"].values()})
         line += f"; {PAPER7} average ({len(dense['paper7'])} tasks, {'/'.join(map(str, n))} items each, seeded subset)"
+        line += "" if any("paper7_avg" in r for r in results["rows"]) else " — measured on dense only so far"
     return line
 
 
