@@ -285,7 +285,8 @@ f"Σ|½W²F| / Σ|W·g| = {fisher_share.item():.2e} for head 0 of layer {layer}"
 # ratio vector / element1 lies in [0, 1] — near 1 when a group's saliences share a sign, near 0 when they cancel.
 
 # %%
-ratio_ve = torch.cat([scores["vector"][k] / scores["element1"][k] for k in scores.group_keys])
+ratio_ve = torch.cat(
+    [scores["vector"][k] / scores["element1"][k] for k in scores.group_keys])
 assert (ratio_ve <= 1 + 1e-5).all()
 f"vector / element1 over {ratio_ve.numel()} groups: min {ratio_ve.min():.3f}, " \
     f"median {ratio_ve.median():.3f}, max {ratio_ve.max():.3f}"

@@ -173,8 +173,8 @@ found = sorted(Path(run.root).parent.glob(f"compare-{model}-*/comparison.md"))
 if found:
     shown = Markdown(found[-1].read_text())
 else:
-    shown = Markdown(f"No comparison for `{model}` yet: run `aef compare --model {model}` (one pruning and "
-                     "evaluation per method), then run this notebook again.")
+    how = f"`aef compare --model {model}` (one pruning and evaluation per method)"
+    shown = Markdown(f"No comparison for `{model}` yet: run {how}, then run this again.")
 shown
 
 # %% [markdown]
