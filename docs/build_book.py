@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -73,7 +74,8 @@ def build_book(run_dir: str | Path, site_dir: str | Path) -> Path:
         FileNotFoundError: ``run_dir`` has no executed notebooks.
         RuntimeError: mkdocs failed (its output is included).
     """
-    run_dir, site_dir = Path(run_dir), Path(site_dir)
+    # absolute paths: mkdocs reads a relative docs_dir from the folder of its config file, which is the temporary one
+    run_dir, site_dir = Path(run_dir).resolve(), Path(site_dir).resolve()
     notebooks = sorted((run_dir / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         raise FileNotFoundError(f"{run_dir}: no executed notebooks in {run_dir / 'notebooks'}; run `aef run` first "
@@ -106,7 +108,8 @@ def build_book(run_dir: str | Path, site_dir: str | Path) -> Path:
         }
         (Path(tmp) / "mkdocs.yml").write_text(json.dumps(config))  # JSON is YAML
         done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "-q", "-f", str(Path(tmp) / "mkdocs.yml")],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True,
+                              env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})  # no theme end-of-life banner
         if done.returncode:
             raise RuntimeError(f"mkdocs build failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         if site_dir.exists():

@@ -54,6 +54,17 @@ def test_reading_pages_are_in_the_book(book):
         assert (book / page).is_file(), page
 
 
+def test_relative_paths_as_make_docs_passes_them(tiny_llama_run, tmp_path, monkeypatch):
+    # `make docs` calls build_book.py runs/book build/book from the repository root: relative paths
+    monkeypatch.chdir(tmp_path)
+    run_copy = tmp_path / "runs" / "book"
+    run_copy.mkdir(parents=True)
+    (run_copy / "notebooks").symlink_to(Path(tiny_llama_run.run_dir) / "notebooks")
+    site = build_book.build_book("runs/book", "build/book")
+    assert (tmp_path / "build" / "book" / "index.html").is_file() and site.is_absolute()
+    assert not [p for p in (tmp_path / "build").iterdir() if p.name != "book"], "a temporary folder was left"
+
+
 def test_a_run_without_notebooks_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="no executed notebooks"):
         build_book.build_book(tmp_path, tmp_path / "site")
