@@ -270,11 +270,14 @@ def test_quality_runs_estimators_first_and_refits_rows_whose_fusion_changed(monk
     from aeflib import fusion
 
     order = quality.work_order([42, 43], quality.parse_settings("0.2,r0.64,0.5"))
-    assert len(order) == 2 * 3 * len(quality.BASELINES + quality.VARIANTS)
+    # every method at every setting, plus the oracle (an upper bound) at the first two settings only
+    assert len(order) == 2 * 3 * len(quality.BASELINES + quality.VARIANTS) + 2 * 2
+    assert [s for _, s, m in order if m == quality.ORACLE] == [("target", 0.2), ("ratio", 0.64)] * 2
     first = order[: 2 * 2 * len(quality.ESTIMATORS)]
     assert {m for _, _, m in first} == set(quality.ESTIMATORS) and {s for _, s, _ in first} == {("target", 0.2),
                                                                                              ("ratio", 0.64)}
     assert order[len(first)][2] == fusion.DEFAULT_METHOD
+    assert order[len(first) + 2 * 2][2] == quality.ORACLE  # right after the default's rows
     assert all(s == ("target", 0.5) for _, s, _ in order[-len(quality.BASELINES + quality.VARIANTS) * 2:])
     assert quality.fingerprint("vector") is None
     before = quality.fingerprint("aef-element")
