@@ -23,6 +23,9 @@ import tempfile
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
+#: MathJax for the notebooks' LaTeX (nbconvert's templates configure MathJax 2). Loaded from a CDN when the page is
+#: opened online; offline, formulas show as their LaTeX source (no copy of MathJax is shipped).
+MATHJAX = "https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
 #: Reading pages copied from docs/ (those that exist), with their titles in the navigation.
 PAGES = {"glossary.md": "Glossary", "paper.md": "What the paper states", "known-failures.md": "Known failures"}
 
@@ -102,7 +105,7 @@ def build_book(run_dir: str | Path, site_dir: str | Path) -> Path:
             "docs_dir": str(src), "site_dir": str(Path(tmp) / "site"), "use_directory_urls": False,
             "theme": {"name": "material", "font": False},  # no web fonts: the site opens offline
             "markdown_extensions": ["tables", "pymdownx.arithmatex", "pymdownx.details", "admonition"],
-            "plugins": [{"mkdocs-jupyter": {"execute": False, "include_source": True,
+            "plugins": [{"mkdocs-jupyter": {"execute": False, "include_source": True, "custom_mathjax_url": MATHJAX,
                                             "remove_tag_config": {"remove_input_tags": ["hide-input"]}}}],
             "extra_javascript": [], "nav": nav,
         }
