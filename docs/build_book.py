@@ -58,8 +58,10 @@ one real `aef run` ({what}): the numbers and figures are that run's own, nothing
 |---|
 {rows}
 
-The run's [report](report.md) gathers its numbers on one page; the [glossary](glossary.md) explains the terms
-(salience, group set, kv group, nats/token, …). To run the chapters yourself, open `notebooks/` in JupyterLab.
+The run times quoted at the top of each chapter were measured on an idle 2-core machine; this run's own stage times
+(and the machine's load while it ran) are in its [report](report.md), which gathers its numbers on one page; the
+[glossary](glossary.md) explains the terms (salience, group set, kv group, nats/token, …). To run the chapters
+yourself, open `notebooks/` in JupyterLab.
 """
 
 
@@ -88,7 +90,12 @@ def build_book(run_dir: str | Path, site_dir: str | Path) -> Path:
         src = Path(tmp) / "src"
         (src / "notebooks").mkdir(parents=True)
         for nb in notebooks:
-            shutil.copy2(nb, src / "notebooks" / nb.name)
+            # the notebooks link the reading pages as ../docs/<page>.md (right in the repository); in the book those
+            # pages sit at the site root
+            text = nb.read_text()
+            for page in PAGES:
+                text = text.replace(f"../docs/{page}", f"../{Path(page).stem}.html")  # nbconvert keeps .md links
+            (src / "notebooks" / nb.name).write_text(text)
         if (run_dir / "figures").is_dir():
             shutil.copytree(run_dir / "figures", src / "figures")
         nav = [{"Start": "index.md"}, {"Chapters": [{_title(nb): f"notebooks/{nb.name}"} for nb in notebooks]}]
@@ -106,7 +113,7 @@ def build_book(run_dir: str | Path, site_dir: str | Path) -> Path:
             "theme": {"name": "material", "font": False},  # no web fonts: the site opens offline
             "markdown_extensions": ["tables", "pymdownx.arithmatex", "pymdownx.details", "admonition"],
             "plugins": [{"mkdocs-jupyter": {"execute": False, "include_source": True, "custom_mathjax_url": MATHJAX,
-                                            "remove_tag_config": {"remove_input_tags": ["hide-input"]}}}],
+                                            }}],  # solutions shown with their code
             "extra_javascript": [], "nav": nav,
         }
         (Path(tmp) / "mkdocs.yml").write_text(json.dumps(config))  # JSON is YAML

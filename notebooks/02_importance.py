@@ -16,8 +16,8 @@
 # %% [markdown]
 # # 02 · Importance: coarse and fine estimates
 #
-# Every group gets a score from the *calibration set* — a handful of token windows — through one backward pass of
-# the language-model loss. With weights W and gradient g = ∂L/∂W, the *salience* of a weight is s = W ⊙ g (the
+# Every group gets a score from the *calibration set* — a handful of token windows — through backward passes of
+# the language-model loss (one for the gradient, one more per window for the Fisher term of element2). With weights W and gradient g = ∂L/∂W, the *salience* of a weight is s = W ⊙ g (the
 # first-order Taylor term of the loss change when that weight is removed):
 #
 # | criterion | score of a group | granularity | source |
@@ -29,7 +29,7 @@
 #
 # AEF fuses a fine and a coarse estimate **[paper]**. Before fusing, it is worth seeing *how much they disagree*:
 # where they rank the groups alike, fusion changes little; where they differ, the choice matters. aeflib computes
-# all criteria in one pass with gradients turned into scores inside backward hooks and freed at once, so memory
+# all criteria in one set of backward passes with gradients turned into scores inside backward hooks and freed at once, so memory
 # stays near the model's size **[ours]** (the naive path is kept as the test oracle).
 
 # %% [markdown]
@@ -62,7 +62,7 @@
 model = "smollm2-135m"         # name from `aef models` (tiny-*: test models) or a folder
 run_dir = "../runs/notebooks"  # the stages read earlier artifacts here, write their own
 layers = None                  # layers to prune, [start, stop); None: default (4..n-2)
-# method: random, l1, l2, vector, element1, element2, aef, aef-layer/-element/-learned
+# method: random, l1, l2, vector, element1, element2, wanda, aef (= aef-agree), aef-*
 method = "aef"
 target_params = 0.2            # share of ALL parameters to remove (a ratio is solved for)
 pruning_ratio = None           # share of heads/channels removed per layer (if no target)
@@ -142,7 +142,7 @@ scores.criteria, len(scores.group_keys)
 
 # %% [markdown]
 # The scores of the first pruned layer's heads: larger = more important. The criteria live on very different
-# scales — orders of magnitude apart — which is why fusion normalises them first **[paper: LLM-Pruner issue #23]**.
+# scales — orders of magnitude apart — which is why fusion normalises them first **[LLM-Pruner issue #23]**.
 
 # %%
 analysis.score_table(scores, f"{layer_range.start}.head")

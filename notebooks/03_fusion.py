@@ -79,7 +79,7 @@
 model = "smollm2-135m"         # name from `aef models` (tiny-*: test models) or a folder
 run_dir = "../runs/notebooks"  # the stages read earlier artifacts here, write their own
 layers = None                  # layers to prune, [start, stop); None: default (4..n-2)
-# method: random, l1, l2, vector, element1, element2, aef, aef-layer/-element/-learned
+# method: random, l1, l2, vector, element1, element2, wanda, aef (= aef-agree), aef-*
 method = "aef"
 target_params = 0.2            # share of ALL parameters to remove (a ratio is solved for)
 pruning_ratio = None           # share of heads/channels removed per layer (if no target)

@@ -19,8 +19,8 @@
 # Pruning without retraining loses quality; AEF's third stage is a short LoRA fine-tune **[paper]**. The paper's
 # settings (LLM-Pruner's): rank 8, α 16, dropout 0.05 on every attention and MLP projection, Alpaca-cleaned
 # instructions for 2 epochs, lr 1e-4, batch 64, prompts masked **[paper]**. Offline and on a CPU, aeflib trains on
-# the shipped question/answer pairs for a *step budget* **[ours]** — enough to see the loss fall, not a full
-# recovery. The LoRA updates are merged into the pruned weights afterwards, so the model keeps its pruned shapes.
+# the shipped question/answer pairs for a *step budget* **[ours]** — enough to see the *validation* loss fall (the
+# training loss of single batches is noisy), not a full recovery. The LoRA updates are merged into the pruned weights afterwards, so the model keeps its pruned shapes.
 
 # %% [markdown]
 # ## What you will learn
@@ -62,7 +62,7 @@
 model = "smollm2-135m"         # name from `aef models` (tiny-*: test models) or a folder
 run_dir = "../runs/notebooks"  # the stages read earlier artifacts here, write their own
 layers = None                  # layers to prune, [start, stop); None: default (4..n-2)
-# method: random, l1, l2, vector, element1, element2, aef, aef-layer/-element/-learned
+# method: random, l1, l2, vector, element1, element2, wanda, aef (= aef-agree), aef-*
 method = "aef"
 target_params = 0.2            # share of ALL parameters to remove (a ratio is solved for)
 pruning_ratio = None           # share of heads/channels removed per layer (if no target)

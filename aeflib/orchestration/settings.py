@@ -181,8 +181,8 @@ COMMON: tuple[tuple[str, tuple[Param, ...]], ...] = (
               runtime=True),
         Param("layers", list[int] | None, None, "layers to prune, [start, stop); None: default (4..n-2)",
               "Pruned decoder layers START:STOP (default: adapter's).", parse=_parse_layers),
-        Param("method", str, "aef", "method: random, l1, l2, vector, element1, element2, aef, "
-              "aef-layer/-element/-learned",
+        Param("method", str, "aef", "method: random, l1, l2, vector, element1, element2, wanda, "
+              "aef (= aef-agree), aef-*",
               "Ranking criterion: random, l1, l2, vector, element1, element2, aef, aef-layer, aef-layer-tuned, "
               "aef-element, aef-blend, aef-agree, aef-learned."),
         Param("target_params", float | None, 0.2, "share of ALL parameters to remove (a ratio is solved for)",
