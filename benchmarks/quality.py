@@ -156,6 +156,9 @@ def main() -> None:
     if args.smoke:
         args.model, args.seeds, args.settings, args.max_windows = "tiny-llama", "42", "r0.5", 2
         args.local_limit, args.paper7_limit, args.news_windows = 2, 0, 2
+        # every estimator, the default fusion, one gate-measuring variant and the oracle: each code path of the sweep
+        # (the other variants' fusion is tested in tests/test_fusion.py); lm-eval per method is the smoke's cost
+        args.methods = args.methods or ",".join([*BASELINES, fusion.DEFAULT_METHOD, "aef-layer", ORACLE])
         args.out = str(Path(tempfile.mkdtemp()) / "quality_s{seed}.json")
     if args.paper7_limit and PAPER7 not in TASK_SETS:
         raise SystemExit(f"--paper7-limit: this aeflib has no {PAPER7!r} task set (task sets: {sorted(TASK_SETS)})")
@@ -538,8 +541,13 @@ def markdown(results: dict) -> None:
         print(f"| {target} | {name} | {seeds} | "
               f"{100 * statistics.mean(r['param_reduction'] for r in sel):.2f} % | " + " | ".join(cells) + " |")
     comps = comparisons(results)
-    if not comps:
-        return
+    if comps:
+        _markdown_paired(comps)
+    if "paper7" in dense and any("paper7" in r for r in rows):
+        paper_drops(results)
+
+
+def _markdown_paired(comps: list[dict]) -> None:
     measures = [m for m in PAIRED if any(m in c["measures"] for c in comps)]
     print("\nPaired differences B − A, 95 % interval (bootstrap over calibration seeds and paired items); **bold** = "
           "the interval excludes 0, otherwise within noise. Where one seed is listed, the interval covers the items "
@@ -562,6 +570,46 @@ def markdown(results: dict) -> None:
         reading = "; ".join(verdicts) if verdicts else "within noise on every measure"
         print(f"| {c['setting']} | {c['a']} | {c['b']} | {','.join(map(str, c['seeds']))} | " + " | ".join(cells)
               + f" | {reading} |")
+
+
+def paper_drops(results: dict, model: str = "llama-7b") -> None:
+    """Markdown: each method's relative change of the seven task scores beside the paper's at 20 % of parameters.
+
+    Relative change = 100 · (pruned / dense − 1), this sweep's mean over its calibration seeds (each seed's pruned
+    score over the same dense score), beside the same change in LLM-Pruner's LLaMA-7B table (no recovery, 20 % of
+    parameters removed; ``data/paper_results.csv``), task by task with the paper's metric. The paper has no
+    per-task table at pruning ratio 0.64 (its 50 % setting gives only a claimed gain), so that setting shows this
+    sweep's changes alone.
+    """
+    from aeflib.paper import PAPER_TASKS, load_paper_results, relative_to_dense
+
+    dense, rows = results["dense"], results["rows"]
+    paper = relative_to_dense(load_paper_results(model=model))
+    paper = paper[paper["setting"] == "no-tune"]
+    published = {(r.method, r.task): r.change_percent for r in paper.itertuples()}
+    tasks = [t for t in PAPER_TASKS if t in dense["paper7"]]
+    print(f"\nRelative change of the seven tasks, 100 · (pruned / dense − 1) in %, this sweep ({PAPER7}, "
+          f"{'/'.join(sorted({str(v['n']) for v in dense['paper7'].values()}))} items per task, mean over seeds) "
+          f"beside {model} in LLM-Pruner's table "
+          "(no recovery, 20 % of parameters; paper in brackets, – where it has no such row).\n")
+    print("| setting | method | seeds | " + " | ".join(f"{t} ({dense['paper7'][t]['metric']})" for t in tasks)
+          + " | average |")
+    print("|---" * (4 + len(tasks)) + "|")
+    print("| – | dense (points) | – | " + " | ".join(f"{100 * dense['paper7'][t]['value']:.1f}" for t in tasks)
+          + f" | {100 * dense['paper7_avg']:.1f} |")
+    keys = sorted({(_amount(r), r["method"]) for r in rows if "paper7" in r},
+                  key=lambda k: (_setting_order(k[0]), _order(k[1])))
+    for target, method in keys:
+        sel = [r for r in rows if _amount(r) == target and r["method"] == method and "paper7" in r]
+        cells = []
+        for task, mine, base in [(t, lambda r, t=t: r["paper7"][t]["value"], dense["paper7"][t]["value"])
+                                 for t in tasks] + [("average", lambda r: r["paper7_avg"], dense["paper7_avg"])]:
+            change = statistics.mean(100 * (mine(r) / base - 1) for r in sel) if base else float("nan")
+            theirs = published.get((method, task)) if target == "20 %" else None
+            cells.append(f"{change:+.0f}" + (f" ({theirs:+.0f})" if theirs is not None else " (–)"))
+        name = f"{method} (= `aef`)" if method == fusion.DEFAULT_METHOD else method
+        seeds = ",".join(str(r["seed"]) for r in sorted(sel, key=lambda r: r["seed"]))
+        print(f"| {target} | {name} | {seeds} | " + " | ".join(cells) + " |")
 
 
 def _amount(row: dict) -> str:

@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one thread each, kernels included
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -110,6 +112,14 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "notebooks: executes the stage notebooks with papermill (minutes; run after the library tests, "
         "deselect with -m 'not notebooks')")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n 2 --dist loadgroup`` (``make test``) every test of the minutes-long ``tiny_llama_run``
+    session fixture goes to one worker, so the notebook sequence runs once, not once per worker."""
+    for item in items:
+        if "tiny_llama_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("tiny_llama_run"))
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+import aeflib.fusion
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 TIMEOUT = 600  # seconds per script, generous: the 2-core machine may be busy
@@ -103,11 +105,11 @@ def _ok(run: _Smoke) -> str:
 
 
 @pytest.mark.parametrize("script", ["quality.py"])
-def test_quality_smoke_prints_every_method_against_dense(smoke, script):
+def test_quality_smoke_prints_each_kind_of_method_against_dense(smoke, script):
     run = smoke(script)
     out = _ok(run)
     assert "ratio = pruned / dense" in out
-    for method in ["random", "l2", "vector", "element1", "element2", "aef-layer", "aef-element", "aef-learned"]:
+    for method in ["random", "l2", "vector", "element1", "element2", "aef-layer", aeflib.fusion.DEFAULT_METHOD, "oracle"]:
         assert re.search(rf"^\s+ratio 0\.50 {re.escape(method)}\s+1\s", out, re.M), f"no table row for {method}"
     assert re.search(r"^aef = aef-\w+ \(aeflib\.fusion\.DEFAULT_METHOD\)", out, re.M)
     # per-item results beside the rows, and paired intervals computed from them
