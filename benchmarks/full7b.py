@@ -12,9 +12,11 @@ Then, in one process:
    N × L random token windows (default 10 × 64, the paper's calibration size), default ``fisher_memory_gib``;
 2. ``plan`` — ``pruning.plan`` on element2 at 20 % of all parameters (``target_params=0.2``);
 3. ``fusion forward`` — one calibration-loss forward pass (no grad) of the dense model on the N windows: the unit
-   of ``aef-layer``'s cost (the default ``aef`` when this was written), which measures the loss once unpruned and
-   then with each pruned group set (one layer's heads, or its channels) pruned alone by the fine and by the coarse
-   estimate: at most 1 + 2 × (group sets) passes (one when both estimates remove the same groups);
+   of the fusion's cost. How many such passes a variant needs is :func:`fusion_passes`: the default ``aef``
+   (``aef-agree``) and ``aef-blend`` judge a coordinate search over α_fine per kind on held-out windows (5 grid
+   values × 2 kinds, the starting point shared: 9 passes over the held-out windows, whatever the model's depth);
+   ``aef-layer`` measures the loss once unpruned and then with each pruned group set (one layer's heads, or its
+   channels) pruned alone by the fine and by the coarse estimate: at most 1 + 2 × (group sets) passes;
 4. ``apply`` — physical pruning; 5. ``save`` — ``aeflib.io.save`` to a temporary folder.
 
 Then a fresh process reloads the folder (``aeflib.io.load``) and checks its logits on 2 windows against those of the
@@ -347,8 +349,10 @@ def main() -> None:
                 for f in (Path(tempfile.gettempdir()) / "aeflib-random-weights").glob(f"{name}-*.pt"):
                     f.unlink()
         fwd = next(s for s in row["stages"] if s["stage"] == "fusion forward")
-        row["fusion_forward_passes_at_most"] = 1 + 2 * row["group_sets"]
-        row["fusion_projected_seconds_at_most"] = round(row["fusion_forward_passes_at_most"] * fwd["seconds"], 1)
+        row["fusion_forward_passes_at_most"] = {m: fusion_passes(m, row["group_sets"])
+                                                for m in (DEFAULT_METHOD, "aef-layer")}
+        row["fusion_projected_seconds_at_most"] = {m: round(n * fwd["seconds"], 1)
+                                                   for m, n in row["fusion_forward_passes_at_most"].items()}
         print(f"  params {row['params'] / 1e6:.1f} M -> {row['params_after'] / 1e6:.1f} M "
               f"(pruning ratio {row['pruning_ratio']:.3f}); weights {row['weight_gib']:.2f} GiB; "
               f"peak RSS {row['peak_rss_gib']:.2f} GiB; needed at most {row['needed_gib_at_most']:.2f} GiB (weights "
@@ -356,12 +360,30 @@ def main() -> None:
               f"{row['reload']['peak_rss_gib']:.2f} GiB; "
               f"reloaded logits equal: {row['reload']['logits_equal']}; Fisher layer slices "
               f"{row['fisher_layer_slices']}", flush=True)
-        print(f"  fusion: one calibration-loss forward {fwd['seconds']:.1f} s; aef-layer needs at most "
-              f"{row['fusion_forward_passes_at_most']} (1 + 2 per group set, {row['group_sets']} sets) -> "
-              f"<= {row['fusion_projected_seconds_at_most']:.0f} s (aef = {DEFAULT_METHOD})", flush=True)
+        passes, secs = row["fusion_forward_passes_at_most"], row["fusion_projected_seconds_at_most"]
+        print(f"  fusion: one calibration-loss forward {fwd['seconds']:.1f} s; at most "
+              + "; ".join(f"{m} {passes[m]} passes (<= {secs[m]:.0f} s)" for m in passes)
+              + f" ({row['group_sets']} group sets; aef = {DEFAULT_METHOD})", flush=True)
         results["models"].append(row)
         write_json(results, out)                     # after each model: a stopped run keeps what it measured
     print(f"wrote {out}")
+
+
+def fusion_passes(method: str, group_sets: int) -> int | None:
+    """Most loss forward passes a fusion variant needs at the model's width (``None``: not counted here).
+
+    ``aef-agree`` / ``aef-blend``: ``aeflib.fusion._per_kind_search`` tries every value of ``BLEND_GRID`` for each
+    kind in turn, the starting point of each later kind already judged: kinds × grid − (kinds − 1) passes over the
+    held-out windows. ``aef-layer``: the unpruned loss, then each group set pruned by each estimate alone.
+    """
+    from aeflib.fusion import BLEND_GRID
+
+    kinds = 2  # heads and channels
+    if method in ("aef-agree", "aef-blend"):
+        return kinds * len(BLEND_GRID) - (kinds - 1)
+    if method == "aef-layer":
+        return 1 + 2 * group_sets
+    return None
 
 
 if __name__ == "__main__":

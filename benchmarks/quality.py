@@ -56,7 +56,7 @@ from _common import write_json  # benchmarks/ is on sys.path: scripts run as fil
 import aeflib
 from aeflib import data, fusion, importance, pruning
 from aeflib.evaluation import perplexity
-from aeflib.evaluation.zeroshot import TASK_SETS, zeroshot
+from aeflib.evaluation.zeroshot import CHANCE, TASK_SETS, zeroshot
 
 BASELINES = list(importance.DEFAULT_CRITERIA)
 ESTIMATORS = ["vector", "element1", "element2"]  # the baselines AEF fuses; "best baseline" is chosen among them
@@ -597,6 +597,13 @@ def paper_drops(results: dict, model: str = "llama-7b") -> None:
     print("|---" * (4 + len(tasks)) + "|")
     print("| – | dense (points) | – | " + " | ".join(f"{100 * dense['paper7'][t]['value']:.1f}" for t in tasks)
           + f" | {100 * dense['paper7_avg']:.1f} |")
+    chance = [100 * CHANCE[t] for t in tasks]  # every paper task has a chance level
+    print("| – | chance (points) | – | " + " | ".join(f"{c:.0f}" for c in chance)
+          + f" | {statistics.mean(chance):.1f} |")
+    theirs_dense = {r.task: r.dense for r in paper.itertuples()}
+    print(f"| – | {model} dense, paper (points) | – | " + " | ".join(f"{theirs_dense.get(t, float('nan')):.1f}"
+                                                               for t in tasks)
+          + f" | {theirs_dense.get('average', float('nan')):.1f} |")
     keys = sorted({(_amount(r), r["method"]) for r in rows if "paper7" in r},
                   key=lambda k: (_setting_order(k[0]), _order(k[1])))
     for target, method in keys:

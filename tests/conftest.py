@@ -114,6 +114,7 @@ def pytest_configure(config):
         "deselect with -m 'not notebooks')")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     """Under ``pytest -n 2 --dist loadgroup`` (``make test``) every test of the minutes-long ``tiny_llama_run``
     session fixture goes to one worker, so the notebook sequence runs once, not once per worker."""

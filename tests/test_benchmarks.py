@@ -109,7 +109,8 @@ def test_quality_smoke_prints_each_kind_of_method_against_dense(smoke, script):
     run = smoke(script)
     out = _ok(run)
     assert "ratio = pruned / dense" in out
-    for method in ["random", "l2", "vector", "element1", "element2", "aef-layer", aeflib.fusion.DEFAULT_METHOD, "oracle"]:
+    for method in ["random", "l2", "vector", "element1", "element2", "aef-layer", aeflib.fusion.DEFAULT_METHOD,
+                   "oracle"]:
         assert re.search(rf"^\s+ratio 0\.50 {re.escape(method)}\s+1\s", out, re.M), f"no table row for {method}"
     assert re.search(r"^aef = aef-\w+ \(aeflib\.fusion\.DEFAULT_METHOD\)", out, re.M)
     # per-item results beside the rows, and paired intervals computed from them
@@ -140,7 +141,9 @@ def test_full7b_smoke_runs_every_layout_through_estimate_plan_apply_save_reload(
                                                    "save"]
         assert m["reload"]["logits_equal"] and m["reload"]["params"] == m["params_after"] < m["params"]
         assert m["fisher_layer_slices"] == [[4], [5]] and m["peak_rss_gib"] > 0
-    assert re.search(r"aef-layer needs at most 9 \(1 \+ 2 per group set, 4 sets\)", out)
+    # the default's coordinate search: 5 grid values x 2 kinds, the shared start judged once; aef-layer: 1 + 2 x 4 sets
+    assert re.search(r"at most aef-agree 9 passes \(<= \d+ s\); aef-layer 9 passes \(<= \d+ s\) \(4 group sets", out)
+    assert result["models"][0]["fusion_forward_passes_at_most"] == {"aef-agree": 9, "aef-layer": 9}
 
 
 @pytest.mark.parametrize("script", ["zeroshot_speed.py"])
