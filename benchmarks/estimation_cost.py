@@ -15,6 +15,7 @@ tokens, 2 threads): first order (vector + element1) and with the Fisher term (ve
 
     python benchmarks/estimation_cost.py                 # several minutes on 2 cores
     python benchmarks/estimation_cost.py --full7b        # ~1 h on 2 cores, peak < 20 GiB -> estimation_cost_full7b.json
+    python benchmarks/estimation_cost.py --full7b --fisher-memory-gib 7.5   # 4 layers per slice: 7 slices, not 9
     python benchmarks/estimation_cost.py --smoke         # seconds (CI)
     python benchmarks/estimation_cost.py --device cuda --full7b   # on a GPU
 """
@@ -122,6 +123,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2, help="decoder layers of the LLaMA-7B-width model")
     ap.add_argument("--full7b", action="store_true",
                     help="only the full LLaMA-7B shape, bf16, 2 threads (-> estimation_cost_full7b.json)")
+    ap.add_argument("--fisher-memory-gib", type=float, default=None,
+                    help="--full7b: importance.estimate's Fisher budget (default: its DEFAULT_FISHER_MEMORY_GIB); "
+                         "more GiB, fewer layer slices, fewer repeated passes")
     ap.add_argument("--out", default=None, help="default benchmarks/results/estimation_cost[_full7b].json")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
@@ -136,7 +140,9 @@ def main() -> None:
                           device=args.device, dtype=args.dtype, fisher_memory_gib=1e-6))   # one layer per slice
     elif args.full7b:
         cases = [dict(model="llama-7b-random", layers=32, n=10, seq_len=64, path="bounded", criteria=crit,
-                      device=args.device, dtype="bfloat16", threads=2) for crit in ("with-fisher", "first-order")]
+                      device=args.device, dtype="bfloat16", threads=2,
+                      fisher_memory_gib=args.fisher_memory_gib if crit == "with-fisher" else None)
+                 for crit in ("first-order", "with-fisher")]   # the quick case first: a stopped run keeps it
     else:
         cases = []
         for crit in ("first-order", "all"):
