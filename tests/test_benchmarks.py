@@ -295,3 +295,23 @@ def test_quality_runs_estimators_first_and_refits_rows_whose_fusion_changed(monk
     assert quality.fingerprint("aef-element")["normalize_with"] == "zscore"
     with pytest.raises(SystemExit, match=r"'x1' is neither a parameter target \(0.2\) nor a ratio \(r0.64\)"):
         quality.parse_settings("0.2,x1")
+
+
+def test_quality_paper_table_gives_each_tasks_relative_change_beside_the_papers(monkeypatch, capsys):
+    """Known answer: a method scoring half of dense on every task shows −50 %, beside LLM-Pruner's own change."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import quality
+
+    from aeflib.paper import PAPER_TASKS
+
+    dense = {"paper7": {t: {"metric": "acc", "value": 0.6, "n": 30} for t in PAPER_TASKS}, "paper7_avg": 0.6}
+    row = {"seed": 42, "target_params": 0.2, "pruning_ratio": 0.34, "method": "vector", "paper7_avg": 0.3,
+           "paper7": {t: {"metric": "acc", "value": 0.3, "n": 30} for t in PAPER_TASKS}}
+    ratio_row = {**row, "target_params": None, "pruning_ratio": 0.64}
+    quality.paper_drops({"dense": dense, "rows": [row, ratio_row]})
+    lines = capsys.readouterr().out.splitlines()
+    # LLM-Pruner's LLaMA-7B: BoolQ 73.18 dense, 61.44 vector-wise at 20 % -> -16 %; it has no table at ratio 0.64
+    assert any(line.startswith("| 20 % | vector | 42 | -50 (-16) | -50 (-8) |") for line in lines)
+    assert any(line.startswith("| ratio 0.64 | vector | 42 | -50 (–) |") for line in lines)
+    chance = "| – | chance (points) | – | 50 | 50 | 25 | 50 | 25 | 25 | 25 | 35.7 |"
+    assert chance in lines
