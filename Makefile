@@ -34,7 +34,7 @@ demo: install
 
 ## The whole test suite (library, notebooks, pipeline smoke runs); offline, CPU only
 test: install-dev
-	$(OFFLINE) $(BIN)/python -m pytest -q -m "not gpu" -n 2 --dist loadgroup
+	$(OFFLINE) $(BIN)/python -m pytest -q -m "not gpu" -n 2 --dist loadfile
 
 test-fast: install-dev
 	$(OFFLINE) $(BIN)/python -m pytest -q -m "not gpu and not slow" --ignore=tests/test_notebooks.py --ignore=tests/test_pipeline.py

@@ -2,8 +2,8 @@
 parameters, resuming, failures, smoke runs.
 
 The stage-notebook mechanics (resume, force, failure reporting) run on trivial stand-in notebooks (no torch in the
-kernel, seconds each); the whole sequence runs for real on tiny-llama (shared ``tiny_llama_run`` fixture, also used
-by test_notebooks.py) and tiny-bloom.
+kernel, seconds each); the whole sequence runs for real on tiny-bloom here and on tiny-llama in test_notebooks.py
+(the run its notebook and book tests read).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import check_run_smoke
 from typer.testing import CliRunner
 
 from aeflib.orchestration import runner, sweep
@@ -289,32 +290,10 @@ def test_binder_installs_the_embedded_model_without_deps():
 
 
 # ---- the whole sequence on tiny models (papermill) ------------------------------------------------------------------
-def _check_smoke(outcome, model: str) -> None:
-    run_dir = outcome.run_dir
-    assert [r.status for r in outcome.stages] == ["ran"] * len(STAGES)
-    for artifact in ("scores.safetensors", "fusion.json", "plan.json", "pruned", "recovered", "metrics.json",
-                     "report.md", "paper_comparison.csv"):
-        assert (run_dir / artifact).exists(), artifact
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics) >= {"model", "importance", "fusion", "pruning", "recovery", "evaluation"}
-    assert metrics["model"]["name"] == model
-    assert metrics["pruning"]["param_reduction"] > 0
-    settings = {r["setting"] for r in metrics["evaluation"]["rows"]}
-    assert settings == {"dense", "no-tune", "lora"}
-    report = (run_dir / "report.md").read_text()
-    assert "## Key results" in report and "first 4 windows" in report and "figures/04_plan.png" in report
-    assert len(list((run_dir / "figures").glob("*.png"))) >= 10
-
-
-@pytest.mark.notebooks
-def test_run_whole_sequence_on_tiny_llama(tiny_llama_run):
-    _check_smoke(tiny_llama_run, "tiny-llama")
-
-
 @pytest.mark.notebooks
 def test_run_whole_sequence_on_tiny_bloom(tmp_path):
     outcome = runner.run(RunSettings.tiny("tiny-bloom"), name="bloom", runs_root=tmp_path)
-    _check_smoke(outcome, "tiny-bloom")
+    check_run_smoke(outcome, "tiny-bloom")
 
 
 @pytest.mark.notebooks
