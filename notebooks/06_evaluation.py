@@ -42,8 +42,9 @@
 # **What it needs from the previous stages:** the model name (it reloads the dense model), `pruned/` from notebook 04
 # and `recovered/` from notebook 05. It writes the evaluation section of `metrics.json`, which notebook 07 reads.
 #
-# **Run time:** 199 s on an idle 2-core CPU with the default settings (three models × 48 perplexity windows, seven
-# tasks × 30 items, 10 latency rounds; `python benchmarks/pipeline.py`) — the longest stage.
+# **Run time:** 510 s on an idle 2-core CPU with the default settings (three models × 48 perplexity windows, seven
+# tasks × 100 items, 10 latency rounds; `python benchmarks/pipeline.py`) — the longest stage. At 100 items per task a
+# task's 95 % interval is about ±10 points; `zeroshot_limit = 30` runs in about 200 s with intervals of ±17.
 #
 # **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)) reports zero-shot gains on
 # seven tasks; LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)) defines the perplexity protocol
@@ -79,7 +80,7 @@ ppl_datasets = [["wikipedia", "test"]]
 ppl_protocol = "llm-pruner-128"
 ppl_max_windows = 48           # windows per corpus (None: the whole split)
 zeroshot_tasks = "paper7-offline"  # the paper's seven, offline; "paper7": hub; "local"
-zeroshot_limit = 30            # items per task, seeded subset (None: all)
+zeroshot_limit = 100           # items per task, seeded subset (None: all)
 efficiency_seq_len = 64        # prompt tokens of the latency measurement (None: skip)
 efficiency_decode_tokens = 16
 efficiency_repeats = 10        # interleaved timing rounds (8 or more for intervals)

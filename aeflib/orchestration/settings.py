@@ -257,7 +257,7 @@ STAGES: tuple[Stage, ...] = (
               'the paper\'s seven, offline; "paper7": hub; "local"',
               "Zero-shot task set: paper7-offline (default: the paper's seven tasks, offline), local, or paper7 "
               "(hub); or task names, comma-separated.", tiny="local", paper="paper7", parse=_parse_tasks),
-        Param("zeroshot_limit", int | None, 30, "items per task, seeded subset (None: all)",
+        Param("zeroshot_limit", int | None, 100, "items per task, seeded subset (None: all)",
               "Zero-shot items per task (a seeded subset, the same for every model).", tiny=4, paper=None),
         Param("efficiency_seq_len", int | None, 64, "prompt tokens of the latency measurement (None: skip)",
               tiny=16, paper=128),
