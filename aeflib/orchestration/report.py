@@ -134,10 +134,11 @@ def _section_zeroshot(m: dict) -> list[str]:
              *[cell(z["models"][lab]["tasks"].get(t)) for lab in labels]] for t, v in first["tasks"].items()]
     body.append(["average (mean of tasks)", str(first["average"]["n"]), "",
                  *[cell(z["models"][lab]["average"]) for lab in labels]])
+    n_min = min(v["n"] for v in first["tasks"].values())  # the widest interval: the smallest task
     out = ["## Zero-shot accuracy with intervals", "",
            f"Accuracy in % with its {pct} interval (per task: Wilson; average: bootstrap over items within tasks), "
-           "beside each task's chance level (a uniform guess). With a few dozen items per task an interval spans "
-           "tens of points.", "",
+           "beside each task's chance level (a uniform guess). With n items a task's interval near 50 % spans about "
+           f"±100/√n points (±{100 / n_min ** 0.5:.0f} at this run's {n_min} items).", "",
            markdown_table(["task (metric)", "items", "chance", *labels], body), ""]
     if z.get("paired"):
         rows = [[f"{p['b']} − {p['a']}", p["task"], f"{p['diff']:+.1f} [{p['lo']:+.1f}, {p['hi']:+.1f}]",
