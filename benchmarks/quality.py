@@ -333,7 +333,16 @@ def items_path(path: Path) -> Path:
 def load_result(path) -> dict:
     """A result file with its per-item file (``items``: {} when there is none, as in the 64-window sweeps)."""
     path = Path(path)
-    result = json.loads(path.read_text())
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such result file (a sweep writes benchmarks/results/quality_*_s<seed>.json)")
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{path}: not JSON ({e})") from None
+    missing = [k for k in ("model", "max_windows", "dense", "rows") if k not in result]
+    if missing:
+        raise SystemExit(f"{path}: not a quality sweep result (missing {missing}); pass the files quality.py wrote, "
+                         "not their .items.json")
     ipath = items_path(path)
     result["items"] = json.loads(ipath.read_text()) if ipath.is_file() else {}
     return result

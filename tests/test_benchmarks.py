@@ -315,3 +315,20 @@ def test_quality_paper_table_gives_each_tasks_relative_change_beside_the_papers(
     assert any(line.startswith("| ratio 0.64 | vector | 42 | -50 (–) |") for line in lines)
     chance = "| – | chance (points) | – | 50 | 50 | 25 | 50 | 25 | 25 | 25 | 35.7 |"
     assert chance in lines
+
+
+def test_quality_summarize_names_a_missing_or_foreign_file(monkeypatch, tmp_path):
+    """`--summarize` on a wrong path, on an .items.json or on broken JSON says which file and why, not a KeyError."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import quality
+
+    with pytest.raises(SystemExit, match="no such result file"):
+        quality.load_result(tmp_path / "nope.json")
+    items = tmp_path / "q_s42.items.json"
+    items.write_text(json.dumps({"dense": {}}))
+    with pytest.raises(SystemExit, match=r"not a quality sweep result \(missing \['model', 'max_windows', 'rows'\]\)"):
+        quality.load_result(items)
+    broken = tmp_path / "q_s43.json"
+    broken.write_text("{")
+    with pytest.raises(SystemExit, match="q_s43.json: not JSON"):
+        quality.load_result(broken)
