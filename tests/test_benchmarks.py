@@ -34,6 +34,7 @@ SMOKES = {  # script -> extra arguments after --smoke
     "recovery_smollm2.py": [],
     "full7b.py": [],
     "zeroshot_speed.py": [],
+    "fusion_choices.py": [],
 }
 
 
@@ -332,3 +333,15 @@ def test_quality_summarize_names_a_missing_or_foreign_file(monkeypatch, tmp_path
     broken.write_text("{")
     with pytest.raises(SystemExit, match="q_s43.json: not JSON"):
         quality.load_result(broken)
+
+
+@pytest.mark.parametrize("script", ["fusion_choices.py"])
+def test_fusion_choices_smoke_prints_alpha_agreement_and_held_out_losses(smoke, script):
+    out = _ok(smoke(script))
+    line = next(x for x in out.splitlines() if x.startswith("seed 42"))
+    assert "α_fine: channel" in line and "agreed: channel" in line and "fine alone" in line
+    row = smoke(script).json("fusion_choices.json")["rows"][0]
+    assert set(row["alpha_fine"]) == {"head", "channel"} and all(0 <= a <= 1 for a in row["alpha_fine"].values())
+    assert all(0 <= s <= 1 for s in row["agreed_share"].values())
+    # the search starts at the element-wise estimate alone and keeps a blend only if it lowers the held-out loss
+    assert row["holdout_loss"]["chosen"] <= row["holdout_loss"]["fine alone"]
