@@ -24,12 +24,10 @@ from pathlib import Path
 
 import torch
 from _common import machine, write_json  # benchmarks/ is on sys.path: scripts run as files
+from quality import parse_settings, setting_key  # the sweep's own setting syntax and labels
 
 from aeflib import data, fusion, importance, pruning
 from aeflib.models import load
-
-sys.path.insert(0, str(Path(__file__).parent))
-from quality import parse_settings, setting_key  # noqa: E402  (the sweep's own setting syntax and labels)
 
 
 def choices(model: str, seeds: list[int], settings: list[tuple[str, float]], n_cal: int, len_cal: int) -> list[dict]:
