@@ -28,7 +28,8 @@ so the distance between the element-wise estimate and the best per-layer choice 
     python benchmarks/quality.py --seeds 42,43,44 --settings 0.2,r0.64,0.5 --threads 1          # days on 2 busy cores
     python benchmarks/quality.py ... --paper7-limit 100     # a later pass adds paper7-offline to the finished rows
     python benchmarks/quality.py ... --methods aef-layer --out 'benchmarks/results/quality_paired_aef_s{seed}.json'
-    python benchmarks/quality.py --summarize benchmarks/results/quality_paired_smollm2_s*.json [--markdown]
+    python benchmarks/quality.py --summarize benchmarks/results/quality_{paired,stress,variants}_smollm2_s4?.json \
+        [--markdown]                      # the README's tables: 20 % / r0.64, the 50 % stress row, the AEF variants
     python benchmarks/quality.py --smoke                                                         # seconds (CI)
 
 ``aef`` (the default method) is an alias of :data:`aeflib.fusion.DEFAULT_METHOD`, so its row is that variant's row.
