@@ -8,7 +8,11 @@ cores) when ``runs/book`` does not exist yet, then calls this script. The pages 
 ``report.md``, and the project's reading pages (glossary, what the paper states, known failures).
 
 Built with mkdocs + mkdocs-jupyter (notebooks are converted, never executed here) and the mkdocs-material theme,
-with web fonts off so the site opens offline. The site is written to a temporary folder and renamed into place.
+with web fonts off so the site opens offline. The formulas are typeset by MathJax 2.7 from the PyPI package
+``jupyter-server-mathjax`` (a dev dependency), copied into the site as ``mathjax/`` and referenced by a relative
+path: the book needs no network, and no page loads a script from a CDN (nbconvert's Mermaid loader, which names
+one, is dropped from pages without a Mermaid diagram; a page with one is refused). The site is written to a
+temporary folder and renamed into place.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,9 +28,21 @@ import tempfile
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
-#: MathJax for the notebooks' LaTeX (nbconvert's templates configure MathJax 2). Loaded from a CDN when the page is
-#: opened online; offline, formulas show as their LaTeX source (no copy of MathJax is shipped).
-MATHJAX = "https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
+#: Where the site keeps its copy of MathJax 2.7 (the static files of PyPI ``jupyter-server-mathjax``).
+MATHJAX_DIR = "mathjax"
+#: MathJax for the notebooks' LaTeX (nbconvert's templates configure MathJax 2), relative to a chapter page
+#: (``notebooks/NN_*.html``). ``TeX-AMS-MML_HTMLorMML-full`` is the combined configuration the package ships (TeX
+#: input, HTML-CSS output); ``local/aeflib`` is ours, written by :func:`build_book` (the package ships only the
+#: STIX-Web fonts, so MathJax must not wait for its default TeX fonts).
+MATHJAX = f"../{MATHJAX_DIR}/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/aeflib"
+_MATHJAX_LOCAL_CONFIG = """MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null,
+                                             webFont: "STIX-Web", imageFont: null}});
+MathJax.Ajax.loadComplete("[MathJax]/config/local/aeflib.js");
+"""
+#: nbconvert's lab template adds, to every page, a module script that imports Mermaid from a CDN when the page
+#: holds a Mermaid diagram (``.jp-Mermaid``). The book's notebooks hold none: the loader is removed.
+_MERMAID_LOADER = re.compile(r'<script type="module">(?:(?!</script>).)*?mermaid(?:(?!</script>).)*?</script>\s*',
+                             re.S)
 #: Reading pages copied from docs/ (those that exist), with their titles in the navigation.
 PAGES = {"glossary.md": "Glossary", "paper.md": "What the paper states", "known-failures.md": "Known failures"}
 
@@ -65,6 +82,32 @@ yourself, open `notebooks/` in JupyterLab.
 """
 
 
+def _mathjax_static() -> Path:
+    """The MathJax 2.7 files of the installed ``jupyter-server-mathjax`` (its ``static/`` folder)."""
+    try:
+        import jupyter_server_mathjax
+    except ImportError as e:
+        raise RuntimeError("the book needs MathJax from the package jupyter-server-mathjax, which is not installed "
+                           "in this environment: run `make install-dev` (it is a dev dependency)") from e
+    static = Path(jupyter_server_mathjax.__file__).resolve().parent / "static"
+    if not (static / "MathJax.js").is_file():
+        raise RuntimeError(f"{static}: no MathJax.js in the installed jupyter-server-mathjax; reinstall it "
+                           "(make install-dev)")
+    return static
+
+
+def _drop_mermaid_loaders(site: Path) -> None:
+    """Remove nbconvert's Mermaid loader (a CDN import) from every page; refuse a page that holds a diagram."""
+    for page in site.rglob("*.html"):
+        html = page.read_text()
+        if "mermaid" not in html:
+            continue
+        if re.search(r'class="[^"]*\bjp-Mermaid\b', html):
+            raise RuntimeError(f"{page.relative_to(site)}: holds a Mermaid diagram, which would need Mermaid from a "
+                               "CDN; the book ships no Mermaid (draw the diagram as a figure instead)")
+        page.write_text(_MERMAID_LOADER.sub("", html))
+
+
 def build_book(run_dir: str | Path, site_dir: str | Path) -> Path:
     """Build the static site of run ``run_dir`` into ``site_dir`` (replaced as a whole when the build succeeds).
 
@@ -77,7 +120,8 @@ def build_book(run_dir: str | Path, site_dir: str | Path) -> Path:
 
     Raises:
         FileNotFoundError: ``run_dir`` has no executed notebooks.
-        RuntimeError: mkdocs failed (its output is included).
+        RuntimeError: jupyter-server-mathjax is not installed, a notebook holds a Mermaid diagram, or mkdocs failed
+            (its output is included).
     """
     # absolute paths: mkdocs reads a relative docs_dir from the folder of its config file, which is the temporary one
     run_dir, site_dir = Path(run_dir).resolve(), Path(site_dir).resolve()
@@ -85,6 +129,7 @@ def build_book(run_dir: str | Path, site_dir: str | Path) -> Path:
     if not notebooks:
         raise FileNotFoundError(f"{run_dir}: no executed notebooks in {run_dir / 'notebooks'}; run `aef run` first "
                                 "(make docs does it)")
+    mathjax = _mathjax_static()
     site_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=site_dir.parent, prefix=f".{site_dir.name}-") as tmp:
         src = Path(tmp) / "src"
@@ -107,6 +152,10 @@ def build_book(run_dir: str | Path, site_dir: str | Path) -> Path:
                 shutil.copy2(DOCS / page, src / page)
                 nav.append({title: page})
         (src / "index.md").write_text(_index(run_dir, notebooks))
+        # the SVG output's font data is of no use without the SVG output jax, which the package does not ship
+        shutil.copytree(mathjax, src / MATHJAX_DIR, ignore=shutil.ignore_patterns("SVG"))
+        (src / MATHJAX_DIR / "config" / "local").mkdir(parents=True, exist_ok=True)
+        (src / MATHJAX_DIR / "config" / "local" / "aeflib.js").write_text(_MATHJAX_LOCAL_CONFIG)
         config = {
             "site_name": "aeflib — structured pruning with AEF, stage by stage",
             "docs_dir": str(src), "site_dir": str(Path(tmp) / "site"), "use_directory_urls": False,
@@ -122,6 +171,7 @@ def build_book(run_dir: str | Path, site_dir: str | Path) -> Path:
                               env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})  # no theme end-of-life banner
         if done.returncode:
             raise RuntimeError(f"mkdocs build failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        _drop_mermaid_loaders(Path(tmp) / "site")
         if site_dir.exists():
             shutil.rmtree(site_dir)
         (Path(tmp) / "site").rename(site_dir)

@@ -157,3 +157,39 @@ def test_a_run_without_notebooks_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="no executed notebooks"):
         build_book.build_book(tmp_path, tmp_path / "site")
     assert not (tmp_path / "site").exists()
+
+
+def test_build_book_serves_mathjax_from_the_site_not_a_cdn(book):
+    assert (book / "mathjax" / "MathJax.js").is_file()
+    assert (book / "mathjax" / "config" / "local" / "aeflib.js").is_file()
+    remote_load = re.compile(r"<(?:script|link)\b[^>]*\b(?:src|href)=\"(?:https?:)?//[^\"]+\""
+                             r"|import\(\s*[\"'](?:https?:)?//[^\"']+")
+    for page in book.rglob("*.html"):
+        found = remote_load.findall(page.read_text())
+        assert not found, f"{page.relative_to(book)} loads from the network: {found[:3]}"
+    chapter = (book / "notebooks" / "02_importance.html").read_text()
+    assert '<script src="../mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/aeflib">' in chapter
+
+
+def test_build_book_without_jupyter_server_mathjax_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "run" / "notebooks").mkdir(parents=True)
+    (tmp_path / "run" / "notebooks" / "02_importance.ipynb").write_bytes((ROOT / "notebooks" / "02_importance.ipynb")
+                                                                         .read_bytes())
+    monkeypatch.setitem(sys.modules, "jupyter_server_mathjax", None)      # import fails as if not installed
+    with pytest.raises(RuntimeError, match="needs MathJax from the package jupyter-server-mathjax.*make install-dev"):
+        build_book.build_book(tmp_path / "run", tmp_path / "site")
+    assert not (tmp_path / "site").exists()
+
+
+def test_drop_mermaid_loaders_removes_the_cdn_loader_and_refuses_a_diagram(tmp_path):
+    loader = ('<script type="module">\n  document.addEventListener("DOMContentLoaded", async () => {\n'
+              '    const d = document.querySelectorAll(".jp-Mermaid > pre.mermaid");\n'
+              '    const mermaid = (await import("https://cdnjs.cloudflare.com/ajax/libs/mermaid/11.10.0/x.mjs"));\n'
+              '  });\n</script>\n')
+    page = tmp_path / "a.html"
+    page.write_text(f"<head>{loader}<script>keep()</script></head><body>text</body>")
+    build_book._drop_mermaid_loaders(tmp_path)
+    assert page.read_text() == "<head><script>keep()</script></head><body>text</body>"
+    page.write_text(f'<head>{loader}</head><body><div class="jp-Mermaid"><pre class="mermaid">a-->b</pre></div>')
+    with pytest.raises(RuntimeError, match=r"a\.html: holds a Mermaid diagram"):
+        build_book._drop_mermaid_loaders(tmp_path)

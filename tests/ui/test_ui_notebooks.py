@@ -3,9 +3,11 @@
 What it does: copies notebooks 01 and 04 into a temporary root with tiny parameters written into their
 ``parameters`` cell; runs stages 02/03 headless (papermill, tiny-llama) into 04's run folder in a subprocess while
 ``jupyter lab`` starts (127.0.0.1, random port and token, temporary root/runtime/settings) and 01 runs; opens each
-notebook, runs *Run → Run All Cells* from the menu, waits for the kernel to go idle and checks: every cell ran, no
-traceback or error output, an image in every figure cell, no error in the log console, and (04) that moving the
-explorer's slider with the keyboard and switching its criterion redraw the plan and change the count shown.
+notebook, runs *Run → Run All Cells* from the menu, waits for the kernel to go idle, saves it (*File → Save
+Notebook*) and checks: every cell ran (its prompt shows a number; a collapsed solution cell, whose prompt JupyterLab
+hides, by the execution count JupyterLab saved for it), no traceback or error output, an image in every figure
+cell, no error in the log console, and (04) that moving the explorer's slider with the keyboard and switching its
+criterion redraw the plan and change the count shown.
 Screenshots of each notebook go to ``runs/ui-screenshots/`` (or ``$AEFLIB_UI_SCREENSHOTS``), with
 ``ui-report.json`` (per-cell outputs, stderr, image sizes, phase times).
 
@@ -174,6 +176,27 @@ def _wait_idle(page, timeout: float = RUN_TIMEOUT_S) -> dict:
     raise TimeoutError(f"the notebook was still running after {timeout} s: {state}")
 
 
+def _save(page, path: Path, timeout: float = 60) -> dict:
+    """File → Save Notebook, then the notebook as JupyterLab wrote it (its model: execution counts, metadata).
+
+    A collapsed cell (``jupyter.source_hidden``, the exercises' solutions) shows no prompt, so whether it ran can
+    only be read from the notebook model; the saved file is that model.
+    """
+    before = path.stat().st_mtime_ns
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^File$")).click()
+    label = page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Save( Notebook)?$"))
+    page.locator(".lm-Menu-item", has=label).first.click()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.stat().st_mtime_ns != before:
+            try:
+                return json.loads(path.read_text())
+            except json.JSONDecodeError:        # caught while being written
+                pass
+        page.wait_for_timeout(250)
+    raise TimeoutError(f"{path.name}: JupyterLab did not save the notebook within {timeout} s")
+
+
 def _log_console(page) -> str:
     """Text of JupyterLab's log console for the current notebook (View → Show Log Console).
 
@@ -190,13 +213,23 @@ def _log_console(page) -> str:
     return panel.inner_text()
 
 
-def _problems(cells: list[dict], expected_images: dict[int, str]) -> list[str]:
+def _problems(cells: list[dict], expected_images: dict[int, str], saved: dict) -> list[str]:
+    """What a learner would call broken: a cell that did not run, an error shown, a figure cell without an image.
+
+    ``cells`` are the rendered cells (:data:`CELLS_JS`), ``saved`` the notebook JupyterLab saved after the run.
+    """
     problems = []
-    for c in cells:
+    if len(saved["cells"]) != len(cells):
+        return [f"the page shows {len(cells)} cells, the saved notebook holds {len(saved['cells'])}"]
+    for c, model in zip(cells, saved["cells"], strict=True):
         if c["type"] != "code":
             continue
-        if prompt_number(c["prompt"]) is None:
-            problems.append(f"cell {c['index']} did not run (prompt {c['prompt']!r})")
+        count = model.get("execution_count")
+        if model.get("metadata", {}).get("jupyter", {}).get("source_hidden"):
+            if count is None:       # collapsed: JupyterLab hides the prompt, the model still has the count
+                problems.append(f"cell {c['index']} (collapsed) did not run (no execution count in the saved notebook)")
+        elif prompt_number(c["prompt"]) is None or count is None:
+            problems.append(f"cell {c['index']} did not run (prompt {c['prompt']!r}, execution count {count})")
         for text in c["stderr"]:
             if "Traceback" in text or "Error" in text:
                 problems.append(f"cell {c['index']} shows an error: {text[:600]}")
@@ -221,8 +254,10 @@ def _check_notebook(session, context, name: str, timings: dict, details: dict, n
     timings[f"{name}: Run All Cells"] = round(time.perf_counter() - started, 1)
     session.record_processes()
     cells = page.evaluate(CELLS_JS)
-    details[name] = {"expected_images": expected, "cells": cells}
-    return page, cells, _problems(cells, expected)
+    saved = _save(page, session.root / f"{name}.ipynb")
+    details[name] = {"expected_images": expected, "cells": cells,
+                     "execution_counts": [c.get("execution_count") for c in saved["cells"] if c["cell_type"] == "code"]}
+    return page, cells, _problems(cells, expected, saved)
 
 
 def _explorer_state(cell) -> dict:
