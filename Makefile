@@ -57,13 +57,17 @@ notebooks: install-dev
 clean-venv:
 	rm -rf $(VENV)
 
-## Notebooks 01 and 04 in a real JupyterLab, driven by headless Chromium (Debian's chromium + playwright from pip);
-## prints the screenshot folder (runs/ui-screenshots/). Outside `make test`: the test skips unless AEFLIB_UI_TESTS=1.
+## Notebooks 01 and 04 in a real JupyterLab, driven by headless Chromium (Debian's chromium + playwright from pip),
+## and the book's formulas typeset with the network blocked; prints the screenshot folder (runs/ui-screenshots/).
+## Outside `make test`: the tests skip unless AEFLIB_UI_TESTS=1. `.ci/run` runs it after `make test`.
 PLAYWRIGHT_VERSION ?= 1.65.2
-.PHONY: test-ui
-test-ui: install-dev
+.PHONY: test-ui ui-deps
+## What the browser test needs beyond the dev extras: Debian's chromium (apt-get, root) and playwright (pip)
+ui-deps: install-dev
 	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(BIN)/python -c "import importlib.metadata as m; assert m.version('playwright') == '$(PLAYWRIGHT_VERSION)'" \
 		2>/dev/null || $(PIP_INSTALL) playwright==$(PLAYWRIGHT_VERSION)
+
+test-ui: ui-deps
 	# --confcutdir: the browser test needs none of tests/conftest.py's fixtures (nor its torch import)
 	$(OFFLINE) AEFLIB_UI_TESTS=1 $(BIN)/python -m pytest -q -m ui --confcutdir=tests/ui tests/ui
