@@ -29,7 +29,7 @@ so the distance between the element-wise estimate and the best per-layer choice 
     python benchmarks/quality.py ... --paper7-limit 100     # a later pass adds paper7-offline to the finished rows
     python benchmarks/quality.py ... --methods aef-layer --out 'benchmarks/results/quality_paired_aef_s{seed}.json'
     python benchmarks/quality.py --summarize benchmarks/results/quality_{paired,stress,variants}_smollm2_s4?.json \
-        [--markdown]                      # the README's tables: 20 % / r0.64, the 50 % stress row, the AEF variants
+        [--markdown]            # docs/results.md's tables: 20 % / r0.64, the 50 % stress row, the AEF variants
     python benchmarks/quality.py --smoke                                                         # seconds (CI)
 
 ``aef`` (the default method) is an alias of :data:`aeflib.fusion.DEFAULT_METHOD`, so its row is that variant's row.
@@ -140,7 +140,9 @@ def main() -> None:
                     "order); e.g. a second process on the AEF rows with its own --out")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     ap.add_argument("--summarize", nargs="+", metavar="JSON", help="only print the tables of these result files")
-    ap.add_argument("--markdown", action="store_true", help="with --summarize: Markdown tables (for the README)")
+    ap.add_argument("--markdown", action="store_true",
+                    help="with --summarize: Markdown tables (docs/results.md, between its sweep-means and sweep-paper "
+                         "markers)")
     ap.add_argument("--smoke", action="store_true", help="tiny model, 1 seed, 2 windows, 2 items: checks it runs")
     args = ap.parse_args()
     args.news_windows = None  # Lee news: every window

@@ -5,7 +5,8 @@
 ``make docs`` runs the main job first (``aef run --name book`` on the embedded SmolLM2-135M, about 6 minutes on 2
 cores) when ``runs/book`` does not exist yet, then calls this script. The pages are the run's executed notebooks
 (outputs and figures as the run produced them; widgets appear as the static figures ``aef run`` draws), the run's
-``report.md``, and the project's reading pages (glossary, what the paper states, known failures).
+``report.md``, and the project's reading pages (glossary, the library, the measured results and performance, what
+the paper states, known failures).
 
 Built with mkdocs + mkdocs-jupyter (notebooks are converted, never executed here) and the mkdocs-material theme,
 with web fonts off so the site opens offline. The formulas are typeset by MathJax 2.7 from the PyPI package
@@ -44,7 +45,9 @@ MathJax.Ajax.loadComplete("[MathJax]/config/local/aeflib.js");
 _MERMAID_LOADER = re.compile(r'<script type="module">(?:(?!</script>).)*?mermaid(?:(?!</script>).)*?</script>\s*',
                              re.S)
 #: Reading pages copied from docs/ (those that exist), with their titles in the navigation.
-PAGES = {"glossary.md": "Glossary", "paper.md": "What the paper states", "known-failures.md": "Known failures"}
+PAGES = {"glossary.md": "Glossary", "library.md": "The library: stages, API, models",
+         "results.md": "Results: estimators and fusions measured", "performance.md": "Performance: time and memory",
+         "paper.md": "What the paper states", "known-failures.md": "Known failures"}
 
 
 def _title(notebook: Path) -> str:
@@ -77,7 +80,9 @@ one real `aef run` ({what}): the numbers and figures are that run's own, nothing
 
 The run times quoted at the top of each chapter were measured on an idle 2-core machine; this run's own stage times
 (and the machine's load while it ran) are in its [report](report.md), which gathers its numbers on one page; the
-[glossary](glossary.md) explains the terms (salience, group set, kv group, nats/token, …). To run the chapters
+[glossary](glossary.md) explains the terms (salience, group set, kv group, nats/token, …). The project's measured
+[results](results.md) (every estimator and fusion variant over calibration seeds, with paired intervals) and
+[performance](performance.md) (time and memory up to the 7B layouts) have their own pages. To run the chapters
 yourself, open `notebooks/` in JupyterLab.
 """
 

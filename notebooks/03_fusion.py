@@ -41,7 +41,7 @@
 # parameters and pruning ratio 0.64 (`python benchmarks/fusion_select.py`). That is `aef-agree`: −0.005 nats/token
 # against element1, `aef-blend` −0.003, `aef-element` +0.43. **An honest negative result:** no variant beat the
 # element-wise estimate outside noise — at 20 % `aef-agree` − element1 = −0.01 nats, 95 % interval [−0.03, +0.02]
-# (seeds 42-43); at 0.64 only seed 42 was measured. On *evaluation* text too (README, paired sweep: 300 Wikipedia and
+# (seeds 42-43); at 0.64 only seed 42 was measured. On *evaluation* text too (docs/results.md: 300 Wikipedia and
 # 54 Lee-news test windows, seeds 42-44) `aef-agree` is within noise of its better input: at 20 %, `aef-agree` −
 # element1 = +0.006 nats/token [−0.001, +0.015] (Wikipedia), −0.012 [−0.040, +0.007] (news); at ratio 0.64,
 # `aef-agree` − element2 = −0.023 [−0.066, +0.000] and +0.002 [−0.012, +0.019]. It beats the vector-wise estimate

@@ -345,3 +345,15 @@ def test_fusion_choices_smoke_prints_alpha_agreement_and_held_out_losses(smoke, 
     assert all(0 <= s <= 1 for s in row["agreed_share"].values())
     # the search starts at the element-wise estimate alone and keeps a blend only if it lowers the held-out loss
     assert row["holdout_loss"]["chosen"] <= row["holdout_loss"]["fine alone"]
+
+
+def test_quality_markdown_tables_sit_between_their_markers_in_docs_results():
+    # `quality.py --summarize ... --markdown` prints the sweep's tables; they live in docs/results.md (the book), the
+    # README links there
+    text = (ROOT / "docs" / "results.md").read_text()
+    for marker, header in (("sweep-means", "| setting | method | seeds | params removed |"),
+                           ("sweep-paper", "| setting | method | seeds | boolq (acc) |")):
+        start, end = text.find(f"<!-- {marker}:start -->"), text.find(f"<!-- {marker}:end -->")
+        assert 0 <= start < end, f"docs/results.md lacks the {marker} markers"
+        assert header in text[start:end], f"docs/results.md: no {header!r} table between the {marker} markers"
+    assert "(docs/results.md)" in (ROOT / "README.md").read_text()

