@@ -63,10 +63,10 @@ def _logits(model) -> torch.Tensor:
     return model(IDS).logits  # [2, 7, vocab]
 
 
-def _run(code: str) -> None:
+def _run(code: str, returncode: int = 0) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == returncode, proc.stderr[-3000:]
 
 
 # ---- save / load ---------------------------------------------------------------------------------------------------
@@ -166,6 +166,53 @@ def test_save_overwrite_is_atomic_and_opt_in(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match="not a checkpoint folder"):
         aio.save(model, tokenizer, tmp_path / "other", adapter=adapter, overwrite=True)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_save_removes_temp_folder_of_a_killed_save_and_nothing_else(tmp_path):
+    """A process killed inside save leaves its hidden temp folder; the next save to that target removes it."""
+    _run(f"""
+import os, aeflib.io as aio
+from aeflib.models.tiny import build_tiny
+def killed(state, path, metadata):
+    path.write_bytes(b"half")
+    os._exit(3)
+aio._write_weights = killed
+aio.save(build_tiny("tiny-llama"), None, {str(tmp_path / "ck")!r})
+""", returncode=3)
+    (stale,) = _leftovers(tmp_path)
+    assert stale.startswith(".ck.tmp-")
+    prefix, host = stale.split("-")[:2]
+    live = tmp_path / f"{prefix}-{host}-{os.getpid()}-live"  # the same form, written by a process that runs
+    live.mkdir()
+    mine = [tmp_path / ".ck.tmp-mine", tmp_path / ".other.tmp-x", tmp_path / "notes"]  # not save's temp names
+    for p in mine:
+        p.mkdir()
+    model, _, adapter = _tiny("tiny-llama")
+    aio.save(model, None, tmp_path / "ck", adapter=adapter)
+    assert not (tmp_path / stale).exists()
+    assert live.is_dir() and all(p.is_dir() for p in mine)
+    assert aio.load(tmp_path / "ck").model is not None
+
+
+def test_save_after_a_save_killed_mid_swap_restores_the_previous_checkpoint(tmp_path):
+    model, _, adapter = _tiny("tiny-llama")
+    folder = aio.save(model, None, tmp_path / "ck", adapter=adapter)
+    before = aio.read_manifest(folder)["model"]["checksum"]
+    _run(f"""
+import os, aeflib.io as aio
+from aeflib.models.tiny import build_tiny
+replace = os.replace
+def killed(src, dst):
+    if ".tmp-" in str(src):  # the old folder is set aside, the new one not yet in place
+        os._exit(3)
+    replace(src, dst)
+os.replace = killed
+aio.save(build_tiny("tiny-llama", seed=1), None, {str(folder)!r}, overwrite=True)
+""", returncode=3)
+    assert not folder.exists() and [n.split("-")[0] for n in _leftovers(tmp_path)] == [".ck.old", ".ck.tmp"]
+    with pytest.raises(FileExistsError, match="already exists"):
+        aio.save(model, None, folder, adapter=adapter)
+    assert aio.read_manifest(folder)["model"]["checksum"] == before and _leftovers(tmp_path) == []
 
 
 # ---- corrupt folders -----------------------------------------------------------------------------------------------
