@@ -51,7 +51,7 @@ from aeflib.models.checksum import checksum
 from aeflib.models.registry import FOLDER_FORMATS
 from aeflib.pruning import PruningPlan, count_parameters, install_static_cache_shapes
 from aeflib.skeleton import build_skeleton, shape_problems
-from aeflib.weights import WEIGHTS, split_tied
+from aeflib.weights import MANIFEST, WEIGHTS, split_tied
 from aeflib.weights import write_weights as _write_weights  # module-level name: tests fail it to check atomicity
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "WEIGHTS", "CheckpointError", "ExportError", "export_hf", "load",
@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 #: Version of the folder layout this aeflib writes (2: plans keyed by group set, replayed on load); it reads 1 and 2.
 FORMAT_VERSION = 2
-MANIFEST = "aeflib.json"
 _FORMAT = "aeflib-pruned-checkpoint"
 _REPLACEABLE = (MANIFEST, "config.json")  # overwrite=True replaces only folders holding one of these (or empty)
 

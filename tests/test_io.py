@@ -322,6 +322,17 @@ def test_load_corrupt_file_of_recorded_size_raises_checkpoint_error_naming_it(tm
     assert str(folder) in str(info.value) and info.value.__cause__ is not None
 
 
+@pytest.mark.parametrize("name", ["tiny-gqa", "tiny-baichuan"])
+def test_models_load_pruned_folder_without_manifest_says_the_manifest_is_missing(tmp_path, name):
+    loaded = _tiny(name)
+    _prune_non_uniform(loaded)
+    folder = aio.save(loaded.model, None, tmp_path / "ck", adapter=loaded.adapter)
+    (folder / aio.MANIFEST).unlink()
+    with pytest.raises(ValueError, match=rf"{folder} is a checkpoint written by aeflib\.io\.save \(model\.safetensors "
+                                         r"records aeflib format 2\) but its manifest aeflib\.json is missing"):
+        aeflib.models.load(folder)
+
+
 def _as_format_1(manifest: dict, widths: list[dict], with_plans: bool = True) -> None:
     """Rewrite a manifest as aeflib format 1 wrote it: per-layer widths and per-layer head/channel plans."""
     old = []
