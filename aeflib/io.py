@@ -119,8 +119,8 @@ def _skeleton(raw_config: dict, info: dict, plans: list[PruningPlan], where: str
         model, adapter = build_skeleton(
             raw_config, plans, gqa_mode=info["gqa_mode"], dtype=info["dtype"],
             attn_implementation=info["attn_implementation"], buffer_dtypes=info.get("buffers"))
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError, ArithmeticError) as err:
-        # StructureError is a ValueError; the others come from replaying a plan the folder's files describe
+    except Exception as err:  # noqa: BLE001 - the config and plans are a user's files: transformers' config checks
+        # raise StrictDataclassFieldValidationError (not a ValueError), a replayed plan IndexError/RuntimeError ...
         raise CheckpointError(f"{where}: cannot rebuild the recorded structure: {type(err).__name__}: {err}") \
             from err
     if type(model).__name__ != info["class"]:
@@ -246,6 +246,8 @@ def _read_json(path: Path) -> dict:
         value = json.loads(path.read_text())
     except FileNotFoundError as err:
         raise CheckpointError(f"{path} is missing; not a complete aeflib checkpoint folder") from err
+    except OSError as err:  # a folder in its place, no permission to read it
+        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err.strerror or err})") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}); the file is corrupt") from err
     if not isinstance(value, dict):

@@ -333,6 +333,24 @@ def test_models_load_pruned_folder_without_manifest_says_the_manifest_is_missing
         aeflib.models.load(folder)
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    ("3", r"cannot rebuild the recorded structure: .*num_hidden_layers"),
+    (-1, r"cannot rebuild the recorded structure: IndexError")])
+def test_load_config_transformers_rejects_raises_checkpoint_error(copy_of, value, message):
+    _edit_manifest(copy_of, lambda m: m["files"].pop("config.json"))  # so that the size record lets the edit through
+    config = json.loads((copy_of / "config.json").read_text())
+    (copy_of / "config.json").write_text(json.dumps({**config, "num_hidden_layers": value}))
+    with pytest.raises(aio.CheckpointError, match=rf"{copy_of}.*{message}"):
+        aio.load(copy_of)
+
+
+def test_load_manifest_that_is_a_folder_raises_checkpoint_error(copy_of):
+    (copy_of / aio.MANIFEST).unlink()
+    (copy_of / aio.MANIFEST).mkdir()
+    with pytest.raises(aio.CheckpointError, match=r"aeflib\.json cannot be read \(IsADirectoryError"):
+        aio.load(copy_of)
+
+
 def _as_format_1(manifest: dict, widths: list[dict], with_plans: bool = True) -> None:
     """Rewrite a manifest as aeflib format 1 wrote it: per-layer widths and per-layer head/channel plans."""
     old = []
