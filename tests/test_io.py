@@ -335,7 +335,7 @@ def test_models_load_pruned_folder_without_manifest_says_the_manifest_is_missing
 
 @pytest.mark.parametrize(("value", "message"), [
     ("3", r"cannot rebuild the recorded structure: .*num_hidden_layers"),
-    (-1, r"cannot rebuild the recorded structure: IndexError")])
+    (-1, r"cannot rebuild the recorded structure")])
 def test_load_config_transformers_rejects_raises_checkpoint_error(copy_of, value, message):
     _edit_manifest(copy_of, lambda m: m["files"].pop("config.json"))  # so that the size record lets the edit through
     config = json.loads((copy_of / "config.json").read_text())
