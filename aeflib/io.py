@@ -261,8 +261,10 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     A format-1 manifest's plans are returned in the current plan form (group-set keys).
 
     Raises:
-        CheckpointError: Missing or invalid JSON, a ``format_version`` newer than :data:`FORMAT_VERSION`, missing
-            fields, or plans that cannot be read, naming the file.
+        CheckpointError: Missing, unreadable or invalid JSON, a ``format_version`` newer than
+            :data:`FORMAT_VERSION`, missing fields, fields of the wrong type or value
+            (:func:`aeflib.manifest.model_problems`, :func:`aeflib.manifest.plan_problems`), or plans that cannot
+            be read, naming the file.
         FileNotFoundError: ``folder`` does not exist.
         NotADirectoryError: ``folder`` is a file.
     """
@@ -345,9 +347,14 @@ def load(folder: str | os.PathLike, dtype: torch.dtype | str | None = None, devi
     Raises:
         FileNotFoundError: ``folder`` does not exist.
         NotADirectoryError: ``folder`` is a file, not a folder.
-        CheckpointError: Corrupt or missing JSON, truncated or unreadable weights, a newer ``format_version``,
-            weights that do not match the widths the recorded plans rebuild, a format-1 folder whose plans do not
-            rebuild its widths, or a checksum mismatch; the message names the file.
+        CheckpointError: Corrupt, unreadable or missing JSON, truncated or unreadable weights, a newer
+            ``format_version``, a manifest field of the wrong type or value (:mod:`aeflib.manifest`: kept indices
+            out of range, repeated or unsorted; unknown dtype, GQA mode or attention implementation; a tie whose
+            alias is not a parameter), a ``config.json`` the architecture cannot be built from, weights that do
+            not match the widths the recorded plans rebuild, a format-1 folder whose plans do not rebuild its
+            widths, a checksum mismatch, or tokenizer / generation-config files that cannot be read; the message
+            names the file and the reader's error is attached as the cause. Nothing else escapes for a crafted
+            folder, and no code from it runs.
 
     Source: [ours] (known failure 1). No code from the folder runs: configs are parsed by aeflib, weights are
     safetensors, tokenizers load with ``trust_remote_code=False``.
