@@ -7,8 +7,11 @@
 ``hub_unreachable_reason()`` -> why the Hugging Face hub cannot be reached now, or ``None``
 
 A reader never sees a half-written file or folder: everything is written to a hidden temporary sibling and
-renamed (``os.replace`` is atomic within one file system; known failures 1 and 4). This module imports nothing
-from aeflib, so every module can use it.
+renamed (``os.replace`` is atomic within one file system; known failures 1 and 4). A temporary folder's name records
+its writer (``.<target>.tmp-<host>-<pid>-<random>``), so a folder left by a killed process (a notebook kernel killed
+during a save leaves hundreds of MB) is removed by the next ``atomic_folder`` for the same target once that process
+is gone, and a concurrent writer's folder is never touched. This module imports nothing from aeflib, so every module
+can use it.
 
 Source: [ours].
 """
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -28,6 +33,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 __all__ = ["atomic_file", "atomic_folder", "hub_unreachable_reason", "jsonable", "umask", "write_text"]
+
+log = logging.getLogger(__name__)
 
 
 def umask() -> int:
@@ -67,12 +74,62 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def _host_tag() -> str:
+    """This machine's name as letters and digits only (a temporary name's ``<host>`` part)."""
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a process of another user counts as alive)."""
+    if pid <= 0:
+        return True  # not a real owner: never treat it as gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale(target: Path) -> None:
+    """Remove temporary folders that a killed ``atomic_folder(target)`` of this machine left next to ``target``.
+
+    Only names of the exact form ``.<target name>.tmp-<host>-<pid>-<random>`` (or ``.old-``, the previous folder
+    of an interrupted swap) whose ``<host>`` is this machine and whose process ``<pid>`` no longer exists are
+    touched. A stale ``.old-`` folder is the previous checkpoint: it is removed only when ``target`` exists, and
+    renamed back to ``target`` when the swap was interrupted before the new folder took its place.
+    """
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(tmp|old)-{_host_tag()}-(\d+)-[0-9a-z_]+")
+    try:
+        siblings = sorted(target.parent.iterdir())
+    except OSError:
+        return
+    for path in siblings:
+        m = pattern.fullmatch(path.name)
+        if m is None or not path.is_dir() or path.is_symlink() or _pid_alive(int(m.group(2))):
+            continue
+        if m.group(1) == "old" and not (target.exists() or target.is_symlink()):
+            log.warning("restoring %s from %s, left by an interrupted replace (process %s)", target, path.name,
+                        m.group(2))
+            os.replace(path, target)
+            continue
+        log.info("removing %s, left by a killed save (process %s is gone)", path, m.group(2))
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _temp_prefix(target: Path, kind: str) -> str:
+    return f".{target.name}.{kind}-{_host_tag()}-{os.getpid()}-"
+
+
 @contextlib.contextmanager
 def atomic_folder(target: str | os.PathLike, overwrite: bool = False,
                   replaceable: Sequence[str] = ()) -> Iterator[Path]:
     """Yield a hidden temporary folder next to ``target``; on success rename it to ``target`` (swap if replacing).
 
-    On any exception the temporary folder is removed and ``target`` is left as it was.
+    On any exception the temporary folder is removed and ``target`` is left as it was. Temporary folders that an
+    earlier, killed writer of the same ``target`` on this machine left behind are removed first (see the module
+    docstring); those of a writer that still runs are left alone.
 
     Args:
         target: The folder to create.
@@ -83,8 +140,12 @@ def atomic_folder(target: str | os.PathLike, overwrite: bool = False,
     Raises:
         FileExistsError: ``target`` exists and ``overwrite`` is false, or it is not a folder ``replaceable``
             allows replacing. Also (an ``OSError``) when another process created ``target`` meanwhile.
+
+    Source: [ours]; stale-folder removal [field] (a kernel killed during a save).
     """
     target = Path(target)
+    if target.parent.is_dir():
+        _remove_stale(target)
     replacing = target.exists() or target.is_symlink()
     if replacing:
         if not overwrite:
@@ -94,14 +155,14 @@ def atomic_folder(target: str | os.PathLike, overwrite: bool = False,
             raise FileExistsError(f"refusing to replace {target}: it is not a checkpoint folder (no "
                                   f"{' or '.join(replaceable)}); remove it yourself or choose another folder")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target, "tmp"), dir=target.parent))
     os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; the final folder should look like any other
     try:
         yield tmp
         if not replacing:
             os.replace(tmp, target)
             return
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        old = target.with_name(f"{_temp_prefix(target, 'old')}{uuid.uuid4().hex[:8]}")
         os.replace(target, old)
         try:
             os.replace(tmp, target)

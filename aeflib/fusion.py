@@ -848,6 +848,50 @@ def _result(scores: Scores, fused, gates, details, settings: dict, *, fine: str,
                         influence(new_scores[name], scores[fine], scores[coarse]))
 
 
+def _check_same_groups(scores: Scores, fine: str, coarse: str) -> None:
+    """Both estimates score the same group sets with the same group counts (one 1-D tensor each).
+
+    Raises:
+        ValueError: Naming the sets only one of them has, or the sets whose counts differ.
+    """
+    if fine not in scores.values or coarse not in scores.values:
+        return  # _prepare names the missing criteria
+    f, c = scores.values[fine], scores.values[coarse]
+    only_f, only_c = sorted(f.keys() - c.keys()), sorted(c.keys() - f.keys())
+    if only_f or only_c:
+        raise ValueError(f"fine={fine!r} and coarse={coarse!r} score different group sets: only {fine!r} has "
+                         f"{only_f[:8]}, only {coarse!r} has {only_c[:8]}; estimate both on the same model and "
+                         "layers (one aeflib.importance.estimate call)")
+    shapes = {k: (tuple(f[k].shape), tuple(c[k].shape)) for k in f}
+    bad = {k: v for k, v in shapes.items() if v[0] != v[1] or len(v[0]) != 1}
+    if bad:
+        rows = ", ".join(f"{k}: {list(a)} vs {list(b)}" for k, (a, b) in sorted(bad.items())[:8])
+        raise ValueError(f"fine={fine!r} and coarse={coarse!r} give different group counts (or not one score per "
+                         f"group) in {rows}; estimate both on the same model")
+
+
+def _model_sets(model: nn.Module, adapter: StructureAdapter, scored: dict[str, Tensor]) -> list[GroupSet]:
+    """The model's group sets the scores cover; every scored set must exist there with the scored group count.
+
+    Raises:
+        ValueError: Naming the scored sets the model does not have, or whose group counts differ.
+    """
+    n_layers = adapter.n_layers(model)
+    layers = sorted({int(k.split(".")[0]) for k in scored})
+    outside = [i for i in layers if not 0 <= i < n_layers]
+    sets = [gs for gs in adapter.all_group_sets(model, [i for i in layers if 0 <= i < n_layers]) if gs.key in scored]
+    missing = sorted(scored.keys() - {gs.key for gs in sets})
+    if outside or missing:
+        raise ValueError(f"the scores have group sets the model does not have: {missing[:8]} (the model has "
+                         f"{n_layers} layers); pass the model the scores were estimated on")
+    wrong = [f"{gs.key}: {scored[gs.key].numel()} scores, the model has {gs.n} groups" for gs in sets
+             if scored[gs.key].numel() != gs.n]
+    if wrong:
+        raise ValueError(f"the scores do not match the model's group counts ({'; '.join(wrong[:8])}); pass the "
+                         "model the scores were estimated on (before pruning)")
+    return sets
+
+
 def fuse(
     scores: Scores,
     method: str = "aef",
@@ -904,8 +948,10 @@ def fuse(
 
     Raises:
         ValueError: Unknown method / normalisation, missing criteria, τ <= 0, ratio outside [0, 1), steps,
-            patience < 1 or lr <= 0 (checked whatever the method), settings the variant's ``Params`` rejects, or a
-            measuring method without model/adapter/calibration.
+            patience < 1 or lr <= 0 (checked whatever the method), settings the variant's ``Params`` rejects, a
+            measuring method without model/adapter/calibration; ``fine`` and ``coarse`` over different group sets
+            or group counts (naming them), or, for a measuring method, scored sets the model lacks or counts it
+            does not have — all before any work.
         TypeError: ``params`` not an instance of the variant's ``Params``.
 
     Source: [paper] fusion of coarse and fine estimates per substructure; formulas [ours] (module docstring).
@@ -922,6 +968,7 @@ def fuse(
     _check_count("steps", steps)
     _check_count("patience", patience)
     _check_positive("lr", lr)
+    _check_same_groups(scores, fine, coarse)
     variant = FUSIONS[resolved]
     if params is not None and not isinstance(params, variant.Params):
         raise TypeError(f"params for {resolved!r} must be a {variant.Params.__qualname__}; got {params!r}")
@@ -939,10 +986,9 @@ def fuse(
         if model is None or adapter is None or calibration is None:
             raise ValueError(f"method {resolved!r} measures the calibration loss: pass model=, adapter= and "
                              "calibration=")
+        sets = _model_sets(model, adapter, f)
         device = next(model.parameters()).device
         settings["holdout"] = "split" if holdout is None else f"given [{holdout.shape[0]}, {holdout.shape[1]}]"
-        layers = sorted({int(k.split(".")[0]) for k in f})
-        sets = [gs for gs in adapter.all_group_sets(model, layers) if gs.key in f]
         masks = _GroupMask(model, adapter, sets)
         try:
             inputs = FusionInputs(f, c, temperature, pruning_ratio, model=model, adapter=adapter, sets=sets,

@@ -45,12 +45,13 @@ from torch import nn
 from aeflib._version import __version__
 from aeflib.export import ExportError, export_hf
 from aeflib.files import atomic_folder, jsonable
+from aeflib.manifest import is_int, model_problems, plan_problems
 from aeflib.models.adapters import Loaded, StructureAdapter, adapter_for, resolve_dtype
 from aeflib.models.checksum import checksum
 from aeflib.models.registry import FOLDER_FORMATS
 from aeflib.pruning import PruningPlan, count_parameters, install_static_cache_shapes
 from aeflib.skeleton import build_skeleton, shape_problems
-from aeflib.weights import WEIGHTS, split_tied
+from aeflib.weights import MANIFEST, WEIGHTS, split_tied
 from aeflib.weights import write_weights as _write_weights  # module-level name: tests fail it to check atomicity
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "WEIGHTS", "CheckpointError", "ExportError", "export_hf", "load",
@@ -60,7 +61,6 @@ log = logging.getLogger(__name__)
 
 #: Version of the folder layout this aeflib writes (2: plans keyed by group set, replayed on load); it reads 1 and 2.
 FORMAT_VERSION = 2
-MANIFEST = "aeflib.json"
 _FORMAT = "aeflib-pruned-checkpoint"
 _REPLACEABLE = (MANIFEST, "config.json")  # overwrite=True replaces only folders holding one of these (or empty)
 
@@ -88,6 +88,23 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: cannot read the weights ({err}); the file is corrupt or truncated") from err
 
 
+def _check_tied(model: nn.Module, tied: dict[str, str], state: dict[str, torch.Tensor], where: str) -> None:
+    """Check that every alias is a parameter the weights file lacks, tied to a stored tensor of its shape.
+
+    So re-tying only ever assigns a parameter, never another attribute of a module.
+
+    Raises:
+        CheckpointError: Naming the aliases that are not.
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    bad = [f"{alias!r} -> {name!r}" for alias, name in tied.items()
+           if alias not in params or alias in state or name not in state or name in tied
+           or tuple(params[alias].shape) != tuple(state[name].shape)]
+    if bad:
+        raise CheckpointError(f"{where}: model.tied {', '.join(bad[:5])}: an alias must name a parameter of the "
+                              "model that the weights file does not hold, tied to a stored tensor of its shape")
+
+
 def _retie(model: nn.Module, tied: dict[str, str]) -> None:
     """Make every alias the very same Parameter object as the stored tensor (tied embeddings stay tied)."""
     for alias, name in tied.items():
@@ -102,8 +119,10 @@ def _skeleton(raw_config: dict, info: dict, plans: list[PruningPlan], where: str
         model, adapter = build_skeleton(
             raw_config, plans, gqa_mode=info["gqa_mode"], dtype=info["dtype"],
             attn_implementation=info["attn_implementation"], buffer_dtypes=info.get("buffers"))
-    except (ValueError, KeyError, TypeError) as err:  # StructureError is a ValueError
-        raise CheckpointError(f"{where}: cannot rebuild the recorded structure: {err}") from err
+    except Exception as err:  # noqa: BLE001 - the config and plans are a user's files: transformers' config checks
+        # raise StrictDataclassFieldValidationError (not a ValueError), a replayed plan IndexError/RuntimeError ...
+        raise CheckpointError(f"{where}: cannot rebuild the recorded structure: {type(err).__name__}: {err}") \
+            from err
     if type(model).__name__ != info["class"]:
         raise CheckpointError(f"{where}: config.json builds {type(model).__name__}, the manifest records "
                               f"{info['class']}")
@@ -227,6 +246,8 @@ def _read_json(path: Path) -> dict:
         value = json.loads(path.read_text())
     except FileNotFoundError as err:
         raise CheckpointError(f"{path} is missing; not a complete aeflib checkpoint folder") from err
+    except OSError as err:  # a folder in its place, no permission to read it
+        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err.strerror or err})") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}); the file is corrupt") from err
     if not isinstance(value, dict):
@@ -240,8 +261,10 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     A format-1 manifest's plans are returned in the current plan form (group-set keys).
 
     Raises:
-        CheckpointError: Missing or invalid JSON, a ``format_version`` newer than :data:`FORMAT_VERSION`, missing
-            fields, or plans that cannot be read, naming the file.
+        CheckpointError: Missing, unreadable or invalid JSON, a ``format_version`` newer than
+            :data:`FORMAT_VERSION`, missing fields, fields of the wrong type or value
+            (:func:`aeflib.manifest.model_problems`, :func:`aeflib.manifest.plan_problems`), or plans that cannot
+            be read, naming the file.
         FileNotFoundError: ``folder`` does not exist.
         NotADirectoryError: ``folder`` is a file.
     """
@@ -254,7 +277,7 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     path = folder / MANIFEST
     manifest = _read_json(path)
     version = manifest.get("format_version")
-    if manifest.get("format") != _FORMAT or not isinstance(version, int) or version < 1:
+    if manifest.get("format") != _FORMAT or not is_int(version, 1):
         raise CheckpointError(f"{path}: not an aeflib checkpoint manifest (format={manifest.get('format')!r}, "
                               f"format_version={version!r})")
     if version > FORMAT_VERSION:
@@ -272,10 +295,21 @@ def read_manifest(folder: str | os.PathLike) -> dict:
                               f"{manifest['weights']!r}, {manifest['files']!r}")
     if not isinstance(manifest["plans"], list) or not isinstance(info["tied"], dict):
         raise CheckpointError(f"{path}: plans must be a list and model.tied an object")
+    if not all(is_int(v) for v in manifest["files"].values()):
+        raise CheckpointError(f"{path}: 'files' must map file names to sizes in bytes; got {manifest['files']!r}")
+    for field_name in ("metrics", "provenance"):
+        if not isinstance(manifest.get(field_name, {}), dict):
+            raise CheckpointError(f"{path}: {field_name} must be an object")
+    problems = model_problems(info) + [p for i, d in enumerate(manifest["plans"]) for p in plan_problems(i, d)]
     try:
-        manifest["plans"] = [PruningPlan.from_dict(d).to_dict() for d in manifest["plans"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        plans = [PruningPlan.from_dict(d).to_dict() for d in manifest["plans"]]
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as err:
         raise CheckpointError(f"{path}: the plans cannot be read ({err}); the manifest is corrupt") from err
+    if version == 1:  # converted from per-layer dicts: the same rules on the converted form
+        problems += [p for i, d in enumerate(plans) for p in plan_problems(i, d)]
+    if problems:
+        raise CheckpointError(f"{path}: the manifest is corrupt or edited by hand:\n  " + "\n  ".join(problems[:10]))
+    manifest["plans"] = plans
     return manifest
 
 
@@ -313,9 +347,14 @@ def load(folder: str | os.PathLike, dtype: torch.dtype | str | None = None, devi
     Raises:
         FileNotFoundError: ``folder`` does not exist.
         NotADirectoryError: ``folder`` is a file, not a folder.
-        CheckpointError: Corrupt or missing JSON, truncated or unreadable weights, a newer ``format_version``,
-            weights that do not match the widths the recorded plans rebuild, a format-1 folder whose plans do not
-            rebuild its widths, or a checksum mismatch; the message names the file.
+        CheckpointError: Corrupt, unreadable or missing JSON, truncated or unreadable weights, a newer
+            ``format_version``, a manifest field of the wrong type or value (:mod:`aeflib.manifest`: kept indices
+            out of range, repeated or unsorted; unknown dtype, GQA mode or attention implementation; a tie whose
+            alias is not a parameter), a ``config.json`` the architecture cannot be built from, weights that do
+            not match the widths the recorded plans rebuild, a format-1 folder whose plans do not rebuild its
+            widths, a checksum mismatch, or tokenizer / generation-config files that cannot be read; the message
+            names the file and the reader's error is attached as the cause. Nothing else escapes for a crafted
+            folder, and no code from it runs.
 
     Source: [ours] (known failure 1). No code from the folder runs: configs are parsed by aeflib, weights are
     safetensors, tokenizers load with ``trust_remote_code=False``.
@@ -332,12 +371,17 @@ def load(folder: str | os.PathLike, dtype: torch.dtype | str | None = None, devi
                                   "truncated, replaced or edited by hand; an aeflib checkpoint is only changed by "
                                   "aeflib.io.save (load the model, change it, save it again)")
     plans = [PruningPlan.from_dict(d) for d in manifest["plans"]]
-    model, adapter = _skeleton(_read_json(folder / "config.json"), info, plans, where)
+    raw_config = _read_json(folder / "config.json")
+    if raw_config.get("model_type") != info["model_type"]:
+        raise CheckpointError(f"{folder / 'config.json'}: model_type {raw_config.get('model_type')!r} differs from "
+                              f"{info['model_type']!r} recorded in {where}")
+    model, adapter = _skeleton(raw_config, info, plans, where)
     if manifest["format_version"] == 1:
         _check_format_1(model, adapter, info, where)
     weights = folder / manifest["weights"]
     state = _read_weights(weights)
     tied = dict(info["tied"])
+    _check_tied(model, tied, state, where)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in tied}
     problems = shape_problems(expected, {k: tuple(v.shape) for k, v in state.items()}, weights.name)
     if problems:
@@ -355,30 +399,59 @@ def load(folder: str | os.PathLike, dtype: torch.dtype | str | None = None, devi
     if loaded_sum != info["checksum"]:
         raise CheckpointError(f"{weights}: model checksum {loaded_sum} differs from {info['checksum']} recorded "
                               f"in {where}; the weights were modified")
+    tokenizer = _load_tokenizer(folder)  # before the model moves to a device: a corrupt file fails first
+    generation_config = _load_generation_config(folder)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device=device, dtype=None if dtype is None else resolve_dtype(dtype))
-    if (folder / "generation_config.json").is_file():
-        from transformers import GenerationConfig
-
-        model.generation_config = GenerationConfig.from_pretrained(folder)
+    if generation_config is not None:
+        model.generation_config = generation_config
     model.config.name_or_path = str(folder)
     install_static_cache_shapes(model)  # generate(cache_implementation="static") sizes each layer's cache
     model.eval()
-    return Loaded(model, _load_tokenizer(folder), adapter)
+    return Loaded(model, tokenizer, adapter)
+
+
+def _load_generation_config(folder: Path) -> Any:
+    """The folder's ``GenerationConfig``, or ``None``.
+
+    Raises:
+        CheckpointError: ``generation_config.json`` cannot be read, naming it, with the reader's error attached.
+    """
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return None
+    from transformers import GenerationConfig
+
+    _read_json(path)  # not JSON, or not an object: named as for every other JSON file of the folder
+    try:
+        return GenerationConfig.from_pretrained(folder)
+    except Exception as err:  # transformers raises OSError, ValueError or its own errors for bad values
+        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err}); the file is corrupt") from err
 
 
 def _load_tokenizer(folder: Path) -> Any:
+    """The folder's tokenizer (never remote code), or ``None`` if none was saved.
+
+    Raises:
+        CheckpointError: The tokenizer files cannot be read, naming them, with the reader's error attached.
+    """
     from transformers import AutoTokenizer, LlamaTokenizer
 
     if not (folder / "tokenizer_config.json").is_file():
         return None
     try:
-        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    except (ValueError, OSError, KeyError):
-        if (folder / "tokenizer.model").is_file():  # a SentencePiece tokenizer saved under a remote class name
-            return LlamaTokenizer.from_pretrained(folder)
-        raise
+        try:
+            return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        except (ValueError, OSError, KeyError):
+            if (folder / "tokenizer.model").is_file():  # a SentencePiece tokenizer saved under a remote class name
+                return LlamaTokenizer.from_pretrained(folder)
+            raise
+    except Exception as err:  # the tokenizers library raises its own exception types for a corrupt file
+        files = sorted(p.name for p in folder.iterdir() if p.name.startswith(("tokenizer", "special_tokens", "vocab",
+                                                                              "merges")))
+        raise CheckpointError(f"{folder}: the tokenizer files {files} cannot be read ({type(err).__name__}: {err}); "
+                              "they are corrupt: save the checkpoint again with aeflib.io.save") from err
 
 
 # aeflib.models.load(folder) reads aeflib checkpoints with load; `import aeflib` imports this module first

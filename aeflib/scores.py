@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,22 +100,42 @@ class Scores:
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
-            ValueError: If it is not an aeflib scores file.
+            ValueError: If it is not an aeflib scores file, or it is corrupt or truncated (the message names the
+                file; the reader's own error is attached as the cause).
         """
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"scores file {path} does not exist")
-        with safe_open(str(path), "pt") as f:
-            header = f.metadata() or {}
+        try:
+            with safe_open(str(path), "pt") as f:
+                header = f.metadata() or {}
+            tensors = load_file(str(path)) if "aeflib.scores.meta" in header else {}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise ValueError(f"scores file {path} cannot be read ({err}); it is corrupt or truncated: compute the "
+                             "scores again (aeflib.importance.estimate) or restore the file") from err
         if "aeflib.scores.meta" not in header:
             raise ValueError(f"{path} is not an aeflib scores file (no 'aeflib.scores.meta' header)")
+        try:
+            meta = json.loads(header["aeflib.scores.meta"])
+        except json.JSONDecodeError as err:
+            raise ValueError(f"scores file {path}: its 'aeflib.scores.meta' header is not valid JSON ({err})") \
+                from err
+        if not isinstance(meta, dict):
+            raise ValueError(f"scores file {path}: its 'aeflib.scores.meta' header holds a JSON "
+                             f"{type(meta).__name__}, expected an object")
         values: dict[str, dict[str, torch.Tensor]] = {}
-        for name, tensor in load_file(str(path)).items():
-            criterion, key = name.split("/", 1)
+        for name, tensor in tensors.items():
+            criterion, _, key = name.partition("/")
+            if not criterion or _KEY.fullmatch(key) is None or tensor.ndim != 1 or not tensor.is_floating_point():
+                raise ValueError(f"scores file {path}: tensor {name!r} {tensor.dtype} {list(tensor.shape)} is not "
+                                 "'<criterion>/<layer>.<head|channel>', a float tensor [n_groups]")
             values.setdefault(criterion, {})[key] = tensor
-        return cls(values, json.loads(header["aeflib.scores.meta"]))
+        return cls(values, meta)
+
+
+_KEY = re.compile(r"\d+\.(head|channel)")
 
 
 def _key_order(key: str) -> tuple[int, int]:

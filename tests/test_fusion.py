@@ -358,3 +358,28 @@ def test_a_variant_declaring_an_unknown_input_is_refused_at_definition():
 
             def fuse(self, inputs, params):
                 raise AssertionError
+
+
+@pytest.mark.parametrize(("coarse_sets", "message"), [
+    ({"1.head": 8, "1.channel": 64, "2.channel": 64},
+     r"score different group sets: only 'element2' has \['2\.head'\], only 'vector' has \[\]"),
+    ({**SETS, "3.head": 8}, r"only 'element2' has \[\], only 'vector' has \['3\.head'\]"),
+    ({**SETS, "2.head": 6}, r"different group counts .* in 2\.head: \[8\] vs \[6\]"),
+])
+@pytest.mark.parametrize("method", ["aef-element", "fixed", "aef-layer"])
+def test_fuse_refuses_fine_and_coarse_over_different_groups(coarse_sets, message, method):
+    fine, coarse = _scores(SETS), _scores(coarse_sets, seed=1)
+    scores = Scores({"element2": fine["element2"], "vector": coarse["vector"]})
+    with pytest.raises(ValueError, match=message):
+        fuse(scores, method, weights=(0.5, 0.5))  # refused before the missing model is noticed
+
+
+def test_fuse_measuring_method_refuses_scores_of_another_model(calib):
+    model, _, adapter = aeflib.models.load("tiny-llama")
+    good = {gs.key: torch.rand(gs.n) for gs in adapter.all_group_sets(model, [1, 2])}
+    for sets, message in ((SETS | {"7.head": 8}, r"group sets the model does not have: \['7\.head'\] .*4 layers"),
+                          ({**good, "1.head": torch.rand(5)}, r"1\.head: 5 scores, the model has 4 groups")):
+        per = {k: torch.rand(v) if isinstance(v, int) else v for k, v in sets.items()}
+        with pytest.raises(ValueError, match=message):
+            fuse(Scores({"element2": per, "vector": per}), "aef-layer", model=model, adapter=adapter,
+                 calibration=calib)

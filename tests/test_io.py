@@ -168,6 +168,61 @@ def test_save_overwrite_is_atomic_and_opt_in(tmp_path, monkeypatch):
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork to kill a save mid-way")
+def test_save_removes_temp_folder_of_a_killed_save_and_nothing_else(tmp_path):
+    """A process killed inside save leaves its hidden temp folder; the next save to that target removes it."""
+    model, _, adapter = _tiny("tiny-llama")
+    pid = os.fork()  # a child process that dies inside save, as a kernel killed during stage 04 does
+    if pid == 0:
+        def killed(state, path, metadata):
+            path.write_bytes(b"half")
+            os._exit(3)
+
+        aio._write_weights = killed
+        try:
+            aio.save(model, None, tmp_path / "ck", adapter=adapter)
+        finally:
+            os._exit(4)  # never return into pytest from the child
+    assert os.waitpid(pid, 0)[1] >> 8 == 3
+    (stale,) = _leftovers(tmp_path)
+    assert stale.startswith(".ck.tmp-")
+    prefix, host = stale.split("-")[:2]
+    live = tmp_path / f"{prefix}-{host}-{os.getpid()}-live"  # the same form, written by a process that runs
+    live.mkdir()
+    mine = [tmp_path / ".ck.tmp-mine", tmp_path / ".other.tmp-x", tmp_path / "notes"]  # not save's temp names
+    for p in mine:
+        p.mkdir()
+    aio.save(model, None, tmp_path / "ck", adapter=adapter)
+    assert not (tmp_path / stale).exists()
+    assert live.is_dir() and all(p.is_dir() for p in mine)
+    assert aio.load(tmp_path / "ck").model is not None
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_save_after_a_save_killed_mid_swap_restores_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Killed between setting the old folder aside and renaming the new one in: the target is missing."""
+    model, _, adapter = _tiny("tiny-llama")
+    names = []
+    with monkeypatch.context() as m:  # learn save's temp-name form (host, pid) from a save that fails
+        m.setattr(aio, "_write_weights", lambda state, path, meta: names.append(path.parent.name) or 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            aio.save(model, None, tmp_path / "ck", adapter=adapter)
+    parts = names[0].split("-")
+    assert len(parts) == 4 and (parts[0], parts[2]) == (".ck.tmp", str(os.getpid()))
+    host = parts[1]
+    folder = aio.save(model, None, tmp_path / "ck", adapter=adapter)
+    before = aio.read_manifest(folder)["model"]["checksum"]
+    folder.rename(tmp_path / f".ck.old-{host}-{_dead_pid()}-0a1b2c3d")  # what the killed swap left
+    with pytest.raises(FileExistsError, match="already exists"):
+        aio.save(build_tiny("tiny-llama", seed=1), None, folder)
+    assert aio.read_manifest(folder)["model"]["checksum"] == before and _leftovers(tmp_path) == []
+
+
 # ---- corrupt folders -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
@@ -228,6 +283,79 @@ def test_load_rejects_weights_that_do_not_match_recorded_widths(copy_of):
     with pytest.raises(aio.CheckpointError, match=r"do not match the widths recorded.*\n  layer 1 "
                                                   r"model\.layers\.1\.mlp\.down_proj\.weight: model\.safetensors "
                                                   r"has \[96, 120\], expected \[96, 119\]"):
+        aio.load(copy_of)
+
+
+def _keep_head_99(m):
+    m["plans"][0]["keep"]["1.head"][-1] = 99
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (_keep_head_99, r"plans\[0\]\.keep\['1\.head'\] must list at least one group index in \[0, 6\), each once, "
+                    r"ascending; got \[0, 1, \d, 99\]"),
+    (lambda m: m["plans"][0]["keep"]["1.head"].__setitem__(1, 0), r"keep\['1\.head'\] must list .* got \[0, 0, \d"),
+    (lambda m: m["plans"][0]["keep"]["1.channel"].insert(0, -1), r"keep\['1\.channel'\] must list .* got \[-1, "),
+    (lambda m: m["plans"][0]["n_groups"].update({"1.head": "6"}), r"n_groups\['1\.head'\] = '6' is not a positive"),
+    (lambda m: m["model"].update(tied={"forward": "model.embed_tokens.weight"}),
+     r"model\.tied 'forward' -> 'model\.embed_tokens\.weight': an alias must name a parameter"),
+    (lambda m: m["model"].update(tied={"lm_head.weight": "model.layers.0.mlp.down_proj.weight"}),
+     r"model\.tied 'lm_head\.weight' -> 'model\.layers\.0\.mlp\.down_proj\.weight'.*of its shape"),
+    (lambda m: m["model"].update(attn_implementation="kernels-community/flash-attn"),
+     r"model\.attn_implementation 'kernels-community/flash-attn' is not one of \['eager', 'sdpa'"),
+    (lambda m: m["model"].update(dtype="int8"), r"model\.dtype 'int8' is not one of"),
+    (lambda m: m["model"].update(buffers={"model.rotary_emb.inv_freq": "Tensor"}), r"model\.buffers must map"),
+    (lambda m: m.update(format_version=True), r"not an aeflib checkpoint manifest"),
+    (lambda m: m["files"].update({"config.json": "big"}), r"'files' must map file names to sizes"),
+    (lambda m: m["model"].update(model_type="bloom"), r"config\.json: model_type 'llama' differs from 'bloom'"),
+])
+def test_load_hand_edited_manifest_raises_checkpoint_error_naming_it(copy_of, edit, message):
+    _edit_manifest(copy_of, edit)
+    with pytest.raises(aio.CheckpointError, match=message) as info:
+        aio.load(copy_of)
+    assert str(copy_of) in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("tokenizer.json", r"the tokenizer files \[.*'tokenizer\.json'.*\] cannot be read \(JSONDecodeError"),
+    ("tokenizer_config.json", r"the tokenizer files .* cannot be read"),
+    ("generation_config.json", r"generation_config\.json is not valid JSON"),
+])
+def test_load_corrupt_file_of_recorded_size_raises_checkpoint_error_naming_it(tmp_path, tokenizer, name, message):
+    model, _, adapter = _tiny("tiny-llama")
+    folder = aio.save(model, tokenizer, tmp_path / "ck", adapter=adapter)
+    path = folder / name
+    path.write_bytes(b"\x00" * path.stat().st_size)  # the size check passes: the content is garbage
+    with pytest.raises(aio.CheckpointError, match=message) as info:
+        aio.load(folder)
+    assert str(folder) in str(info.value) and info.value.__cause__ is not None
+
+
+@pytest.mark.parametrize("name", ["tiny-gqa", "tiny-baichuan"])
+def test_models_load_pruned_folder_without_manifest_says_the_manifest_is_missing(tmp_path, name):
+    loaded = _tiny(name)
+    _prune_non_uniform(loaded)
+    folder = aio.save(loaded.model, None, tmp_path / "ck", adapter=loaded.adapter)
+    (folder / aio.MANIFEST).unlink()
+    with pytest.raises(ValueError, match=rf"{folder} is a checkpoint written by aeflib\.io\.save \(model\.safetensors "
+                                         r"records aeflib format 2\) but its manifest aeflib\.json is missing"):
+        aeflib.models.load(folder)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("3", r"cannot rebuild the recorded structure: .*num_hidden_layers"),
+    (-1, r"cannot rebuild the recorded structure")])
+def test_load_config_transformers_rejects_raises_checkpoint_error(copy_of, value, message):
+    _edit_manifest(copy_of, lambda m: m["files"].pop("config.json"))  # so that the size record lets the edit through
+    config = json.loads((copy_of / "config.json").read_text())
+    (copy_of / "config.json").write_text(json.dumps({**config, "num_hidden_layers": value}))
+    with pytest.raises(aio.CheckpointError, match=rf"{copy_of}.*{message}"):
+        aio.load(copy_of)
+
+
+def test_load_manifest_that_is_a_folder_raises_checkpoint_error(copy_of):
+    (copy_of / aio.MANIFEST).unlink()
+    (copy_of / aio.MANIFEST).mkdir()
+    with pytest.raises(aio.CheckpointError, match=r"aeflib\.json cannot be read \(IsADirectoryError"):
         aio.load(copy_of)
 
 
@@ -376,3 +504,94 @@ def test_load_names_a_missing_folder_and_a_file_given_as_folder(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(NotADirectoryError, match=r"file\.txt is a file, not a folder"):
         aio.load(tmp_path / "file.txt")
+
+
+# ---- crafted manifests: every one is a CheckpointError or loads the very model saved ---------------------------------
+_ODD_VALUES = ("1", "", [], {}, None, True, 1.5, -1, 99, 10**30, 2**63, -(10**30), float("nan"), "forward",
+               "transformer.h", "kernels-community/flash-attn", [0, 0], {"a": 1})
+
+
+def _paths(value, prefix=()):
+    """Every (path to a value) in a JSON tree, the root excluded."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        yield (*prefix, k)
+        yield from _paths(v, (*prefix, k))
+
+
+def _mutate(manifest: dict, rng) -> str:
+    """Apply one seeded mutation in place; returns what it did."""
+    paths = list(_paths(manifest))
+    if not paths:
+        return "nothing left"
+    path = rng.choice(paths)
+    *head, last = path
+    parent = manifest
+    for k in head:
+        parent = parent[k]
+    value = parent[last]
+    how = rng.choice(["replace", "replace", "delete", "extra", "dup", "swap", "pop", "append", "tied"])
+    if isinstance(manifest.get("model"), dict) and (how == "tied" or how == "extra" and value == {}):
+        alias, target = rng.choice([("forward", "transformer.word_embeddings.weight"),
+                                    ("lm_head.weight", "forward"), ("transformer.h", "lm_head.weight"),
+                                    ("lm_head.weight", "transformer.h.0.mlp.dense_4h_to_h.weight"),
+                                    ("transformer.word_embeddings.weight", "lm_head.weight"),
+                                    ("lm_head", "transformer.word_embeddings.weight")])
+        manifest["model"]["tied"] = {alias: target}
+        return f"model.tied = {{{alias!r}: {target!r}}}"
+    if how == "delete" and isinstance(parent, dict):
+        del parent[last]
+        return f"delete {path}"
+    if how == "extra" and isinstance(value, dict):
+        value[rng.choice(["x", "1.head", "99.channel", "__class__"])] = rng.choice(_ODD_VALUES)
+        return f"extra key in {path}"
+    if isinstance(value, list) and value and how in ("dup", "swap", "pop", "append"):
+        if how == "dup":
+            value[-1] = value[0]
+        elif how == "swap":
+            value.reverse()
+        elif how == "pop":
+            value.pop()
+        else:
+            value.append(value[-1] if not isinstance(value[-1], int) else value[-1] + rng.choice([1, 50, 10**6]))
+        return f"{how} in {path}"
+    parent[last] = new = rng.choice(_ODD_VALUES)
+    return f"{path} = {new!r}"
+
+
+@pytest.fixture(scope="module")
+def tied_saved(tmp_path_factory):
+    loaded = _tiny("tiny-bloom")
+    _prune_non_uniform(loaded)
+    folder = aio.save(loaded.model, None, tmp_path_factory.mktemp("tied") / "ck", adapter=loaded.adapter)
+    assert aio.read_manifest(folder)["model"]["tied"]  # lm_head is tied to the embedding
+    return folder, _logits(loaded.model)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_load_crafted_manifest_raises_checkpoint_error_or_loads_the_saved_model(tied_saved, tmp_path, seed):
+    import random
+    import shutil
+
+    saved_folder, expected = tied_saved
+    folder = Path(shutil.copytree(saved_folder, tmp_path / "ck"))
+    original = (saved_folder / aio.MANIFEST).read_text()
+    rng = random.Random(seed)
+    outcomes = []
+    for _ in range(20):
+        manifest = json.loads(original)
+        done = [_mutate(manifest, rng) for _ in range(rng.choice([1, 1, 2]))]
+        (folder / aio.MANIFEST).write_text(json.dumps(manifest))
+        modules = set(sys.modules)
+        try:
+            back = aio.load(folder)
+        except aio.CheckpointError as err:
+            assert str(folder / aio.MANIFEST) in str(err) or str(folder) in str(err), (done, err)
+            outcomes.append("refused")
+        except Exception as err:  # noqa: BLE001 - the point of the test: nothing else may escape
+            pytest.fail(f"{done} raised {type(err).__name__}: {err}")
+        else:
+            assert torch.equal(_logits(back.model), expected), done
+            outcomes.append("loaded")
+        assert not {m for m in set(sys.modules) - modules if "kernels" in m or "flash" in m}, done
+    assert "refused" in outcomes

@@ -31,6 +31,8 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from aeflib.weights import refuse_weights_without_manifest
+
 __all__ = [
     "ADAPTERS",
     "DTYPES",
@@ -265,9 +267,13 @@ class StructureAdapter(abc.ABC):
             path: The folder; ``raw`` is its parsed ``config.json``.
             raw: The parsed ``config.json``.
             **kwargs: ``dtype``, ``device_map`` for ``from_pretrained``.
+
+        Raises:
+            ValueError: The folder holds weights ``aeflib.io.save`` wrote and its manifest is missing.
         """
         from transformers import AutoTokenizer
 
+        refuse_weights_without_manifest(path)
         model = cls.model_class.from_pretrained(path, trust_remote_code=False, **kwargs)
         return model, AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 

@@ -30,6 +30,7 @@ from transformers.models.llama.modeling_llama import (
 
 from aeflib.models.adapters import LayerWidths, Slice
 from aeflib.models.llama import TINY_LAYERS, TINY_VOCAB, LlamaAdapter
+from aeflib.weights import refuse_weights_without_manifest
 
 __all__ = ["BaichuanAdapter", "BaichuanAttention", "BaichuanConfig", "BaichuanForCausalLM", "config_from_hub_json"]
 
@@ -151,6 +152,7 @@ class BaichuanAdapter(LlamaAdapter):
         """
         from transformers import AutoTokenizer, LlamaTokenizer
 
+        refuse_weights_without_manifest(path)
         model = BaichuanForCausalLM.from_pretrained(path, config=config_from_hub_json(raw), trust_remote_code=False,
                                                     **kwargs)
         try:
