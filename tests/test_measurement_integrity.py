@@ -258,3 +258,36 @@ def test_static_cache_works_after_save_and_load(tmp_path):
     aeflib.io.save(loaded.model, loaded.tokenizer, tmp_path / "pruned", adapter=loaded.adapter)
     model = aeflib.io.load(tmp_path / "pruned").model
     assert torch.equal(_greedy(model, cache_implementation="static", prefill_chunk_size=2), _greedy(loaded.model))
+
+
+# ---- small input 4 (issue 28.4): a model dispatched by accelerate with CPU and disk offload --------------------------
+def _offloaded(folder):
+    """tiny-llama dispatched by accelerate: layers 2-3 offloaded to disk (their parameters left on ``meta``)."""
+    from accelerate import dispatch_model
+
+    loaded = aeflib.models.load("tiny-llama")
+    names = ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.norm", "model.rotary_emb", "lm_head"]
+    device_map = {**dict.fromkeys(names, "cpu"), "model.layers.2": "disk", "model.layers.3": "disk"}
+    dispatch_model(loaded.model, device_map=device_map, offload_dir=str(folder))
+    return loaded
+
+
+OFFLOAD_REFUSALS = {
+    "importance estimation": lambda ld: importance.estimate(ld.model, ld.adapter, torch.ones(2, 8, dtype=torch.long)),
+    "perplexity": lambda ld: perplexity(ld.model, ld.tokenizer, max_windows=1, batch_size=1, progress=False),
+    "zero-shot evaluation": lambda ld: zeroshot(ld.model, ld.tokenizer, tasks=["aef_cloze"], limit=1,
+                                                bootstrap_iters=0),
+}
+
+
+@pytest.mark.parametrize("purpose", list(OFFLOAD_REFUSALS))
+def test_measurement_refuses_an_offloaded_model_before_any_forward_pass(purpose, tmp_path):
+    """Estimation failed after the backward ("no gradient"), perplexity in checksum() after scoring every window."""
+    loaded = _offloaded(tmp_path)
+    forwards = []
+    loaded.model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    with pytest.raises(ValueError, match=rf"{purpose} needs every weight of the model in memory, but 18 of its tensors "
+                                         r"\(first: model\.layers\.2\.self_attn\.q_proj\.weight\) hold no data: .*"
+                                         r"offload.*load the whole model on one device instead"):
+        OFFLOAD_REFUSALS[purpose](loaded)
+    assert not forwards
