@@ -63,6 +63,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aeflib.checks import check_calibration, check_layers
 from aeflib.models.adapters import GroupSet, Slice, StructureAdapter
 from aeflib.models.checksum import checksum
 from aeflib.models.registry import require_resident
@@ -355,34 +356,6 @@ def _loss(model: nn.Module, ids: Tensor) -> Tensor:
     return loss
 
 
-def _check_calibration(model: nn.Module, calibration: Tensor) -> None:
-    """Refuse calibration windows no next-token loss can be computed on, before any forward pass."""
-    if calibration.ndim != 2 or calibration.dtype not in (torch.long, torch.int32, torch.int64):
-        raise ValueError(f"calibration must be an integer tensor [N, L]; got {calibration.dtype} "
-                         f"{tuple(calibration.shape)}")
-    n, length = calibration.shape
-    if n < 1:
-        raise ValueError(f"calibration has 0 windows (shape {tuple(calibration.shape)}); give N >= 1 windows of "
-                         "L >= 2 tokens (aeflib.data.calibration)")
-    if length < 2:
-        raise ValueError(f"calibration windows have L={length} tokens (shape {tuple(calibration.shape)}); the "
-                         "next-token loss needs L >= 2 (one token of context, one target)")
-    vocab = model.get_input_embeddings().num_embeddings
-    low, high = int(calibration.min()), int(calibration.max())
-    if low < 0 or high >= vocab:
-        bad = low if low < 0 else high
-        window = int(((calibration == bad).any(1)).nonzero()[0])
-        raise ValueError(f"calibration holds token id {bad} (window {window}); ids must be in [0, {vocab}), the "
-                         "model's vocabulary: tokenize with the model's own tokenizer")
-
-
-def _check_layers(layers: range | list[int] | None) -> None:
-    """Refuse an empty layer range (``range(5, 2)`` is empty: a reversed range scores, and prunes, nothing)."""
-    if layers is not None and len(layers) == 0:
-        raise ValueError(f"layers={layers!r} is empty; give ascending decoder layers, e.g. range(2, 5), or None "
-                         "for the adapter's default range")
-
-
 def _chunks(calibration: Tensor, size: int) -> list[Tensor]:
     return list(calibration.split(size))
 
@@ -508,8 +481,8 @@ def estimate(
         raise ValueError(f"unknown reduction {reduction!r}; choose one of {sorted(REDUCTIONS)}")
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; choose one of {PATHS}")
-    _check_calibration(model, calibration)
-    _check_layers(layers)
+    check_calibration(model, calibration)
+    check_layers(layers)
     require_resident(model, "importance estimation")
     n = calibration.shape[0]
     chunk_size = n if chunk_size is None else chunk_size

@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from aeflib.checks import check_layers, check_plan, split_key
 from aeflib.files import write_text
-from aeflib.models.adapters import GroupSet, StructureAdapter, StructureError, adapter_for
+from aeflib.models.adapters import GroupSet, StructureAdapter, adapter_for
 from aeflib.scores import Scores
 
 __all__ = ["PruningPlan", "apply", "check_plan", "count_parameters", "install_static_cache_shapes", "mask_removed",
@@ -40,18 +41,6 @@ log = logging.getLogger(__name__)
 def count_parameters(model: nn.Module) -> int:
     """Parameters of ``model``, shared (tied) tensors counted once — what ``sum(p.numel())`` reports."""
     return sum(p.numel() for p in model.parameters())
-
-
-def split_key(key: str) -> tuple[int, str]:
-    """``"12.head"`` → ``(12, "head")``: the layer and kind of a group-set key (:attr:`GroupSet.key`).
-
-    Raises:
-        ValueError: A key that is not ``"<layer>.<kind>"`` with an integer layer.
-    """
-    layer, _, kind = str(key).partition(".")
-    if not layer.isdigit() or not kind:
-        raise ValueError(f"group-set key {key!r} is not '<layer>.<kind>' (e.g. '4.head')")
-    return int(layer), kind
 
 
 @dataclass
@@ -211,9 +200,7 @@ def _group_sets(model: nn.Module, adapter: StructureAdapter, layers, kinds) -> l
     Raises:
         ValueError: ``layers`` empty (a reversed range), ``kinds`` empty or naming a kind the adapter does not have.
     """
-    if layers is not None and len(layers) == 0:
-        raise ValueError(f"layers={layers!r} is empty; give ascending decoder layers, e.g. range(2, 5), or None "
-                         "for the adapter's default range")
+    check_layers(layers)
     sets = adapter.all_group_sets(model, layers)
     available = list(dict.fromkeys(gs.kind for gs in sets)) or ["head", "channel"]
     if kinds is None:
@@ -368,82 +355,8 @@ def _slice_parameter(block: nn.Module, param_name: str, dim: int, index: torch.T
 
 def _planned_sets(adapter: StructureAdapter, model: nn.Module, layer: int, pruning_plan: PruningPlan
                   ) -> list[GroupSet]:
-    """The group sets of ``layer`` that ``pruning_plan`` covers (the plan checked by :func:`check_plan` first)."""
+    """The group sets of ``layer`` that ``pruning_plan`` covers (the plan checked by ``check_plan`` first)."""
     return [gs for gs in adapter.group_sets(model, layer) if gs.key in pruning_plan.keep]
-
-
-def _kept_problems(gs: GroupSet, kept: object) -> list[str]:
-    """What is wrong with ``kept`` as the kept indices of ``gs`` (empty when it is a legal choice)."""
-    if not isinstance(kept, list | tuple) or not all(isinstance(i, int) and not isinstance(i, bool) for i in kept):
-        return [f"{gs.key}: kept indices {kept!r} are not a list of integers"]
-    problems = []
-    outside = sorted({i for i in kept if not 0 <= i < gs.n})
-    if outside:
-        problems.append(f"{gs.key}: kept indices {outside} are outside 0..{gs.n - 1} ({gs.n} {gs.unit} groups)")
-    repeated = sorted({i for i in kept if kept.count(i) > 1})
-    if repeated:
-        problems.append(f"{gs.key}: kept indices {repeated} repeat (each group is kept at most once)")
-    elif list(kept) != sorted(kept):
-        problems.append(f"{gs.key}: kept indices {list(kept)} are not ascending")
-    per_block = gs.n // gs.blocks
-    counts = [sum(b * per_block <= i < (b + 1) * per_block for i in kept) for b in range(gs.blocks)]
-    if not outside and (min(counts) < 1 or len(set(counts)) > 1):
-        what = f"per block of {per_block} (one block per kv head) {counts}" if gs.blocks > 1 else f"{counts[0]}"
-        problems.append(f"{gs.key}: keeps {what} of {gs.n} {gs.unit} groups; every block must keep the same "
-                        "number, at least 1")
-    return problems
-
-
-def check_plan(model: nn.Module, adapter: StructureAdapter, pruning_plan: PruningPlan) -> None:
-    """Check a whole plan against the model before anything is cut, so that a refused plan changes nothing.
-
-    Every key must be ``"<layer>.<kind>"`` of an existing layer and a kind that layer has; the model's group counts
-    must be those the plan was made for, in the same GQA mode; and per group set the kept indices must be integers
-    in ``0..n-1``, unique, ascending, with the same number (at least one) in every kv block.
-
-    Args:
-        model: The model the plan is to be applied to (read only).
-        adapter: Its structure adapter.
-        pruning_plan: The plan (from :func:`plan`, :meth:`PruningPlan.load`, or made by hand).
-
-    Raises:
-        StructureError: Listing every problem found (the first five, and how many more), each naming the group
-            set, the bad value and what is valid.
-
-    Source: [ours].
-    """
-    n_layers = adapter.n_layers(model)
-    problems = []
-    if pruning_plan.gqa_mode != adapter.gqa_mode:
-        problems.append(f"the plan's indices are in gqa_mode={pruning_plan.gqa_mode!r}, the adapter's is "
-                        f"{adapter.gqa_mode!r}; load the model with gqa_mode={pruning_plan.gqa_mode!r}")
-    by_layer: dict[int, list[str]] = {}
-    for key in pruning_plan.keep:
-        try:
-            layer, _ = split_key(key)
-        except ValueError as err:
-            problems.append(str(err))
-            continue
-        if not 0 <= layer < n_layers:
-            problems.append(f"{key}: layer {layer} is outside 0..{n_layers - 1} for this {n_layers}-layer model")
-        elif key not in pruning_plan.n_groups:
-            problems.append(f"{key}: the plan records no group count (n_groups) for it")
-        else:
-            by_layer.setdefault(layer, []).append(key)
-    for layer, keys in sorted(by_layer.items()):
-        sets = {gs.key: gs for gs in adapter.group_sets(model, layer)}
-        for key in keys:
-            gs = sets.get(key)
-            if gs is None:
-                problems.append(f"{key}: layer {layer} has no such group set; it has {sorted(sets)}")
-            elif gs.n != pruning_plan.n_groups[key]:
-                problems.append(f"{key}: layer {layer} has {gs.n} {gs.unit} groups, the plan was made for "
-                                f"{pruning_plan.n_groups[key]}; plans apply once, to the model they were made on")
-            else:
-                problems += _kept_problems(gs, pruning_plan.keep[key])
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise StructureError(f"pruning plan refused, nothing was cut: {'; '.join(problems[:5])}{more}")
 
 
 def apply(model: nn.Module, adapter: StructureAdapter, pruning_plan: PruningPlan) -> nn.Module:
@@ -463,10 +376,10 @@ def apply(model: nn.Module, adapter: StructureAdapter, pruning_plan: PruningPlan
         ``model`` itself.
 
     Raises:
-        StructureError: Before any tensor is changed, if the plan does not fit the model (:func:`check_plan`:
-            group counts differ from the plan's — a plan for another model, or a model already pruned —, a layer or
-            kind the model lacks, kept indices out of range, repeated, or unequal across kv blocks); or if a width
-            check fails afterwards.
+        StructureError: Before any tensor is changed, if the plan does not fit the model
+            (:func:`aeflib.checks.check_plan`: group counts differ from the plan's — a plan for another model, or a
+            model already pruned —, a layer or kind the model lacks, kept indices out of range, repeated, or
+            unequal across kv blocks); or if a width check fails afterwards.
 
     Source: [ours]; the couplings are LLM-Pruner's (``hf_llama_pruner.py``) as written in each adapter.
     """
@@ -547,7 +460,7 @@ def mask_removed(model: nn.Module, adapter: StructureAdapter, pruning_plan: Prun
     computes with its removed groups zeroed. Also handy to preview a plan without changing shapes.
 
     Raises:
-        StructureError: As :func:`apply`, for a plan that does not fit the model (:func:`check_plan`).
+        StructureError: As :func:`apply`, for a plan that does not fit the model (:func:`aeflib.checks.check_plan`).
     """
     check_plan(model, adapter, pruning_plan)
     layers = adapter.decoder_layers(model)

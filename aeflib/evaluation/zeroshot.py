@@ -28,7 +28,6 @@ Source: [paper] §4 zero-shot protocol (lm-eval-harness, seven tasks, plain aver
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -42,6 +41,7 @@ from unittest import mock
 import torch
 
 from aeflib.data import data_dir
+from aeflib.evaluation.harness import harness_tokenizer, name_overlong_items
 from aeflib.evaluation.olmo_tasks import item_hash, offline_task_dir, subset_ids
 from aeflib.evaluation.olmo_tasks import source as offline_source
 from aeflib.evaluation.zeroshot_results import TaskScore, ZeroShotResult, check_metric, write_table
@@ -343,9 +343,9 @@ def zeroshot(
         # HFLM calls model.tie_weights() on an in-memory model (lm-eval 0.4.13, HFLM.__init__), which re-ties an
         # lm_head stored apart from the embedding when the config says tie_word_embeddings: score it as it is
         with mock.patch.object(model, "tie_weights", _keep_weights_as_they_are):
-            lm = HFLM(pretrained=model, tokenizer=_tokenizer_for_harness(tokenizer), batch_size=batch_size,
+            lm = HFLM(pretrained=model, tokenizer=harness_tokenizer(tokenizer), batch_size=batch_size,
                       softmax_dtype=torch.float32)
-        _name_overlong_items(lm, {lm_names[t]: t for t in table},
+        name_overlong_items(lm, {lm_names[t]: t for t in table},
                              {lm_names[t]: item_ids[t] for t, ok in selected.items() if ok})
         with mock.patch("lm_eval.evaluator.get_git_commit_hash", _quiet_git_hash):
             out = lm_eval.simple_evaluate(
@@ -399,55 +399,6 @@ def zeroshot(
     )  # fmt: skip
     log.info("%s", result)
     return result
-
-
-def _tokenizer_for_harness(tokenizer: Any) -> Any:
-    """The tokenizer HFLM may write to: ``tokenizer`` itself when it has a pad token, else a copy.
-
-    HFLM (``lm_eval.models.utils.configure_pad_token``) sets ``pad_token`` on a tokenizer without one, or adds a
-    ``<|pad|>`` token; the caller's tokenizer must stay as it was loaded (a later LoRA run or generation reads it).
-    """
-    if getattr(tokenizer, "pad_token_id", None) is not None or getattr(tokenizer, "pad_token", None):
-        return tokenizer
-    return copy.deepcopy(tokenizer)
-
-
-def _name_overlong_items(lm: Any, tasks: Mapping[str, str], ids: Mapping[str, list[int]]) -> None:
-    """Make HFLM's bare ``AssertionError`` on an unscorable request one error naming the task, item and lengths.
-
-    lm-eval truncates a too-long context from the left, but asserts that every continuation is non-empty and fits
-    the model's context (``HFLM._loglikelihood_tokens``); on failure the requests are re-encoded to find which.
-
-    Args:
-        lm: The ``HFLM`` about to be evaluated (its ``loglikelihood`` is wrapped on the instance).
-        tasks: lm-eval task name -> the name aeflib reports.
-        ids: lm-eval task name -> ids in the split of the items selected (lm-eval numbers them 0..k-1).
-    """
-    harness_loglikelihood = lm.loglikelihood
-
-    def loglikelihood(requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        try:
-            return harness_loglikelihood(requests, disable_tqdm=disable_tqdm)
-        except AssertionError as err:
-            for req in requests:
-                context, continuation = req.args[:2]
-                if context == "":  # as TemplateLM.loglikelihood: the prefix token is the context
-                    ctx, cont = [lm.prefix_token_id], lm.tok_encode(continuation)
-                else:
-                    ctx, cont = lm._encode_pair(context, continuation)
-                if cont and ctx and len(cont) <= lm.max_length:
-                    continue
-                name = getattr(req, "task_name", None)
-                doc = req.doc_id if name not in ids else ids[name][req.doc_id]
-                raise ValueError(
-                    f"zero-shot task {tasks.get(name, name)!r}, item {doc}: the continuation {continuation[:40]!r} is "
-                    f"{len(cont)} tokens (context {len(ctx)}), but lm-eval scores only continuations of 1.."
-                    f"{lm.max_length} tokens (the model's context, config max_position_embeddings); it truncates "
-                    "only the context. Score a model with a longer context, or leave the item out (limit=...)"
-                ) from err
-            raise
-
-    lm.loglikelihood = loglikelihood
 
 
 def _task_limits(
