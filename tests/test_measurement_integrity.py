@@ -291,3 +291,10 @@ def test_measurement_refuses_an_offloaded_model_before_any_forward_pass(purpose,
                                          r"offload.*load the whole model on one device instead"):
         OFFLOAD_REFUSALS[purpose](loaded)
     assert not forwards
+
+
+def test_checksum_of_an_offloaded_model_names_the_tensor_without_data(tmp_path):
+    """It failed with torch's "Cannot copy out of meta tensor; no data!", naming no tensor."""
+    with pytest.raises(ValueError, match=r"cannot checksum the model: tensor model\.layers\.2\.\S+ is on the meta "
+                                         r"device \(offloaded by accelerate"):
+        checksum(_offloaded(tmp_path).model)
