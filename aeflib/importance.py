@@ -63,8 +63,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aeflib.checks import check_calibration, check_layers
 from aeflib.models.adapters import GroupSet, Slice, StructureAdapter
 from aeflib.models.checksum import checksum
+from aeflib.models.registry import require_resident
 from aeflib.scores import Scores
 
 __all__ = ["DEFAULT_CRITERIA", "DEFAULT_FISHER_MEMORY_GIB", "ESTIMATORS", "PATHS", "REDUCTIONS", "STATISTICS",
@@ -340,8 +342,18 @@ def fisher_layer_slices(layer_numel: dict[int, int], fisher_memory_gib: float | 
 
 
 def _loss(model: nn.Module, ids: Tensor) -> Tensor:
-    """Mean next-token cross-entropy of ``ids`` [B, L] (transformers upcasts logits to fp32 for the loss)."""
-    return model(input_ids=ids, labels=ids, use_cache=False).loss
+    """Mean next-token cross-entropy of ``ids`` [B, L] (transformers upcasts logits to fp32 for the loss).
+
+    Raises:
+        FloatingPointError: If the loss is NaN or inf (before its backward: no score is built on it).
+    """
+    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"the calibration loss is {loss.item()} on a chunk of {ids.shape[0]} windows [{ids.shape[0]}, "
+            f"{ids.shape[1]}]; scores from it would be meaningless. Check the model's weights and dtype (float16 "
+            "overflows; use float32 or bfloat16)")
+    return loss
 
 
 def _chunks(calibration: Tensor, size: int) -> list[Tensor]:
@@ -452,8 +464,11 @@ def estimate(
         (``fisher_layer_slices``: ``null`` when all at once).
 
     Raises:
-        ValueError: Unknown criterion, reduction or path; calibration not a 2-D integer tensor; chunk_size < 1;
-            fisher_memory_gib not > 0.
+        ValueError: Unknown criterion, reduction or path; calibration not a 2-D integer tensor, with 0 windows,
+            windows of fewer than 2 tokens, or token ids outside [0, vocab_size); an empty ``layers`` range or one
+            outside the model; chunk_size < 1; fisher_memory_gib not > 0; a model offloaded by accelerate
+            (``aeflib.models.registry.require_resident``). All checked before any forward pass.
+        FloatingPointError: If a calibration loss is NaN or inf (checked before its backward).
 
     Source: [paper] coarse vector-wise + fine element-wise Taylor estimates; [LLM-Pruner code] formulas, Fisher
     from single-sample passes, ``group_reduction``; the hook path and the layer slices [ours].
@@ -466,9 +481,9 @@ def estimate(
         raise ValueError(f"unknown reduction {reduction!r}; choose one of {sorted(REDUCTIONS)}")
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; choose one of {PATHS}")
-    if calibration.ndim != 2 or calibration.dtype not in (torch.long, torch.int32, torch.int64):
-        raise ValueError(f"calibration must be an integer tensor [N, L]; got {calibration.dtype} "
-                         f"{tuple(calibration.shape)}")
+    check_calibration(model, calibration)
+    check_layers(layers)
+    require_resident(model, "importance estimation")
     n = calibration.shape[0]
     chunk_size = n if chunk_size is None else chunk_size
     if chunk_size < 1:

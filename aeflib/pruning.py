@@ -27,12 +27,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from aeflib.checks import check_layers, check_plan, split_key
 from aeflib.files import write_text
-from aeflib.models.adapters import GroupSet, StructureAdapter, StructureError, adapter_for
+from aeflib.models.adapters import GroupSet, StructureAdapter, adapter_for
 from aeflib.scores import Scores
 
-__all__ = ["PruningPlan", "apply", "count_parameters", "install_static_cache_shapes", "mask_removed", "plan",
-           "removal_counts", "select", "solve_ratio", "split_key", "static_cache_shapes"]
+__all__ = ["PruningPlan", "apply", "check_plan", "count_parameters", "install_static_cache_shapes", "mask_removed",
+           "plan", "removal_counts", "select", "solve_ratio", "split_key", "static_cache_shapes"]
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,6 @@ log = logging.getLogger(__name__)
 def count_parameters(model: nn.Module) -> int:
     """Parameters of ``model``, shared (tied) tensors counted once — what ``sum(p.numel())`` reports."""
     return sum(p.numel() for p in model.parameters())
-
-
-def split_key(key: str) -> tuple[int, str]:
-    """``"12.head"`` → ``(12, "head")``: the layer and kind of a group-set key (:attr:`GroupSet.key`).
-
-    Raises:
-        ValueError: A key that is not ``"<layer>.<kind>"`` with an integer layer.
-    """
-    layer, _, kind = str(key).partition(".")
-    if not layer.isdigit() or not kind:
-        raise ValueError(f"group-set key {key!r} is not '<layer>.<kind>' (e.g. '4.head')")
-    return int(layer), kind
 
 
 @dataclass
@@ -209,8 +198,9 @@ def _group_sets(model: nn.Module, adapter: StructureAdapter, layers, kinds) -> l
     """The adapter's group sets of ``layers`` whose kind is in ``kinds`` (default: every kind).
 
     Raises:
-        ValueError: ``kinds`` empty or naming a kind the adapter does not have.
+        ValueError: ``layers`` empty (a reversed range), ``kinds`` empty or naming a kind the adapter does not have.
     """
+    check_layers(layers)
     sets = adapter.all_group_sets(model, layers)
     available = list(dict.fromkeys(gs.kind for gs in sets)) or ["head", "channel"]
     if kinds is None:
@@ -324,8 +314,8 @@ def plan(
         A :class:`PruningPlan` (``params_after`` filled in by :func:`apply`).
 
     Raises:
-        ValueError: Neither or both of ratio/target given, either outside [0, 1), an unknown kind, a target that
-            the layer range cannot reach, or scores whose shapes do not fit the model.
+        ValueError: Neither or both of ratio/target given, either outside [0, 1), an empty ``layers`` range, an
+            unknown kind, a target that the layer range cannot reach, or scores whose shapes do not fit the model.
         TypeError: ``scores`` is a whole :class:`~aeflib.scores.Scores` rather than one criterion of it.
 
     Source: [LLM-Pruner code] local (per-layer) ranking, ``block_wise`` head + channel pruning; target solving [ours].
@@ -365,17 +355,8 @@ def _slice_parameter(block: nn.Module, param_name: str, dim: int, index: torch.T
 
 def _planned_sets(adapter: StructureAdapter, model: nn.Module, layer: int, pruning_plan: PruningPlan
                   ) -> list[GroupSet]:
-    """The group sets of ``layer`` that ``pruning_plan`` covers, checked against the group counts it was made for.
-
-    Raises:
-        StructureError: A group count differs from the plan's (a plan for another model, or one applied twice).
-    """
-    sets = [gs for gs in adapter.group_sets(model, layer) if gs.key in pruning_plan.keep]
-    for gs in sets:
-        if gs.n != pruning_plan.n_groups[gs.key]:
-            raise StructureError(f"layer {layer} has {gs.n} {gs.unit} groups, the plan was made for "
-                                 f"{pruning_plan.n_groups[gs.key]}; plans apply once, to the model they were made on")
-    return sets
+    """The group sets of ``layer`` that ``pruning_plan`` covers (the plan checked by ``check_plan`` first)."""
+    return [gs for gs in adapter.group_sets(model, layer) if gs.key in pruning_plan.keep]
 
 
 def apply(model: nn.Module, adapter: StructureAdapter, pruning_plan: PruningPlan) -> nn.Module:
@@ -395,11 +376,14 @@ def apply(model: nn.Module, adapter: StructureAdapter, pruning_plan: PruningPlan
         ``model`` itself.
 
     Raises:
-        StructureError: If the model's group counts differ from the plan's (a plan for another model, or a model
-            already pruned), or a width check fails afterwards.
+        StructureError: Before any tensor is changed, if the plan does not fit the model
+            (:func:`aeflib.checks.check_plan`: group counts differ from the plan's — a plan for another model, or a
+            model already pruned —, a layer or kind the model lacks, kept indices out of range, repeated, or
+            unequal across kv blocks); or if a width check fails afterwards.
 
     Source: [ours]; the couplings are LLM-Pruner's (``hf_llama_pruner.py``) as written in each adapter.
     """
+    check_plan(model, adapter, pruning_plan)
     layers = adapter.decoder_layers(model)
     for layer in pruning_plan.layers:
         kept = {}
@@ -476,8 +460,9 @@ def mask_removed(model: nn.Module, adapter: StructureAdapter, pruning_plan: Prun
     computes with its removed groups zeroed. Also handy to preview a plan without changing shapes.
 
     Raises:
-        StructureError: As :func:`apply`, for a plan made on other group counts.
+        StructureError: As :func:`apply`, for a plan that does not fit the model (:func:`aeflib.checks.check_plan`).
     """
+    check_plan(model, adapter, pruning_plan)
     layers = adapter.decoder_layers(model)
     for layer in pruning_plan.layers:
         for gs in _planned_sets(adapter, model, layer, pruning_plan):

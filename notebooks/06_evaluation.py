@@ -70,7 +70,7 @@ calib_n = 10
 calib_seq_len = 64
 seed = 42
 # --- runtime ---------------------------------------------------------------------------
-device = "cpu"                 # "cpu", "cuda", or "auto" (shard a big model, accelerate)
+device = "cpu"                 # "cpu", "cuda", or "auto" (CUDA if available; no offload)
 dtype = "float32"              # "float32", "bfloat16" or "float16"
 progress = True                # progress bars (aef run sets False)
 interactive = True             # live widgets (aef run sets False: static figures)

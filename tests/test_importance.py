@@ -233,6 +233,51 @@ def test_estimate_rejects_float_calibration():
         estimate(model, adapter, torch.rand(2, 8))
 
 
+def _bad_ids(value: int) -> torch.Tensor:
+    ids = torch.randint(0, 49152, (3, 8), generator=torch.Generator().manual_seed(0))  # [3, 8]
+    ids[1, 5] = value
+    return ids
+
+
+@pytest.mark.parametrize("calibration, message", [
+    (torch.zeros(0, 16, dtype=torch.long), r"calibration has 0 windows \(shape \(0, 16\)\); give N >= 1 windows"),
+    (torch.ones(6, 1, dtype=torch.long), r"windows have L=1 tokens \(shape \(6, 1\)\); the next-token loss needs L"),
+    (torch.ones(6, 0, dtype=torch.long), r"windows have L=0 tokens"),
+    (_bad_ids(49152), r"token id 49152 \(window 1\); ids must be in \[0, 49152\), the model's vocabulary"),
+    (_bad_ids(-1), r"token id -1 \(window 1\); ids must be in \[0, 49152\)"),
+], ids=["empty", "one-token", "zero-length", "id-too-large", "negative-id"])
+@pytest.mark.parametrize("criteria", [["vector", "element2"], ["l2"]])
+def test_estimate_refuses_calibration_it_cannot_score_before_any_forward_pass(calibration, message, criteria):
+    """Issue 30 kinds 4 and 6: one-token windows gave NaN losses and all-zero scores; empty calibration, zero-length
+    windows and ids outside the vocabulary failed deep inside torch or transformers with messages naming nothing."""
+    model, _, adapter = aeflib.models.load("tiny-llama")
+    forwards = []
+    model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    with pytest.raises(ValueError, match=message):
+        estimate(model, adapter, calibration, criteria=criteria)
+    assert not forwards
+
+
+def test_estimate_raises_on_a_non_finite_loss_instead_of_returning_scores(calib):
+    model, _, adapter = aeflib.models.load("tiny-llama")
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("inf")
+    for path in ("bounded", "naive"):
+        with pytest.raises(FloatingPointError, match=r"the calibration loss is nan on a chunk of 6 windows \[6, 16\]"):
+            estimate(model, adapter, calib, criteria=["vector"], path=path)
+    with pytest.raises(FloatingPointError, match="calibration loss is nan on a chunk of 1 windows"):
+        estimate(model, adapter, calib, criteria=["element2"], fisher_memory_gib=1e-9)  # the layer-slice path
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("layers", [range(3, 1), [], range(2, 2)])
+def test_estimate_refuses_an_empty_layer_range(layers, calib):
+    """Issue 30 kind 4: a reversed range gave empty scores (and then a plan that prunes nothing)."""
+    model, _, adapter = aeflib.models.load("tiny-llama")
+    with pytest.raises(ValueError, match=r"layers=.* is empty; give ascending decoder layers, e\.g\. range\(2, 5\)"):
+        estimate(model, adapter, calib, layers=layers)
+
+
 def test_scores_roundtrip_through_safetensors(tmp_path, calib):
     model, _, adapter = aeflib.models.load("tiny-bloom")
     scores = estimate(model, adapter, calib, criteria=["l2", "vector"])

@@ -5,7 +5,9 @@ interleaved latency), generation (greedy helper, static cache), importance estim
 variant — on dense and non-uniformly pruned tiny models of all four layouts, and on a checkpoint whose config says
 ``tie_word_embeddings: true`` while its ``lm_head`` is stored apart (it loads untied): before and after, the model has
 the same checksum, the same parameter objects (identity, storage, ``requires_grad``, no ``.grad``), the same tying,
-training flag, attention implementation, config, hooks and logits.
+training flag, attention implementation, config, hooks and logits; and its tokenizer the same pad token, padding and
+truncation sides, special tokens and vocabulary (the dense subjects' tokenizers have no pad token: lm-eval's HFLM
+sets one on a tokenizer without, issue 28.3).
 
 Plus the small inputs of the issue: lm-eval's ``tie_weights`` call, and generation with a static cache on models
 pruned to different widths per layer. (Interleaved timing: tests/test_efficiency.py.)
@@ -75,7 +77,23 @@ def subject(request, tmp_path_factory):
     calib = torch.randint(0, 49152, (2, 8), generator=torch.Generator().manual_seed(0))  # [2, 8]
     scores = importance.estimate(loaded.model, loaded.adapter, calib, criteria=["vector", "element2"])  # fusion's
     loaded.model.train(request.param.endswith("/pruned"))
-    return loaded, calib, scores, fingerprint(loaded.model)
+    if request.param.endswith("/dense"):
+        loaded.tokenizer.pad_token = None
+    return loaded, calib, scores, (fingerprint(loaded.model), tokenizer_fingerprint(loaded.tokenizer))
+
+
+def tokenizer_fingerprint(tokenizer) -> dict:
+    """Everything of a tokenizer a measurement must leave as it found it (lm-eval writes pad_token, padding_side)."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    return {
+        "pad": (tokenizer.pad_token, tokenizer.pad_token_id), "sides": (tokenizer.padding_side,
+                                                                    tokenizer.truncation_side),
+        "special": repr(tokenizer.special_tokens_map), "special_ids": list(tokenizer.all_special_ids),
+        "vocab": len(tokenizer), "added": repr(tokenizer.added_tokens_decoder),
+        "max_length": tokenizer.model_max_length, "attrs": sorted(vars(tokenizer)),
+        "backend": None if backend is None else (repr(backend.padding), repr(backend.truncation)),
+        "encoding": tokenizer("The city of", return_attention_mask=True)["input_ids"],
+    }
 
 
 def fingerprint(model: torch.nn.Module) -> dict:
@@ -134,10 +152,28 @@ MEASUREMENTS = {
 
 @pytest.mark.parametrize("measurement", list(MEASUREMENTS))
 def test_measurement_leaves_its_subject_as_found(subject, measurement):
-    loaded, calib, scores, before = subject
+    loaded, calib, scores, (before, tokenizer_before) = subject
     MEASUREMENTS[measurement](loaded, calib, scores)
     changed = _changed(before, fingerprint(loaded.model))
+    tokenizer_after = tokenizer_fingerprint(loaded.tokenizer)
+    changed += [f"tokenizer {k}" for k in tokenizer_before if tokenizer_before[k] != tokenizer_after[k]]
     assert not changed, f"{measurement} changed {changed}"
+
+
+def test_the_tokenizer_fingerprint_sees_each_kind_of_change(tokenizer):
+    """The tokenizer half of the property test can fail: each change lm-eval could make shows."""
+    changes = {
+        "pad": lambda t: setattr(t, "pad_token", None),
+        "sides": lambda t: setattr(t, "padding_side", "left"),
+        "vocab": lambda t: t.add_special_tokens({"pad_token": "<|pad|>"}),
+        "backend": lambda t: t._tokenizer.enable_truncation(4),
+    }
+    for expected, change in changes.items():
+        tok = copy.deepcopy(tokenizer)
+        before = tokenizer_fingerprint(tok)
+        change(tok)
+        after = tokenizer_fingerprint(tok)
+        assert before[expected] != after[expected], expected
 
 
 def test_the_fingerprint_sees_each_kind_of_change(tmp_path):
@@ -222,3 +258,43 @@ def test_static_cache_works_after_save_and_load(tmp_path):
     aeflib.io.save(loaded.model, loaded.tokenizer, tmp_path / "pruned", adapter=loaded.adapter)
     model = aeflib.io.load(tmp_path / "pruned").model
     assert torch.equal(_greedy(model, cache_implementation="static", prefill_chunk_size=2), _greedy(loaded.model))
+
+
+# ---- small input 4 (issue 28.4): a model dispatched by accelerate with CPU and disk offload --------------------------
+def _offloaded(folder):
+    """tiny-llama dispatched by accelerate: layers 2-3 offloaded to disk (their parameters left on ``meta``)."""
+    from accelerate import dispatch_model
+
+    loaded = aeflib.models.load("tiny-llama")
+    names = ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.norm", "model.rotary_emb", "lm_head"]
+    device_map = {**dict.fromkeys(names, "cpu"), "model.layers.2": "disk", "model.layers.3": "disk"}
+    dispatch_model(loaded.model, device_map=device_map, offload_dir=str(folder))
+    return loaded
+
+
+OFFLOAD_REFUSALS = {
+    "importance estimation": lambda ld: importance.estimate(ld.model, ld.adapter, torch.ones(2, 8, dtype=torch.long)),
+    "perplexity": lambda ld: perplexity(ld.model, ld.tokenizer, max_windows=1, batch_size=1, progress=False),
+    "zero-shot evaluation": lambda ld: zeroshot(ld.model, ld.tokenizer, tasks=["aef_cloze"], limit=1,
+                                                bootstrap_iters=0),
+}
+
+
+@pytest.mark.parametrize("purpose", list(OFFLOAD_REFUSALS))
+def test_measurement_refuses_an_offloaded_model_before_any_forward_pass(purpose, tmp_path):
+    """Estimation failed after the backward ("no gradient"), perplexity in checksum() after scoring every window."""
+    loaded = _offloaded(tmp_path)
+    forwards = []
+    loaded.model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    with pytest.raises(ValueError, match=rf"{purpose} needs every weight of the model in memory, but 18 of its tensors "
+                                         r"\(first: model\.layers\.2\.self_attn\.q_proj\.weight\) hold no data: .*"
+                                         r"offload.*load the whole model on one device instead"):
+        OFFLOAD_REFUSALS[purpose](loaded)
+    assert not forwards
+
+
+def test_checksum_of_an_offloaded_model_names_the_tensor_without_data(tmp_path):
+    """It failed with torch's "Cannot copy out of meta tensor; no data!", naming no tensor."""
+    with pytest.raises(ValueError, match=r"cannot checksum the model: tensor model\.layers\.2\.\S+ is on the meta "
+                                         r"device \(offloaded by accelerate"):
+        checksum(_offloaded(tmp_path).model)

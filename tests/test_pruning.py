@@ -171,3 +171,107 @@ def test_solve_ratio_is_the_ratio_plan_uses_and_select_keeps_whole_blocks():
     assert pruning.select(gs, torch.tensor([5.0, 4, 3, 0.1, 0.2, 0.3]), 2) == [0, 1, 4, 5]
     with pytest.raises(ValueError, match=r"n_remove=1 for 1\.head: must be a multiple of 2"):
         pruning.select(gs, torch.rand(6), 1)
+
+
+def _state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(model, before: dict) -> bool:
+    after = model.state_dict()
+    return after.keys() == before.keys() and all(after[k].shape == v.shape and torch.equal(after[k], v)
+                                                 for k, v in before.items())
+
+
+def test_apply_refuses_a_plan_keeping_one_head_three_times_and_changes_nothing():
+    """Issue 30: keep [0, 0, 0] used to be applied, scrambling the layer with duplicated rows."""
+    model, _, adapter = aeflib.models.load("tiny-llama")
+    p = _plan(model, adapter, ratio=0.25)
+    p.keep["1.head"] = [0, 0, 0]
+    before = _state(model)
+    with pytest.raises(StructureError, match=r"nothing was cut: 1\.head: kept indices \[0\] repeat"):
+        pruning.apply(model, adapter, p)
+    assert _same_state(model, before) and not hasattr(model, "aef_plans")
+
+
+def test_apply_refuses_a_plan_whose_last_layer_does_not_match_before_cutting_the_first():
+    """Issue 30 kind 5: the earlier layers were cut before the later layer's StructureError."""
+    model, _, adapter = aeflib.models.load("tiny-gqa")
+    p = _plan(model, adapter, ratio=0.5)
+    last = f"{p.layers[-1]}.channel"
+    p.n_groups[last] += 1
+    before = _state(model)
+    with pytest.raises(StructureError, match=rf"{last}: layer {p.layers[-1]} has 160 channel groups, the plan was "
+                                             r"made for 161"):
+        pruning.apply(model, adapter, p)
+    assert _same_state(model, before) and not hasattr(model, "aef_plans")
+
+
+def _corrupt(p: PruningPlan, model, adapter, rng) -> tuple[PruningPlan, str]:
+    """A copy of ``p`` with one seeded corruption, mostly in its last layer (so earlier layers would cut first)."""
+    bad = PruningPlan.from_dict(copy.deepcopy(p.to_dict()))
+    keys = sorted(bad.keep, key=lambda k: pruning.split_key(k))
+    key = keys[-1] if rng.random() < 0.7 else rng.choice(keys)
+    kept, n = bad.keep[key], bad.n_groups[key]
+    kind = rng.choice(["duplicate", "out-of-range", "negative", "wrong-count", "empty", "unknown-layer",
+                       "unknown-kind", "group-count", "unsorted", "not-int"])
+    if kind == "duplicate":
+        bad.keep[key] = sorted([*kept[:-1], kept[0]])
+    elif kind == "out-of-range":
+        bad.keep[key] = [*kept[:-1], n + rng.randrange(3)]
+    elif kind == "negative":
+        bad.keep[key] = [-1 - rng.randrange(3), *kept[1:]]
+    elif kind == "wrong-count":  # one block keeps one group fewer (GQA), or a set keeps all and one more
+        gs = next(g for g in adapter.group_sets(model, pruning.split_key(key)[0]) if g.key == key)
+        bad.keep[key] = kept[1:] if gs.blocks > 1 else [*range(n), 0]
+    elif kind == "empty":
+        bad.keep[key] = []
+    elif kind == "unknown-layer":
+        layer = adapter.n_layers(model) + rng.randrange(5)
+        bad.keep[f"{layer}.head"], bad.n_groups[f"{layer}.head"] = [0], 4
+    elif kind == "unknown-kind":
+        bad.keep[f"{pruning.split_key(key)[0]}.neuron"], bad.n_groups[f"{pruning.split_key(key)[0]}.neuron"] = [0], 2
+    elif kind == "group-count":
+        bad.n_groups[key] = n + rng.choice([-1, 1, n])
+    elif kind == "unsorted":
+        bad.keep[key] = kept[::-1] if len(kept) > 1 else [*kept, kept[0]]
+    else:
+        bad.keep[key] = [float(i) for i in kept]
+    return bad, kind
+
+
+@pytest.mark.parametrize("name", TINY_NAMES)
+def test_apply_refuses_every_corrupt_plan_and_leaves_state_dict_and_plans_unchanged(name):
+    """Property: seeded corrupt plans (duplicates, out of range, wrong counts, unknown layers or kinds, a bad last
+    layer) are refused by apply and mask_removed with StructureError, and the model is exactly as before."""
+    import random
+
+    model, _, adapter = aeflib.models.load(name)
+    first = pruning.plan(model, adapter, uniform_scores(model, adapter, 1, layers=[0]), pruning_ratio=0.25, layers=[0])
+    pruning.apply(model, adapter, first)  # a model with recorded plans
+    plans = copy.deepcopy(model.aef_plans)
+    good = pruning.plan(model, adapter, uniform_scores(model, adapter, 3, layers=[1, 2, 3]), pruning_ratio=0.5,
+                        layers=[1, 2, 3])
+    before = _state(model)
+    rng = random.Random(name)
+    kinds = set()
+    for _ in range(40):
+        bad, kind = _corrupt(good, model, adapter, rng)
+        kinds.add(kind)
+        for fn in (pruning.apply, pruning.mask_removed):
+            with pytest.raises(StructureError, match="pruning plan refused, nothing was cut"):
+                fn(model, adapter, bad)
+            assert _same_state(model, before), (kind, fn.__name__)
+            assert model.aef_plans == plans, kind
+    assert len(kinds) >= 8
+    pruning.apply(model, adapter, good)  # the valid plan still applies
+    assert len(model.aef_plans) == 2
+
+
+def test_plan_refuses_a_reversed_layer_range():
+    """Issue 30: range(3, 1) is empty; it gave a plan that prunes nothing."""
+    model, _, adapter = aeflib.models.load("tiny-llama")
+    with pytest.raises(ValueError, match=r"layers=range\(3, 1\) is empty; give ascending decoder layers"):
+        _plan(model, adapter, layers=range(3, 1))
+    with pytest.raises(ValueError, match=r"layers=\[\] is empty"):
+        pruning.solve_ratio(model, adapter, 0.01, layers=[])

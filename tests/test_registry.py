@@ -95,3 +95,23 @@ def test_embedded_model_second_load_reads_the_cache(monkeypatch):
     model, _, adapter = load("smollm2-135m")
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert adapter.widths(model, 0).n_kv_heads == 3
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bloom"])
+def test_load_auto_device_puts_every_model_on_cuda_when_available(name, monkeypatch):
+    """Issue 28.4: device="auto" left tiny and embedded models on the CPU; it means CUDA if available everywhere."""
+    from aeflib.models.registry import resolve_device
+
+    moved = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append((a, k)) or self)
+    assert resolve_device("auto") == "cuda"
+    aeflib.models.load(name, device="auto")
+    assert [a for a, _ in moved if a and isinstance(a[0], str)] == [("cuda",)]  # not only build_tiny's .to(dtype)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+
+
+def test_load_refuses_a_device_that_is_not_one():
+    with pytest.raises(ValueError, match=r"device='gpu' is not a device; choose one of auto, cpu, cuda, cuda:N"):
+        aeflib.models.load("tiny-llama", device="gpu")

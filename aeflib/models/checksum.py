@@ -23,7 +23,8 @@ def checksum(model: torch.nn.Module, length: int = 16) -> str:
         Lower-case hex string of ``length`` characters.
 
     Raises:
-        ValueError: If ``length`` is outside 1..64.
+        ValueError: If ``length`` is outside 1..64, or a tensor holds no data here (on the ``meta`` device: offloaded
+            by accelerate, or a skeleton), naming it.
 
     Source: [ours].
     """
@@ -31,6 +32,10 @@ def checksum(model: torch.nn.Module, length: int = 16) -> str:
         raise ValueError(f"checksum length={length} is outside 1..64")
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        if tensor.device.type == "meta":
+            raise ValueError(f"cannot checksum the model: tensor {name} is on the meta device (offloaded by "
+                             "accelerate's device_map, or a skeleton), so its bytes are not here; load the whole "
+                             "model on one device (aeflib.models.load(name, device='cpu' or 'cuda'))")
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
         # view as bytes: works for bf16, which numpy cannot represent

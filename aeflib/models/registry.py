@@ -35,8 +35,8 @@ from aeflib.models.adapters import ADAPTERS, DTYPES, Loaded, adapter_class, adap
 from aeflib.models.embedded import embedded_folder, load_embedded_tokenizer
 from aeflib.models.tiny import build_tiny, tiny_models
 
-__all__ = ["ADAPTERS", "DTYPES", "MODELS", "Loaded", "ModelSpec", "ModelUnavailableError", "adapter_for", "load",
-           "resolve_dtype"]
+__all__ = ["ADAPTERS", "DEVICES", "DTYPES", "MODELS", "Loaded", "ModelSpec", "ModelUnavailableError", "adapter_for",
+           "load", "offloaded_tensors", "require_resident", "resolve_device", "resolve_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,73 @@ MODELS: Mapping[str, ModelSpec] = _Models()
 FOLDER_FORMATS: dict[str, Callable[..., Loaded]] = {}
 
 
+#: What ``device=`` accepts wherever aeflib loads a model (:func:`load`, ``aeflib.io.load``, the CLI).
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+def resolve_device(device: str) -> str:
+    """The one meaning of ``device=`` in aeflib: ``"auto"`` is ``"cuda"`` when CUDA is available, else ``"cpu"``.
+
+    The whole model goes to that one device; aeflib never shards or offloads a model (accelerate ``device_map``
+    dispatch), because importance estimation, perplexity and zero-shot need every weight resident
+    (:func:`require_resident`).
+
+    Args:
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (any other torch device string is passed on).
+
+    Returns:
+        A torch device string: ``"auto"`` resolved, anything else unchanged.
+
+    Raises:
+        ValueError: If ``device`` is not a string torch accepts as a device, naming the valid choices.
+
+    Source: [ours].
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device; choose one of {', '.join(DEVICES)}") from None
+    return device
+
+
+def offloaded_tensors(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``model`` that hold no data here (on the ``meta`` device).
+
+    accelerate's ``dispatch_model`` (``from_pretrained(device_map=...)`` with CPU or disk offload) leaves such
+    placeholders and loads the real weights inside each module's forward; ``aeflib.skeleton`` models have only them.
+    """
+    tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return [name for name, t in tensors if t.device.type == "meta"]
+
+
+def require_resident(model: torch.nn.Module, purpose: str) -> None:
+    """Refuse, before any forward pass, a model whose weights are not all held in memory.
+
+    Args:
+        model: The model about to be measured.
+        purpose: What was asked of it (``"importance estimation"``, ``"perplexity"`` ...), for the message.
+
+    Raises:
+        ValueError: If any parameter or buffer is on the ``meta`` device (offloaded by accelerate, or a skeleton),
+            naming how many, the first one, and what works instead.
+
+    Source: [ours] (the gradients of offloaded weights reach accelerate's per-forward copies, not the model's
+    parameters; checksums cannot read them).
+    """
+    names = offloaded_tensors(model)
+    hooked = any(getattr(getattr(m, "_hf_hook", None), "offload", False) for m in model.modules())
+    if names or hooked:
+        where = f"{len(names)} of its tensors (first: {names[0]}) hold no data" if names else "it is offloaded"
+        raise ValueError(
+            f"{purpose} needs every weight of the model in memory, but {where}: the model was dispatched by "
+            "accelerate with CPU/disk offload (device_map), or is a skeleton without weights. Offloaded models are "
+            "not supported; load the whole model on one device instead, e.g. aeflib.models.load(name, "
+            "device='cpu') or device='cuda' (device='auto' picks CUDA when available, without offload)"
+        )
+
+
 class ModelUnavailableError(RuntimeError):
     """A registered model's weights cannot be reached (offline, not cached)."""
 
@@ -122,7 +189,7 @@ def _require_hub(spec: ModelSpec) -> None:
         )
 
 
-def _load_folder(path: Path, dtype: torch.dtype, device_map: str | None):
+def _load_folder(path: Path, dtype: torch.dtype):
     """Load a transformers checkpoint folder with its family adapter's ``load_folder`` (never remote code)."""
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -132,7 +199,7 @@ def _load_folder(path: Path, dtype: torch.dtype, device_map: str | None):
         cls = adapter_class(raw.get("model_type"))
     except ValueError as err:
         raise ValueError(f"{config_file}: {err}") from None
-    return cls.load_folder(path, raw, dtype=dtype, device_map=device_map)
+    return cls.load_folder(path, raw, dtype=dtype, device_map=None)
 
 
 def load(
@@ -149,7 +216,9 @@ def load(
         name_or_path: A key of :data:`MODELS` or a local folder (transformers checkpoint or aeflib pruned folder).
         dtype: Weight dtype, ``torch.float32``, ``bfloat16`` or ``float16`` (or their names); default float32,
             except that an aeflib pruned folder keeps the dtype it was saved in.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or ``"auto"`` to shard a large model with accelerate.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or ``"auto"``: CUDA if available, else CPU
+            (:func:`resolve_device`, the same meaning as in ``aeflib.io.load``). Every model, tiny and embedded
+            ones included, goes whole to that device; aeflib does not shard or offload (:func:`require_resident`).
         gqa_mode: How GQA heads are grouped, a key of :data:`aeflib.models.adapters.GQA_MODES`.
         seed: Weight seed of the tiny random models (ignored otherwise).
 
@@ -157,13 +226,13 @@ def load(
         :class:`Loaded` ``(model, tokenizer, adapter)``; the model is in eval mode.
 
     Raises:
-        ValueError: Unknown name (lists the registry), unsupported dtype or model type.
+        ValueError: Unknown name (lists the registry), unsupported dtype or model type, or a bad ``device``.
         FileNotFoundError: A path that does not exist or has no config.
         ModelUnavailableError: A hub model that is neither cached nor reachable (fails within ~3 s).
     """
     torch_dtype = torch.float32 if dtype is None else resolve_dtype(dtype)
     key = str(name_or_path)
-    device_map = "auto" if device == "auto" else None
+    device = resolve_device(device)
     if key in MODELS:
         spec = MODELS[key]
         if spec.source == "tiny":
@@ -181,7 +250,7 @@ def load(
 
             folder = Path(snapshot_download(spec.hub_id, allow_patterns=["*.json", "*.model", "*.safetensors",
                                                                        "*.bin", "*.txt"]))
-            model, tokenizer = _load_folder(folder, torch_dtype, device_map)
+            model, tokenizer = _load_folder(folder, torch_dtype)
             model.config.name_or_path = key
     else:
         path = Path(name_or_path).expanduser()
@@ -191,8 +260,8 @@ def load(
         for marker, loader in FOLDER_FORMATS.items():
             if (path / marker).is_file():
                 return loader(path, dtype=None if dtype is None else torch_dtype, device=device)
-        model, tokenizer = _load_folder(path, torch_dtype, device_map)
-    if device_map is None and device != "cpu":
+        model, tokenizer = _load_folder(path, torch_dtype)
+    if device != "cpu":
         model = model.to(device)
     model.eval()
     return Loaded(model, tokenizer, adapter_for(model, gqa_mode))

@@ -233,7 +233,7 @@ def reproduce(
     models: Annotated[str, typer.Option(help="Comma-separated paper models or local folders.")] =
         "llama-7b,vicuna-7b,baichuan-7b,bloom-7b1",
     method: Method = "aef",
-    device: Annotated[str, typer.Option(help="auto (shard with accelerate), cuda or cpu.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (CUDA if available, else CPU; no offload), cuda or cpu.")] = "auto",
     dtype: Annotated[str, typer.Option(help="bfloat16 (paper's recovery precision), float16 or float32.")] =
         "bfloat16",
     runs_root: Runs = "runs",

@@ -200,8 +200,8 @@ COMMON: tuple[tuple[str, tuple[Param, ...]], ...] = (
         Param("seed", int, 42, cli_help="Seed of the calibration windows (and every seeded choice)."),
     )),
     ("runtime", (
-        Param("device", str, "cpu", '"cpu", "cuda", or "auto" (shard a big model, accelerate)',
-              "cpu, cuda, or auto (accelerate sharding).", paper="auto"),
+        Param("device", str, "cpu", '"cpu", "cuda", or "auto" (CUDA if available; no offload)',
+              "cpu, cuda, or auto (CUDA if available, else CPU; whole model, no offload).", paper="auto"),
         Param("dtype", str, "float32", '"float32", "bfloat16" or "float16"', "float32, bfloat16 or float16.",
               paper="bfloat16"),
         Param("progress", bool, True, "progress bars (aef run sets False)", runtime=True),
@@ -387,7 +387,7 @@ class RunSettings:
         """The paper's protocol (docs/paper.md §4) for ``model``; each value is its parameter's ``paper``.
 
         Ratio 0.25 on layers 4..n-2, BookCorpus 10 x 64 calibration, WikiText-2 / PTB perplexity (llm-pruner-128),
-        the seven zero-shot tasks, LoRA on Alpaca-cleaned for 2 epochs, bf16, sharded with ``device="auto"``.
+        the seven zero-shot tasks, LoRA on Alpaca-cleaned for 2 epochs, bf16, ``device="auto"`` (CUDA if available).
         """
         base = {p.name: p.paper(model) if callable(p.paper) else copy.deepcopy(p.paper) for p in settings_params()
                 if p.paper is not UNSET}
