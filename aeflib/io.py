@@ -48,7 +48,7 @@ from aeflib.files import atomic_folder, jsonable
 from aeflib.manifest import is_int, model_problems, plan_problems
 from aeflib.models.adapters import Loaded, StructureAdapter, adapter_for, resolve_dtype
 from aeflib.models.checksum import checksum
-from aeflib.models.registry import FOLDER_FORMATS
+from aeflib.models.registry import FOLDER_FORMATS, resolve_device
 from aeflib.pruning import PruningPlan, count_parameters, install_static_cache_shapes
 from aeflib.skeleton import build_skeleton, shape_problems
 from aeflib.weights import MANIFEST, WEIGHTS, split_tied
@@ -401,9 +401,7 @@ def load(folder: str | os.PathLike, dtype: torch.dtype | str | None = None, devi
                               f"in {where}; the weights were modified")
     tokenizer = _load_tokenizer(folder)  # before the model moves to a device: a corrupt file fails first
     generation_config = _load_generation_config(folder)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device=device, dtype=None if dtype is None else resolve_dtype(dtype))
+    model.to(device=resolve_device(device), dtype=None if dtype is None else resolve_dtype(dtype))
     if generation_config is not None:
         model.generation_config = generation_config
     model.config.name_or_path = str(folder)

@@ -115,3 +115,12 @@ def test_load_auto_device_puts_every_model_on_cuda_when_available(name, monkeypa
 def test_load_refuses_a_device_that_is_not_one():
     with pytest.raises(ValueError, match=r"device='gpu' is not a device; choose one of auto, cpu, cuda, cuda:N"):
         aeflib.models.load("tiny-llama", device="gpu")
+
+
+@pytest.mark.parametrize(("text", "message"), [("{nope", "is not readable JSON"), ("[1]", "holds a JSON list")])
+def test_local_folder_with_corrupt_config_names_the_file(tmp_path, text, message):
+    model, tok, _ = load("tiny-llama")
+    model.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=rf"config\.json.*{message}"):
+        load(tmp_path)

@@ -194,7 +194,13 @@ def _load_folder(path: Path, dtype: torch.dtype):
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json; expected a transformers checkpoint folder")
-    raw = json.loads(config_file.read_text())
+    try:
+        raw = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise ValueError(f"{config_file} is not readable JSON ({err}); the file is corrupt") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{config_file} holds a JSON {type(raw).__name__}, expected an object (a transformers "
+                         "config)")
     try:
         cls = adapter_class(raw.get("model_type"))
     except ValueError as err:
