@@ -363,6 +363,7 @@ def test_pipeline_run_validates_settings_before_creating_the_run_folder(stand_in
     assert not runs.exists()
     folder = stand_ins / "ckpt"
     folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 4}))
     assert RunSettings(model=str(folder), layers=[1, 3]).validate().model == str(folder)   # folders: not loaded
 
 

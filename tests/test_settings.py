@@ -138,6 +138,8 @@ def test_validate_accepts_the_shipped_profiles_and_a_single_task_name_from_the_c
                                                ("--recovery-steps", "recovery_steps"), ("--layers", "layers")])
 def test_settings_option_none_is_a_value_where_the_help_offers_it(option, attribute):
     assert getattr(_settings({"model": "tiny-llama", attribute: "None"}), attribute) is None
+    offering = {p.name for p in settings_params() if "None:" in (p.cli_help or p.help)}
+    assert offering == {"layers", "ppl_max_windows", "zeroshot_limit", "recovery_steps"}
 
 
 def test_stage_matches_full_names_and_exact_numbers_only():
@@ -185,3 +187,33 @@ def test_cli_run_resolves_a_relative_model_folder_once_against_the_current_direc
     assert f'"model": "{absolute}"' in marker
     assert RunSettings.tiny(model="ckpt").validate().model == absolute
     assert Path(RunSettings.tiny(model="ckpt").default_name()).name.startswith("ckpt-")
+
+
+@pytest.mark.parametrize("config, message", [
+    (None, r"config\.json is missing or not a JSON object; give a checkpoint folder"),
+    ("[1, 2]", r"config\.json is missing or not a JSON object"),
+    ('{"model_type": "gpt2"}', r"config\.json has model_type 'gpt2'; supported: \["),
+    ('{"model_type": "llama", "num_hidden_layers": 4}', None),
+])
+def test_validate_reads_a_model_folder_config_without_loading_weights(tmp_path, config, message):
+    if config is not None:
+        (tmp_path / "config.json").write_text(config)
+    settings = RunSettings.tiny(model=str(tmp_path), layers=[1, 5])
+    if message is None:       # a readable config: its depth bounds the layer range
+        message = r"layers=\[1, 5\]: .* has 4 decoder layers \(.*config\.json\)"
+    with pytest.raises(ValueError, match=message):
+        settings.validate()
+
+
+def test_validate_device_cuda_follows_the_machine(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for device in ("cuda", "cuda:0", "cpu", "auto"):
+        RunSettings.tiny(device=device).validate()
+    with pytest.raises(ValueError, match=r"device='cuda:1': this machine has 1 CUDA device\(s\), cuda:0\.\.cuda:0"):
+        RunSettings.tiny(device="cuda:1").validate()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device='cuda': CUDA is not available on this machine"):
+        RunSettings.tiny(device="cuda").validate()

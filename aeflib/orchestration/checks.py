@@ -75,10 +75,20 @@ def _estimators() -> Any:
 
 def _model(v: Any) -> str | None:
     from aeflib.models import MODELS
+    from aeflib.models.adapters import ADAPTERS
 
-    if isinstance(v, str) and v and (v in MODELS or Path(v).expanduser().is_dir()):
+    if isinstance(v, str) and v in MODELS:
         return None
-    return f"not a registry name ({', '.join(MODELS)}) and not an existing folder"
+    folder = Path(str(v)).expanduser()
+    if not (isinstance(v, str) and v and folder.is_dir()):
+        return f"not a registry name ({', '.join(MODELS)}) and not an existing folder"
+    config = _read_config(folder / "config.json")       # what models.load reads first (no weights here)
+    if config is None:
+        return f"{folder / 'config.json'} is missing or not a JSON object; give a checkpoint folder"
+    if config.get("model_type") not in ADAPTERS:
+        return (f"{folder / 'config.json'} has model_type {config.get('model_type')!r}; supported: "
+                f"{sorted(ADAPTERS)}")
+    return None
 
 
 def _layers(v: Any) -> str | None:

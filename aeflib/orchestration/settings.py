@@ -184,7 +184,7 @@ COMMON: tuple[tuple[str, tuple[Param, ...]], ...] = (
         Param("run_dir", str, "../runs/notebooks", "the stages read earlier artifacts here, write their own",
               runtime=True),
         Param("layers", list[int] | None, None, "layers to prune, [start, stop); None: default (4..n-2)",
-              "Pruned decoder layers START:STOP (default: adapter's).", parse=_parse_layers),
+              "Pruned decoder layers START:STOP (default, or None: the adapter's, 4..n-2).", parse=_parse_layers),
         Param("method", str, "aef", "method: random, l1, l2, vector, element1, element2, wanda, "
               "aef (= aef-agree), aef-*",
               "Ranking criterion: random, l1, l2, vector, element1, element2, aef, aef-layer, aef-layer-tuned, "
@@ -205,7 +205,8 @@ COMMON: tuple[tuple[str, tuple[Param, ...]], ...] = (
     )),
     ("runtime", (
         Param("device", str, "cpu", '"cpu", "cuda", or "auto" (shard a big model, accelerate)',
-              "cpu, cuda, or auto (accelerate sharding).", paper="auto"),
+              "cpu, cuda, cuda:N, or auto (accelerate sharding); cuda is refused where CUDA is not available.",
+              paper="auto"),
         Param("dtype", str, "float32", '"float32", "bfloat16" or "float16"', "float32, bfloat16 or float16.",
               paper="bfloat16"),
         Param("progress", bool, True, "progress bars (aef run sets False)", runtime=True),
@@ -242,7 +243,7 @@ STAGES: tuple[Stage, ...] = (
         Param("recovery_dataset", str, "qa", 'shipped QA pairs; the paper: "alpaca-cleaned" (hub)',
               paper="alpaca-cleaned"),
         Param("recovery_steps", int | None, 20, "optimizer steps (None: 2 epochs, as the paper)",
-              "LoRA optimizer steps.", tiny=2, paper=None),
+              "LoRA optimizer steps (None: 2 epochs, as the paper).", tiny=2, paper=None),
         Param("recovery_batch_size", int, 4, "sequences per step (paper: 64)", tiny=2, paper=64),
         Param("recovery_micro_batch_size", int, 4, "sequences per forward/backward pass", tiny=2),
         Param("recovery_lr", float, 3e-4, "peak learning rate (paper: 1e-4 over ~1.5 k steps)", paper=1e-4),
@@ -256,13 +257,14 @@ STAGES: tuple[Stage, ...] = (
               paper=[["wikitext2", "test"], ["ptb", "validation"]], parse=_parse_ppl_datasets),
         Param("ppl_protocol", str, "llm-pruner-128", cli_help="Perplexity protocol."),
         Param("ppl_max_windows", int | None, 48, "windows per corpus (None: the whole split)",
-              "Perplexity windows per corpus.", tiny=4, paper=None),
+              "Perplexity windows per corpus (None: the whole split).", tiny=4, paper=None),
         Param("zeroshot_tasks", str | list[str] | None, "paper7-offline",
               'the paper\'s seven, offline; "paper7": hub; "local"',
               "Zero-shot task set: paper7-offline (default: the paper's seven tasks, offline), local, or paper7 "
               "(hub); or task names, comma-separated.", tiny="local", paper="paper7", parse=_parse_tasks),
         Param("zeroshot_limit", int | None, 100, "items per task, seeded subset (None: all)",
-              "Zero-shot items per task (a seeded subset, the same for every model).", tiny=4, paper=None),
+              "Zero-shot items per task (a seeded subset, the same for every model; None: all).", tiny=4,
+              paper=None),
         Param("efficiency_seq_len", int | None, 64, "prompt tokens of the latency measurement (None: skip)",
               "Prompt tokens of the latency measurement (notebook 06 times every model: None, which skips it "
               "in aeflib.stages.evaluate, is refused here).", tiny=16, paper=128),
