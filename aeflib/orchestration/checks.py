@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHECKS", "PAPER_MODELS", "RELATIONS", "ModelShape", "check_settings", "model_shape"]
+__all__ = ["CHECKS", "PAPER_MODELS", "RELATIONS", "SEED_MAX", "ModelShape", "check_settings", "model_shape"]
 
 #: the published models whose rows notebook 07 shows (any other model is shown beside llama-7b's)
 PAPER_MODELS = ("llama-7b", "vicuna-7b", "bloom-7b1")
