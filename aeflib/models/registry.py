@@ -51,6 +51,8 @@ class ModelSpec:
         description: One line for listings.
         hub_id: Hub repository, for ``source="hub"``.
         paper: Whether the AEF paper evaluates this model.
+        n_layers: Decoder layers, for checks that must not load the weights (``aef run --layers``); None: read
+            from the model's config.
     """
 
     name: str
@@ -59,19 +61,21 @@ class ModelSpec:
     description: str
     hub_id: str | None = None
     paper: bool = False
+    n_layers: int | None = None
 
 
 _NAMED: dict[str, ModelSpec] = {
     "smollm2-135m": ModelSpec("smollm2-135m", "embedded", "llama",
-                              "SmolLM2-135M-Instruct, Q4_1 dequantized; 30 layers, 9 q / 3 kv heads (GQA)"),
+                              "SmolLM2-135M-Instruct, Q4_1 dequantized; 30 layers, 9 q / 3 kv heads (GQA)",
+                              n_layers=30),
     "llama-7b": ModelSpec("llama-7b", "hub", "llama", "LLaMA-7B (decapoda conversion the authors used)",
-                          "baffo32/decapoda-research-llama-7B-hf", paper=True),
+                          "baffo32/decapoda-research-llama-7B-hf", paper=True, n_layers=32),
     "vicuna-7b": ModelSpec("vicuna-7b", "hub", "llama", "Vicuna-7B v1.3 (LLaMA-1 based)", "lmsys/vicuna-7b-v1.3",
-                           paper=True),
+                           paper=True, n_layers=32),
     "baichuan-7b": ModelSpec("baichuan-7b", "hub", "baichuan", "Baichuan-7B (fused W_pack; no remote code)",
-                             "baichuan-inc/Baichuan-7B", paper=True),
+                             "baichuan-inc/Baichuan-7B", paper=True, n_layers=32),
     "bloom-7b1": ModelSpec("bloom-7b1", "hub", "bloom", "Bloom-7b1 (fused interleaved qkv, ALiBi)",
-                           "bigscience/bloom-7b1", paper=True),
+                           "bigscience/bloom-7b1", paper=True, n_layers=30),
 }
 
 

@@ -25,7 +25,7 @@ from aeflib.importance import DEFAULT_CRITERIA
 from aeflib.models import MODELS
 from aeflib.orchestration.runner import StageFailed, select
 from aeflib.orchestration.runner import run as run_pipeline
-from aeflib.orchestration.settings import Param, RunSettings, settings_params
+from aeflib.orchestration.settings import STAGE_NAMES, Param, RunSettings, settings_params, stage
 from aeflib.orchestration.sweep import compare as run_compare
 from aeflib.orchestration.sweep import reproduce as run_reproduce
 from aeflib.stages import fusion_method
@@ -40,26 +40,47 @@ Method = Annotated[str, typer.Option(help="Ranking criterion: random, l1, l2, ve
                                           "aef-layer, aef-layer-tuned, aef-element, aef-blend, aef-agree, "
                                           "aef-learned.")]
 Runs = Annotated[str, typer.Option(help="Parent folder of run folders.")]
-_SCALARS = {str: str, int: int, float: float, str | None: str, int | None: int, float | None: float}
+#: scalar annotation -> (what the option's text becomes, its metavar); ``X | None`` options also take ``None``
+_SCALARS = {str: (str, "TEXT"), int: (int, "INTEGER"), float: (float, "NUMBER"), str | None: (str, "TEXT"),
+            int | None: (int, "INTEGER"), float | None: (float, "NUMBER")}
 
 
 def _option(p: Param) -> inspect.Parameter:
-    """The ``--name`` option of parameter ``p``: typed for scalars, text that ``p.parse`` reads for lists.
+    """The ``--name`` option of parameter ``p``: text that :func:`_parsed` reads (``p.parse`` or its scalar type).
 
-    Its default is None (= not given: the settings' value stays, tiny-* models keep theirs).
+    Every option is text, so that a bad value ends in one line naming it (not click's usage box) and ``None``
+    can be given where the type allows it. Its default is None (= not given: the settings' value stays, tiny-*
+    models keep theirs).
 
     Raises:
         TypeError: A parameter whose type is neither a scalar nor given a ``parse`` (say how to read the text).
     """
     if p.parse is None and p.type not in _SCALARS:
         raise TypeError(f"parameter {p.name!r} of type {p.type} needs a parse function to become an option")
-    kind = str if p.parse else _SCALARS[p.type]
+    metavar = "TEXT" if p.parse else _SCALARS[p.type][1]
     help_text = p.cli_help or (p.help + "." if p.help else p.name.replace("_", " "))
     # the default as it will apply (None: not given), unless the help already says it
     default = "" if p.default is None or "default" in help_text else f" (default: {_text(p.default)})"
     return inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=Annotated[kind | None, typer.Option(help=help_text + default,
-                                                                             show_default=False)])
+                             annotation=Annotated[str | None, typer.Option(help=help_text + default, metavar=metavar,
+                                                                            show_default=False)])
+
+
+def _scalar(p: Param, text: str) -> Any:
+    """The option text of scalar parameter ``p`` as its value (``None`` where its type allows None).
+
+    Raises:
+        ValueError: ``--name 'text': give ...`` when the text is not of the parameter's type.
+    """
+    kind = _SCALARS[p.type][0]
+    option = f"--{p.name.replace('_', '-')}"
+    if text.strip() == "None" and p.type in (int | None, float | None, str | None):
+        return None
+    try:
+        return kind(text.strip()) if kind is not str else text
+    except ValueError:
+        none = " (or None)" if p.type in (int | None, float | None) else ""
+        raise ValueError(f"{option} {text!r}: give {'an integer' if kind is int else 'a number'}{none}") from None
 
 
 def _text(value: Any) -> str:
@@ -109,13 +130,17 @@ def settings_options(names: Sequence[str] | None = None) -> Callable[[Callable],
 
 
 def _parsed(fields: dict[str, Any]) -> dict[str, Any]:
-    """The options given, as settings values (list-valued ones read by their parameter's ``parse``).
+    """The options given, as settings values.
+
+    List-valued ones are read by their parameter's ``parse``, scalars by :func:`_scalar` (``None`` is a value where
+    the parameter allows it).
 
     Raises:
-        ValueError: From a parse function, naming the option's text.
+        ValueError: From a parse function or :func:`_scalar`, naming the option and its text.
     """
-    parse = {p.name: p.parse for p in settings_params()}
-    return {k: parse[k](v) if parse.get(k) else v for k, v in fields.items() if v is not None}
+    params = {p.name: p for p in settings_params()}
+    return {k: params[k].parse(v) if params[k].parse else _scalar(params[k], v) for k, v in fields.items()
+            if v is not None}
 
 
 def _echo(line: str, err: bool = False) -> None:
@@ -162,6 +187,25 @@ def _settings(fields: dict[str, Any], method: str | None = None) -> RunSettings:
     return base.validate()
 
 
+def _stage_list(text: str) -> list[str]:
+    """``--stages`` text → stage names in pipeline order: full names or exact two-digit numbers, comma-separated.
+
+    Raises:
+        ValueError: Naming every item that is no stage (``02_importanse``, ``07xyz``) and the stages, or an empty list.
+    """
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    bad = []
+    for item in items:
+        try:
+            stage(item)
+        except ValueError:
+            bad.append(item)
+    if bad or not items:
+        raise ValueError(f"--stages {text!r}: {'no stage ' + repr(bad) if bad else 'no stage given'}; give full "
+                         f"names or two-digit numbers from {list(STAGE_NAMES)}, comma-separated")
+    return select(items)
+
+
 def _fail_stage(err) -> None:
     _echo(f"\nstage {err.stage} failed: {err.ename}: {err.evalue}", err=True)
     _echo(f"  executed notebook: {err.notebook}", err=True)
@@ -182,10 +226,9 @@ def run(
     progress: Annotated[bool, typer.Option("--progress", help="Progress bars inside the notebooks.")] = False,
 ) -> None:
     """Prune one model: run the stage notebooks with papermill into RUNS_ROOT/NAME and write report.md."""
-    chosen = None if stages is None else [s.strip() for s in stages.split(",") if s.strip()]
     try:
+        chosen = None if stages is None else _stage_list(stages)
         settings = _settings(fields)
-        select(chosen)
     except ValueError as err:
         _bad(err)
     _echo(f"aef run: {settings.model}, method {settings.method} → {runs_root}/{name or settings.default_name()}")

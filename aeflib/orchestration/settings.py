@@ -13,8 +13,8 @@ Everything else about a stage is derived from these records:
 Adding a stage: write ``notebooks/NN_name.py`` (jupytext pair), add its :class:`Stage` to :data:`STAGES`, run
 ``make notebooks`` (writes its parameters cell) — and, if the notebook needs one, its helper in :mod:`aeflib.stages`.
 
-This module imports nothing of aeflib at import time (the notebooks' ``artifacts`` module reads it): the checks in
-:meth:`RunSettings.validate` import the registries they consult when they run.
+What each setting may be lives in :mod:`aeflib.orchestration.checks` (one check per parameter, a test walks them);
+:meth:`RunSettings.validate` runs them before any kernel starts.
 
 Source: [ours].
 """
@@ -30,21 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aeflib.evaluation.zeroshot import TASK_SETS
-from aeflib.fusion import NORMALIZATIONS
 from aeflib.importance import DEFAULT_CRITERIA, ESTIMATORS
 from aeflib.models import MODELS
-from aeflib.models.registry import DTYPES
-from aeflib.stages import METHODS
+from aeflib.orchestration.checks import PAPER_MODELS, check_settings
 
 __all__ = ["COMMON", "PAPER_MODELS", "STAGES", "STAGE_NAMES", "Param", "RunSettings", "Stage", "parameters_cell",
            "producers", "settings_params", "stage", "write_parameter_cells"]
 
 #: ``Param.tiny`` / ``Param.paper`` when the parameter keeps its default under that profile
 UNSET: Any = type("Unset", (), {"__repr__": lambda self: "UNSET"})()
-
-#: the published models whose rows notebook 07 shows (any other model is shown beside llama-7b's)
-PAPER_MODELS = ("llama-7b", "vicuna-7b", "bloom-7b1")
 
 #: a code line longer than 90 characters overflows a JupyterLab cell beside the file browser
 LINE = 90
@@ -129,12 +123,14 @@ def _literal(value: Any) -> str:
 
 
 # ---- parsers of the list-valued options ---------------------------------------------------------------------------
-def _parse_layers(text: str) -> list[int]:
-    """``START:STOP`` → ``[start, stop]``.
+def _parse_layers(text: str) -> list[int] | None:
+    """``START:STOP`` → ``[start, stop]``; ``None`` → None (the model's default).
 
     Raises:
         ValueError: Naming the text, unless it is two integers ``0 <= START < STOP``.
     """
+    if text.strip() == "None":
+        return None
     parts = text.split(":")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or int(parts[0]) >= int(parts[1]):
         raise ValueError(f"--layers {text!r}: give START:STOP with integers 0 <= START < STOP, e.g. 4:30")
@@ -159,9 +155,17 @@ def _parse_ppl_datasets(text: str) -> list[list[str]]:
     return pairs
 
 
-def _parse_tasks(text: str) -> str | list[str]:
-    """A task-set name (``paper7-offline``) or task names separated by commas (a list)."""
-    return _parse_names(text) if "," in text else text.strip()
+def _parse_tasks(text: str) -> str | list[str] | None:
+    """A task-set name (``paper7-offline``) → itself; task names separated by commas (even one) → a list.
+
+    ``None`` → None (which notebook 06 refuses, through :meth:`RunSettings.validate`).
+    """
+    from aeflib.evaluation.zeroshot import TASK_SETS
+
+    text = text.strip()
+    if text == "None":
+        return None
+    return text if text in TASK_SETS else _parse_names(text)
 
 
 def _paper_model(model: str) -> str:
@@ -180,7 +184,7 @@ COMMON: tuple[tuple[str, tuple[Param, ...]], ...] = (
         Param("run_dir", str, "../runs/notebooks", "the stages read earlier artifacts here, write their own",
               runtime=True),
         Param("layers", list[int] | None, None, "layers to prune, [start, stop); None: default (4..n-2)",
-              "Pruned decoder layers START:STOP (default: adapter's).", parse=_parse_layers),
+              "Pruned decoder layers START:STOP (default, or None: the adapter's, 4..n-2).", parse=_parse_layers),
         Param("method", str, "aef", "method: random, l1, l2, vector, element1, element2, wanda, "
               "aef (= aef-agree), aef-*",
               "Ranking criterion: random, l1, l2, vector, element1, element2, aef, aef-layer, aef-layer-tuned, "
@@ -201,7 +205,8 @@ COMMON: tuple[tuple[str, tuple[Param, ...]], ...] = (
     )),
     ("runtime", (
         Param("device", str, "cpu", '"cpu", "cuda", or "auto" (CUDA if available; no offload)',
-              "cpu, cuda, or auto (CUDA if available, else CPU; whole model, no offload).", paper="auto"),
+              "cpu, cuda, cuda:N, or auto (CUDA if available, else CPU; whole model, no offload); cuda is refused "
+              "where CUDA is not available.", paper="auto"),
         Param("dtype", str, "float32", '"float32", "bfloat16" or "float16"', "float32, bfloat16 or float16.",
               paper="bfloat16"),
         Param("progress", bool, True, "progress bars (aef run sets False)", runtime=True),
@@ -238,7 +243,7 @@ STAGES: tuple[Stage, ...] = (
         Param("recovery_dataset", str, "qa", 'shipped QA pairs; the paper: "alpaca-cleaned" (hub)',
               paper="alpaca-cleaned"),
         Param("recovery_steps", int | None, 20, "optimizer steps (None: 2 epochs, as the paper)",
-              "LoRA optimizer steps.", tiny=2, paper=None),
+              "LoRA optimizer steps (None: 2 epochs, as the paper).", tiny=2, paper=None),
         Param("recovery_batch_size", int, 4, "sequences per step (paper: 64)", tiny=2, paper=64),
         Param("recovery_micro_batch_size", int, 4, "sequences per forward/backward pass", tiny=2),
         Param("recovery_lr", float, 3e-4, "peak learning rate (paper: 1e-4 over ~1.5 k steps)", paper=1e-4),
@@ -252,15 +257,17 @@ STAGES: tuple[Stage, ...] = (
               paper=[["wikitext2", "test"], ["ptb", "validation"]], parse=_parse_ppl_datasets),
         Param("ppl_protocol", str, "llm-pruner-128", cli_help="Perplexity protocol."),
         Param("ppl_max_windows", int | None, 48, "windows per corpus (None: the whole split)",
-              "Perplexity windows per corpus.", tiny=4, paper=None),
+              "Perplexity windows per corpus (None: the whole split).", tiny=4, paper=None),
         Param("zeroshot_tasks", str | list[str] | None, "paper7-offline",
               'the paper\'s seven, offline; "paper7": hub; "local"',
               "Zero-shot task set: paper7-offline (default: the paper's seven tasks, offline), local, or paper7 "
               "(hub); or task names, comma-separated.", tiny="local", paper="paper7", parse=_parse_tasks),
         Param("zeroshot_limit", int | None, 100, "items per task, seeded subset (None: all)",
-              "Zero-shot items per task (a seeded subset, the same for every model).", tiny=4, paper=None),
+              "Zero-shot items per task (a seeded subset, the same for every model; None: all).", tiny=4,
+              paper=None),
         Param("efficiency_seq_len", int | None, 64, "prompt tokens of the latency measurement (None: skip)",
-              tiny=16, paper=128),
+              "Prompt tokens of the latency measurement (notebook 06 times every model: None, which skips it "
+              "in aeflib.stages.evaluate, is refused here).", tiny=16, paper=128),
         Param("efficiency_decode_tokens", int, 16, cli_help="Tokens of the decode measurement.", tiny=4),
         Param("efficiency_repeats", int, 10, "interleaved timing rounds (8 or more for intervals)", tiny=8),
         Param("eval_batch_size", int, 4, cli_help="Batch of perplexity windows and zero-shot requests.", paper=8),
@@ -275,13 +282,14 @@ STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 
 def stage(name: str) -> Stage:
-    """The stage record named ``name`` (full name or its two-digit number).
+    """The stage record named ``name``: its full name or exactly its two-digit number (``"02"``).
 
     Raises:
-        ValueError: Naming ``name`` and the stages.
+        ValueError: Naming ``name`` and the stages (``02_importanse`` or ``07xyz`` is no stage).
     """
+    text = str(name).strip()
     for s in STAGES:
-        if name == s.name or str(name).zfill(2)[:2] == s.name[:2]:
+        if text == s.name or (len(text) == 2 and text.isdigit() and text == s.name[:2]):
             return s
     raise ValueError(f"unknown stage {name!r}; choose from {list(STAGE_NAMES)} (or their two-digit numbers)")
 
@@ -405,61 +413,27 @@ class RunSettings:
         return values
 
     def validate(self) -> RunSettings:
-        """Check the values a run would otherwise reject only inside a notebook kernel, without loading weights.
+        """Check every value a stage notebook would reject, before any kernel starts and without loading weights.
+
+        A model folder becomes its absolute path, resolved once against the current directory: the kernels run
+        in the run folder, and the stages, the markers and the report all see the same folder.
 
         Returns:
-            ``self``, unchanged.
+            ``self`` (with ``model`` resolved when it is a folder).
 
         Raises:
-            ValueError: Naming the bad value and the valid choices: an unknown model (neither a registry name nor
-                an existing folder), method, criterion or dtype; neither or both of ``pruning_ratio`` and
-                ``target_params``, or one outside (0, 1); ``layers`` not ``None`` or ``[start, stop]`` with
-                ``0 <= start < stop``; an unknown ``normalize_with``, ``fusion_steps`` / ``fusion_patience`` < 1 or
-                ``fusion_lr`` <= 0; an unknown ``zeroshot_tasks`` set name.
+            ValueError: ``"<field>=<value>: <what is valid>"`` for a value outside its range or registry (the rules:
+                :data:`aeflib.orchestration.checks.CHECKS`), or a message naming the fields of a combination the
+                stages cannot run (neither or both amounts, ``fine``/``coarse`` not estimated, micro-batches that
+                do not divide the batch, a layer range beyond the model's depth; :data:`~aeflib.orchestration.
+                checks.RELATIONS`).
 
         Source: [ours].
         """
-        if self.model not in MODELS and not Path(str(self.model)).expanduser().is_dir():
-            raise ValueError(f"unknown model {self.model!r}: not a registry name ({', '.join(MODELS)}) and not an "
-                             "existing folder")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
-        if isinstance(self.criteria, str) or not self.criteria:
-            raise ValueError(f"criteria={self.criteria!r}: give a non-empty list of names from {list(ESTIMATORS)}")
-        for name, value in [*(("criteria", c) for c in self.criteria), ("fine", self.fine), ("coarse", self.coarse)]:
-            if value not in ESTIMATORS:
-                raise ValueError(f"unknown {name} criterion {value!r}; choose from {list(ESTIMATORS)}")
-        if (self.pruning_ratio is None) == (self.target_params is None):
-            raise ValueError("give exactly one of pruning_ratio (share of heads/channels per pruned layer) or "
-                             f"target_params (share of all parameters); got pruning_ratio={self.pruning_ratio}, "
-                             f"target_params={self.target_params}")
-        for name in ("pruning_ratio", "target_params"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not 0 < value < 1):
-                raise ValueError(f"{name}={value!r}: give a number strictly between 0 and 1 (e.g. 0.2)")
-
-        if self.normalize_with not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalize_with {self.normalize_with!r}; choose one of {sorted(NORMALIZATIONS)}")
-        for name in ("fusion_steps", "fusion_patience"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}: give an integer >= 1")
-        if isinstance(self.fusion_lr, bool) or not isinstance(self.fusion_lr, (int, float)) or not self.fusion_lr > 0:
-            raise ValueError(f"fusion_lr={self.fusion_lr!r}: give a number > 0 (e.g. 0.1)")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unsupported dtype {self.dtype!r}; choose one of {list(DTYPES)}")
-        if isinstance(self.zeroshot_tasks, str):
-
-            if self.zeroshot_tasks not in TASK_SETS:
-                raise ValueError(f"unknown zeroshot_tasks {self.zeroshot_tasks!r}; choose one of {list(TASK_SETS)}, "
-                                 "a list of task names, or None (skip zero-shot)")
-        layers = self.layers
-        if layers is not None and not (isinstance(layers, (list, tuple)) and len(layers) == 2
-                                       and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)
-                                       and 0 <= layers[0] < layers[1]):
-            raise ValueError(f"layers={layers!r}: give None (the model's default) or [start, stop] with "
-                             "0 <= start < stop, e.g. [4, 30]")
+        folder = Path(str(self.model)).expanduser()
+        if isinstance(self.model, str) and self.model and self.model not in MODELS and folder.is_dir():
+            self.model = str(folder.resolve())
+        check_settings(self)
         return self
 
     def default_name(self) -> str:
