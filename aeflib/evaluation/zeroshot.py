@@ -58,6 +58,7 @@ __all__ = [
     "ZeroShotResult",
     "ZeroShotUnavailableError",
     "local_task_configs",
+    "local_task_names",
     "tasks_dir",
     "write_table",
     "zeroshot",
@@ -159,7 +160,7 @@ def local_task_configs(names: Sequence[str] | None = None) -> list[dict[str, Any
     return configs
 
 
-def _local_names() -> set[str]:
+def local_task_names() -> set[str]:
     """Names of the local task YAMLs (empty when aeflib runs without its data folder)."""
     try:
         return {p.stem for p in tasks_dir().glob("*.yaml")}
@@ -296,7 +297,7 @@ def zeroshot(
     """
     task_set, table = _resolve_tasks(tasks)
     offline = task_set in OFFLINE_SETS
-    local_names = set() if offline else _local_names()
+    local_names = set() if offline else local_task_names()
     if not offline:
         _require_hub_datasets(task_set, [t for t in table if t not in local_names])
     if batch_size < 1:

@@ -19,12 +19,24 @@ import torch
 
 from aeflib.models.adapters import ADAPTERS, StructureAdapter
 
-__all__ = ["build_tiny", "tiny_models"]
+__all__ = ["build_tiny", "tiny_config", "tiny_models"]
 
 
 def tiny_models() -> dict[str, type[StructureAdapter]]:
     """``{tiny name: adapter class}`` over every registered family (a family declares its own ``tiny``)."""
     return {name: cls for cls in dict.fromkeys(ADAPTERS.values()) for name in cls.__dict__.get("tiny", {})}
+
+
+def tiny_config(name: str):
+    """The transformers config of tiny model ``name`` (no weights built).
+
+    Raises:
+        ValueError: If ``name`` is not a tiny model of a registered family, listing those that are.
+    """
+    models = tiny_models()
+    if name not in models:
+        raise ValueError(f"unknown tiny model {name!r}; choose one of {sorted(models)}")
+    return models[name].__dict__["tiny"][name]()
 
 
 def build_tiny(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -36,11 +48,7 @@ def build_tiny(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> 
     Raises:
         ValueError: If ``name`` is not a tiny model of a registered family, listing those that are.
     """
-    models = tiny_models()
-    if name not in models:
-        raise ValueError(f"unknown tiny model {name!r}; choose one of {sorted(models)}")
-    cls = models[name]
-    config = cls.__dict__["tiny"][name]()
+    cls, config = tiny_models().get(name), tiny_config(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls.model_class(config)

@@ -7,8 +7,7 @@ checks between fields and against the model (the layer range and ``show_group`` 
 widths, read from its configuration without loading weights). Each rule is what a stage notebook, or a library
 function it calls, would otherwise reject minutes into a run — the notebook it protects is named beside it.
 
-Imports nothing of :mod:`aeflib.orchestration` (it sits before :mod:`~aeflib.orchestration.settings`, which calls it);
-the registries it consults are imported when a check runs.
+Imports nothing of :mod:`aeflib.orchestration` (it sits before :mod:`~aeflib.orchestration.settings`, which calls it).
 
 Source: [ours].
 """
@@ -21,6 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from aeflib.data import CORPORA, load_corpus
+from aeflib.evaluation.perplexity import PROTOCOLS
+from aeflib.evaluation.zeroshot import TASK_SETS, local_task_names
+from aeflib.fusion import NORMALIZATIONS
+from aeflib.importance import ESTIMATORS
+from aeflib.models import MODELS
+from aeflib.models.adapters import ADAPTERS
+from aeflib.models.registry import DTYPES
+from aeflib.models.tiny import tiny_config
+from aeflib.recovery import DATASETS
+from aeflib.stages import METHODS
 
 __all__ = ["CHECKS", "PAPER_MODELS", "RELATIONS", "SEED_MAX", "ModelShape", "check_settings", "model_shape"]
 
@@ -69,14 +82,10 @@ def _one_of(choices: Callable[[], Any], what: str) -> Callable[[Any], str | None
 
 
 def _estimators() -> Any:
-    from aeflib.importance import ESTIMATORS
     return ESTIMATORS
 
 
 def _model(v: Any) -> str | None:
-    from aeflib.models import MODELS
-    from aeflib.models.adapters import ADAPTERS
-
     if isinstance(v, str) and v in MODELS:
         return None
     folder = Path(str(v)).expanduser()
@@ -106,8 +115,6 @@ def _criteria(v: Any) -> str | None:
 
 
 def _calib_corpus(v: Any) -> str | None:
-    from aeflib.data import CORPORA
-
     usable = [n for n, spec in CORPORA.items() if "train" in spec.splits]   # calibration draws from "train"
     return None if v in usable else f"choose a corpus with a train split from {usable}"
 
@@ -117,8 +124,6 @@ def _seed(v: Any) -> str | None:
 
 
 def _device(v: Any) -> str | None:
-    import torch
-
     what = 'give "cpu", "cuda", "cuda:N" or "auto" (accelerate places the model)'
     if v in ("cpu", "auto"):
         return None
@@ -131,17 +136,14 @@ def _device(v: Any) -> str | None:
 
 
 def _dtype(v: Any) -> str | None:
-    from aeflib.models.registry import DTYPES
     return None if v in DTYPES else f"choose one of {list(DTYPES)}"
 
 
 def _methods() -> Any:
-    from aeflib.stages import METHODS
     return METHODS
 
 
 def _normalizations() -> Any:
-    from aeflib.fusion import NORMALIZATIONS
     return sorted(NORMALIZATIONS)
 
 
@@ -150,13 +152,10 @@ def _prompt(v: Any) -> str | None:
 
 
 def _recovery_datasets() -> Any:
-    from aeflib.recovery import DATASETS
     return sorted(DATASETS)
 
 
 def _ppl_datasets(v: Any) -> str | None:
-    from aeflib.data import CORPORA
-
     what = f"give a non-empty list of [corpus, split] pairs; corpora and their splits: " \
            f"{ {n: list(s.splits) for n, s in CORPORA.items()} }"
     ok = isinstance(v, list) and v and all(
@@ -165,13 +164,10 @@ def _ppl_datasets(v: Any) -> str | None:
 
 
 def _protocols() -> Any:
-    from aeflib.evaluation.perplexity import PROTOCOLS
     return PROTOCOLS
 
 
 def _zeroshot_tasks(v: Any) -> str | None:
-    from aeflib.evaluation.zeroshot import TASK_SETS, _local_names
-
     known = {t for table in TASK_SETS.values() for t in table}
     local = set(TASK_SETS["local"])
     what = f"give a task set ({', '.join(TASK_SETS)}) or distinct task names from {sorted(known)}"
@@ -182,7 +178,7 @@ def _zeroshot_tasks(v: Any) -> str | None:
     if not (isinstance(v, list) and v and len(set(v)) == len(v) and all(isinstance(t, str) for t in v)):
         return what
     unknown = [t for t in v if t not in known]
-    missing = sorted(set(v) & local - _local_names())
+    missing = sorted(set(v) & local - local_task_names())
     if unknown:
         return f"unknown tasks {unknown}; {what}"
     return f"local tasks {missing} have no data (run `python data/prepare_tasks.py`)" if missing else None
@@ -293,14 +289,10 @@ def model_shape(model: str) -> ModelShape | None:
     Returns:
         :class:`ModelShape`, or None if no configuration can be read offline.
     """
-    from aeflib.models import MODELS
-
     if model in MODELS:
         spec = MODELS[model]
         if spec.source == "tiny":
-            from aeflib.models.tiny import tiny_models
-
-            config = tiny_models()[model].__dict__["tiny"][model]()
+            config = tiny_config(model)
             return _shape_of({**config.to_dict(), "num_hidden_layers": config.num_hidden_layers},
                              f"{model}'s tiny config")
         config = None
@@ -353,8 +345,6 @@ def _micro_batches(s: Any) -> str | None:
 def _enough_documents(s: Any) -> str | None:
     # data.calibration draws calib_n windows from distinct train documents of at least calib_seq_len tokens; a
     # token covers at least one UTF-8 byte (byte-level BPE, byte fallback), so a document's bytes bound its tokens
-    from aeflib.data import CORPORA, load_corpus
-
     if not CORPORA[s.calib_corpus].shipped:
         return None                 # a hub corpus: its size is not known offline
     corpus = load_corpus(s.calib_corpus, "train")

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aeflib.evaluation.zeroshot import TASK_SETS
 from aeflib.importance import DEFAULT_CRITERIA, ESTIMATORS
 from aeflib.models import MODELS
 from aeflib.orchestration.checks import PAPER_MODELS, check_settings
@@ -160,8 +161,6 @@ def _parse_tasks(text: str) -> str | list[str] | None:
 
     ``None`` → None (which notebook 06 refuses, through :meth:`RunSettings.validate`).
     """
-    from aeflib.evaluation.zeroshot import TASK_SETS
-
     text = text.strip()
     if text == "None":
         return None
