@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from aeflib.orchestration import runner
 from aeflib.orchestration.cli import app
 from aeflib.orchestration.report import StageRecord, write_report
-from aeflib.orchestration.runner import KernelDied
+from aeflib.orchestration.runner import KernelDied, RunFolderError
 from aeflib.orchestration.settings import STAGE_NAMES as STAGES
 from aeflib.orchestration.settings import RunSettings
 
@@ -140,12 +140,13 @@ def test_run_executed_notebook_holds_no_progress_widget_or_stderr_stream(noteboo
 
 
 # ---- the run folder ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["../escape", "/abs/dir", "a/b", ".."])
+@pytest.mark.parametrize("name", ["../escape", "ABSOLUTE", "a/b", ".."])
 def test_cli_run_refuses_a_name_outside_the_runs_root_and_creates_nothing(notebooks, tmp_path, name):
     runs = tmp_path / "runs"
+    name = str(tmp_path / "elsewhere") if name == "ABSOLUTE" else name   # inside tmp_path even when not refused
     line = _one_error_line(_cli("--name", name, "--runs-root", str(runs)), 2)
     assert f"run name {name!r} does not stay inside runs_root" in line, line
-    assert not runs.exists() and not (tmp_path / "escape").exists() and not Path("/abs/dir").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notebooks"]
 
 
 def test_cli_run_refuses_a_folder_aef_did_not_make_and_changes_nothing(notebooks, tmp_path):
@@ -170,6 +171,18 @@ def test_cli_run_refuses_another_model_and_leaves_the_folder_byte_for_byte(noteb
     assert _snapshot(runs / "base") == before
 
 
+def test_run_removes_the_temporary_folder_a_killed_save_left(notebooks, tmp_path):
+    runs = tmp_path / "runs"
+    runner.run(RunSettings(model="tiny-llama"), name="r", runs_root=runs, stages=["01"])
+    left = runs / "r" / ".pruned.tmp-k1ll3d"
+    (left / "model.safetensors").parent.mkdir()
+    (left / "model.safetensors").write_bytes(b"half a model")
+    (runs / "r" / ".pruned.old-12345678").mkdir()         # a swap's previous version: maybe the only copy
+    again = runner.run(RunSettings(model="tiny-llama"), name="r", runs_root=runs, stages=["01"])
+    assert [r.status for r in again.stages] == ["skipped"]
+    assert not left.exists() and (runs / "r" / ".pruned.old-12345678").is_dir()
+
+
 def _start_aef(tmp_path: Path, *args: str) -> subprocess.Popen:
     """``aef run`` in a child process (its own interpreter: signals and locks as from a terminal)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -187,6 +200,7 @@ def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> No
 
 
 def test_cli_run_second_run_on_a_busy_folder_fails_at_once_naming_the_holder(notebooks, tmp_path):
+    """A second run on the folder is refused while the first works; SIGTERM then stops the first with a report."""
     notebooks({"01_model_and_structures": WAIT_FOR_GO})
     first = _start_aef(tmp_path)
     folder = tmp_path / "runs" / "r"
@@ -196,39 +210,58 @@ def test_cli_run_second_run_on_a_busy_folder_fails_at_once_naming_the_holder(not
         line = _one_error_line(_cli("--name", "r", "--runs-root", str(tmp_path / "runs"), "--stages", "01"), 1)
         assert time.perf_counter() - start < 10
         assert f"run folder {folder} is in use by another aef run (pid {first.pid}, started 20" in line, line
-        first.send_signal(signal.SIGKILL)                    # a killed holder leaves no stale lock
-        first.wait(30)
+        first.send_signal(signal.SIGTERM)
+        _out, err = first.communicate(timeout=60)
     finally:
         (folder / "go").write_text("")
         if first.poll() is None:
             first.kill()
-    assert _cli("--name", "r", "--runs-root", str(tmp_path / "runs"), "--stages", "01").exit_code == 0
+    _check_interrupted(first.returncode, err, "SIGTERM", 143, folder)
+
+
+def test_run_lock_of_a_killed_run_is_not_stale(notebooks, tmp_path):
+    folder = tmp_path / "runs" / "r"
+    (folder / ".aef").mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               f"fd = os.open({str(folder / '.aef' / 'lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "locked\n"
+    with pytest.raises(RunFolderError, match=r"in use by another aef run \(unknown\)"):
+        runner.run(RunSettings(model="tiny-llama"), name="r", runs_root=folder.parent, stages=["01"])
+    holder.kill()
+    holder.wait(10)
+    runner.run(RunSettings(model="tiny-llama"), name="r", runs_root=folder.parent, stages=["01"])
 
 
 # ---- interrupts --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_cli_run_interrupt_writes_the_report_and_prints_the_command_that_resumes(notebooks, tmp_path, signum, code):
-    notebooks({"01_model_and_structures": WAIT_FOR_GO})
-    process = _start_aef(tmp_path)
-    folder = tmp_path / "runs" / "r"
-    try:
-        _wait_for(folder / "started", process)
-        process.send_signal(signum)
-        _out, err = process.communicate(timeout=60)
-    finally:
-        (folder / "go").write_text("")
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == code, err
+def _check_interrupted(returncode: int, err: str, name: str, code: int, folder: Path) -> None:
+    """Exit status ``code``, one last line naming the stage and the command that resumes, which does resume."""
+    assert returncode == code, err
     last = err.strip().splitlines()[-1]
-    assert "Traceback" not in err and last.startswith(f"interrupted ({signal.Signals(signum).name}) during stage "
-                                                       "01_model_and_structures; finished: none; report: "), err
+    assert "Traceback" not in err and last.startswith(f"interrupted ({name}) during stage 01_model_and_structures; "
+                                                       "finished: none; report: "), err
     resume = last.split("resume with: ", 1)[1]
     assert resume == shlex.join(["aef", "run", "--model", "tiny-llama", "--name", "r", "--runs-root",
                                  str(folder.parent), "--stages", "01"])
     assert "| 01_model_and_structures | interrupted |" in (folder / "report.md").read_text()
     again = CliRunner().invoke(app, shlex.split(resume)[1:])
     assert again.exit_code == 0 and "01_model_and_structures    ran" in again.output, again.output
+
+
+def test_cli_run_ctrl_c_writes_the_report_and_prints_the_command_that_resumes(notebooks, tmp_path):
+    notebooks({"01_model_and_structures": WAIT_FOR_GO})
+    process = _start_aef(tmp_path)
+    folder = tmp_path / "runs" / "r"
+    try:
+        _wait_for(folder / "started", process)
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=60)
+    finally:
+        (folder / "go").write_text("")
+        if process.poll() is None:
+            process.kill()
+    _check_interrupted(process.returncode, err, "SIGINT", 130, folder)
 
 
 # ---- file-system errors ------------------------------------------------------------------------------------------

@@ -291,6 +291,11 @@ def reproduce(
                                  device=device, dtype=dtype)
     except StageFailed as err:
         _fail_stage(err)
+    except RunInterrupted as err:
+        _interrupted(err, "the same aef reproduce command (without --force)")
+    except RunFolderError as err:
+        _echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     except (RuntimeError, ValueError, FileNotFoundError) as err:
         _bad(err)
     for outcome in outcomes:

@@ -14,7 +14,8 @@ case.
 The run folder is checked before anything is written (:func:`run_folder`): its name stays inside ``runs_root``, an
 existing folder must be one ``aef run`` made (it holds ``.aef/``) and for the same model. While a run works in it,
 the folder's lock (``.aef/lock``, an ``flock`` released when the process ends, however it ends) turns a second run
-on the same folder away with :class:`RunFolderError` naming the holder.
+on the same folder away with :class:`RunFolderError` naming the holder; under it, hidden temporary folders that a
+killed save left (``.pruned.tmp-*``) are removed.
 
 Imports only :mod:`~aeflib.orchestration.settings`, :mod:`~aeflib.orchestration.report` (the run writes its
 report at the end) and :mod:`~aeflib.orchestration.kernel`; the sweeps (:mod:`~aeflib.orchestration.sweep`) and
@@ -29,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -174,6 +176,9 @@ def _execute(stage: str, source: Path, target: Path, parameters: dict, run_dir: 
                                    request_save_on_cell_execute=True,      # a dead kernel leaves the cells so far
                                    kernel_manager_class=kernel_manager(stderr_log, launched))
     except PapermillExecutionError as err:
+        if not progress:
+            with contextlib.suppress(OSError, ValueError):
+                clean_outputs(target, stderr_log)
         raise StageFailed(stage, target, err.cell_index, err.source, err.ename, err.evalue) from None
     except DeadKernelError:
         returncode = None
@@ -276,6 +281,18 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)                               # releases the lock
 
 
+def _remove_leftovers(folder: Path) -> None:
+    """Remove the hidden temporary folders a killed save left (``.pruned.tmp-*``: :func:`aeflib.files.atomic_folder`).
+
+    Called under the folder's lock, so no other run is writing them. ``.<name>.old-*`` folders (the previous
+    version while a save swaps it) are kept: after a kill at that moment they hold the only copy.
+    """
+    for path in folder.iterdir():
+        if path.name.startswith(".") and ".tmp-" in path.name and path.is_dir() and not path.is_symlink():
+            log.info("removing %s, left by a save that did not finish", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt for the block (main thread only), so that the report is written."""
@@ -330,6 +347,7 @@ def run(settings: RunSettings | None = None, *, name: str | None = None, runs_ro
     held = contextlib.ExitStack()
     held.enter_context(_locked(run_dir))
     held.enter_context(_sigterm_interrupts())
+    _remove_leftovers(run_dir)
     t0, records, upstream_ran = time.perf_counter(), [], False
     current, interrupted, report_error = None, None, None
     try:
