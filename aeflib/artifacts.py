@@ -139,6 +139,31 @@ def pruned_layers(adapter, model, layers: list[int] | tuple[int, int] | None) ->
     return range(int(layers[0]), int(layers[1]))
 
 
+def _silence_tqdm_auto() -> None:
+    """Make ``tqdm.auto.tqdm`` / ``tqdm.autonotebook.tqdm`` a plain tqdm that is always disabled.
+
+    Modules that import ``from tqdm.auto import tqdm`` afterwards (transformers' GGUF loader is imported on first
+    use) get it; its notebook class would draw a widget even under ``TQDM_DISABLE=1``.
+    """
+    import tqdm.std
+
+    with warnings.catch_warnings():              # autonotebook warns "in notebook mode" on stderr
+        warnings.simplefilter("ignore")
+        import tqdm.auto
+        import tqdm.autonotebook
+
+    class SilentTqdm(tqdm.std.tqdm):
+        def __init__(self, *args: Any, **kwargs: Any):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    def silent_trange(*args: Any, **kwargs: Any) -> SilentTqdm:
+        return SilentTqdm(range(*args), **kwargs)
+
+    for module in (tqdm.auto, tqdm.autonotebook):
+        module.tqdm, module.trange = SilentTqdm, silent_trange
+
+
 def setup_notebook(progress: bool = True, level: int = logging.WARNING) -> None:
     """Prepare a notebook kernel: figures display inline, output stays readable.
 
@@ -147,10 +172,13 @@ def setup_notebook(progress: bool = True, level: int = logging.WARNING) -> None:
 
     Turns off transformers' and datasets' loading bars always, and every tqdm bar when ``progress`` is False
     (how papermill runs call it). tqdm reads ``TQDM_DISABLE`` when it is first imported, so call this before
-    importing the rest of aeflib (``aef run`` also sets the variable for its kernels).
+    importing the rest of aeflib (``aef run`` also sets the variable for its kernels). In a kernel ``tqdm.auto``
+    is tqdm's notebook class, which ignores ``TQDM_DISABLE`` (a frozen widget in the saved notebook, e.g.
+    transformers' GGUF conversion): without ``progress`` it becomes a tqdm that is always disabled.
     """
     if not progress:
         os.environ["TQDM_DISABLE"] = "1"
+        _silence_tqdm_auto()
     import transformers
 
     transformers.utils.logging.disable_progress_bar()

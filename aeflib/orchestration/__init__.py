@@ -5,6 +5,7 @@ One-way dependencies, each module importing only those before it::
     checks     CHECKS, RELATIONS, check_settings     what each setting may be (RunSettings.validate runs them)
     settings   Param, Stage, STAGES, RunSettings     the records every other place is derived from
     report     report.md from metrics.json           one section per stage record
+    kernel     the stage kernel                      this interpreter, why it died, clean outputs
     runner     run(RunSettings) -> RunOutcome        executes the stage notebooks, writes the report
     sweep      compare(...), reproduce(...)          many runs: criteria on one model, the paper per model
     cli        the `aef` command                     one option per notebook parameter

@@ -7,7 +7,9 @@
 
 ``aef run`` has one option per notebook parameter (:func:`aeflib.orchestration.settings.settings_params`): a new
 stage parameter is an option without an edit here. Exit codes: 0 done, 1 a stage failed (the failing notebook and
-cell are printed), 2 bad arguments or missing models/data.
+cell are printed; a dead kernel: one line with the likely cause and its stderr log) or the run folder cannot be
+used (locked by another run, not writable), 2 bad arguments or missing models/data, 130 Ctrl-C and 143 SIGTERM
+(one line: what finished, the report, the command that resumes).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import typer
 
 from aeflib.importance import DEFAULT_CRITERIA
 from aeflib.models import MODELS
-from aeflib.orchestration.runner import StageFailed, select
+from aeflib.orchestration.runner import KernelDied, RunFolderError, RunInterrupted, StageFailed, run_folder, select
 from aeflib.orchestration.runner import run as run_pipeline
 from aeflib.orchestration.settings import STAGE_NAMES, Param, RunSettings, settings_params, stage
 from aeflib.orchestration.sweep import compare as run_compare
@@ -207,6 +209,9 @@ def _stage_list(text: str) -> list[str]:
 
 
 def _fail_stage(err) -> None:
+    if isinstance(err, KernelDied):        # no cell raised: one line with the cause and the kernel's log
+        _echo(f"\n{err}; rerun the same command to resume from this stage", err=True)
+        raise typer.Exit(1)
     _echo(f"\nstage {err.stage} failed: {err.ename}: {err.evalue}", err=True)
     _echo(f"  executed notebook: {err.notebook}", err=True)
     _echo(f"  failing cell: {err.cell_index}", err=True)
@@ -231,15 +236,48 @@ def run(
         settings = _settings(fields)
     except ValueError as err:
         _bad(err)
-    _echo(f"aef run: {settings.model}, method {settings.method} → {runs_root}/{name or settings.default_name()}")
     try:
-        outcome = run_pipeline(settings, name=name, runs_root=runs_root, force=force, stages=chosen,
+        folder = run_folder(settings, name=name, runs_root=runs_root)
+    except ValueError as err:
+        _bad(err)
+    _echo(f"aef run: {settings.model}, method {settings.method} → {folder}")
+    try:
+        outcome = run_pipeline(settings, name=folder.name, runs_root=folder.parent, force=force, stages=chosen,
                                progress=progress, on_stage=_stage_line)
     except StageFailed as err:
         _fail_stage(err)
+    except RunInterrupted as err:
+        _interrupted(err, _resume_command(fields, folder, stages, progress))
     except (ValueError, FileNotFoundError) as err:
         _bad(err)
+    except (RunFolderError, OSError) as err:           # the file system: one line, not a traceback
+        _echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     _echo(f"done in {outcome.seconds:.0f} s; report: {outcome.report}")
+
+
+def _resume_command(fields: dict[str, Any], folder, stages: str | None, progress: bool) -> str:
+    """The ``aef run`` command line that resumes this run: the options given, the folder spelled out, no --force."""
+    import shlex
+
+    words = ["aef", "run"]
+    for key, value in fields.items():
+        if value is not None:
+            words += [f"--{key.replace('_', '-')}", str(value)]
+    words += ["--name", folder.name, "--runs-root", str(folder.parent)]
+    words += ["--stages", stages] if stages else []
+    words += ["--progress"] if progress else []
+    return shlex.join(words)
+
+
+def _interrupted(err: RunInterrupted, resume: str) -> None:
+    """Ctrl-C / SIGTERM: one line with what finished, where the report is and how to resume; 130 or 143."""
+    finished = [r.stage for r in err.outcome.stages if r.status in ("ran", "skipped")]
+    during = f" during stage {err.stage}" if err.stage else ""
+    report = f"report: {err.outcome.report}; " if err.outcome.report else ""
+    _echo(f"\ninterrupted ({err.signal_name}){during}; finished: {', '.join(finished) or 'none'}; {report}"
+          f"resume with: {resume}", err=True)
+    raise typer.Exit(143 if err.signal_name == "SIGTERM" else 130)
 
 
 @app.command()
@@ -296,6 +334,11 @@ def reproduce(
                                  device=device, dtype=dtype)
     except StageFailed as err:
         _fail_stage(err)
+    except RunInterrupted as err:
+        _interrupted(err, "the same aef reproduce command (without --force)")
+    except RunFolderError as err:
+        _echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     except (RuntimeError, ValueError, FileNotFoundError) as err:
         _bad(err)
     for outcome in outcomes:

@@ -249,14 +249,43 @@ SECTIONS: dict[str, Callable[[dict, str], list[str]]] = {
 }
 
 
-def _stage_sections(metrics: dict) -> list[str]:
-    """Every stage's section, latest stage first: the results, then how they came about."""
-    out = []
+def _stage_sections(metrics: dict, not_current: dict[str, str] | None = None) -> list[str]:
+    """Every stage's section, latest stage first: the results, then how they came about.
+
+    A stage in ``not_current`` (name -> why) gets a section saying so, and none of the numbers that
+    ``metrics.json`` still holds for it from an earlier invocation.
+    """
+    out, not_current = [], not_current or {}
     for stage in reversed(STAGES):
         if stage.report_section is None:
             continue
         render = SECTIONS.get(stage.name)
-        out += render(metrics, stage.report_section) if render else _section_scalars(stage, metrics)
+        lines = render(metrics, stage.report_section) if render else _section_scalars(stage, metrics)
+        if stage.name in not_current:
+            lines = [f"## {stage.report_section}", "", f"**No results: {not_current[stage.name]}.** The numbers "
+                     f"`metrics.json` may still hold for stage {stage.name} are from an earlier invocation and do "
+                     "not belong to this run's settings; they are not shown.", ""] if lines else []
+        out += lines
+    return out
+
+
+def _not_current(run_dir: Path, records: list[StageRecord] | None) -> dict[str, str]:
+    """Stages whose recorded results are not this run's, each with why.
+
+    The one that failed or was interrupted in ``records``, every later one, and (in a folder ``aef run`` made)
+    every stage without a marker: it started again and did not finish.
+    """
+    names = [s.name for s in STAGES]
+    out = {}
+    stopped = next((r for r in records or [] if r.status in ("failed", "interrupted")), None)
+    if stopped is not None and stopped.stage in names:
+        out[stopped.stage] = f"stage {stopped.stage} {stopped.status} in this invocation"
+        for later in names[names.index(stopped.stage) + 1:]:
+            out[later] = f"stage {stopped.stage} {stopped.status} before stage {later} could run"
+    if any((run_dir / ".aef" / f"{n}.json").is_file() for n in names):
+        for n in names:
+            if n not in out and not (run_dir / ".aef" / f"{n}.json").is_file():
+                out[n] = f"stage {n} has not finished with the current settings"
     return out
 
 
@@ -291,8 +320,11 @@ def write_report(run_dir: str | Path, settings=None, records=None, seconds: floa
         out += [f"**{name} has random weights** (a toy model for tests and quick runs): perplexities in the tens "
                 "of thousands and chance-level accuracies are expected; they check the code path, not pruning "
                 "quality.", ""]
-    out += _stage_sections(metrics)
-    figures = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").is_dir() else []
+    not_current = _not_current(run_dir, records)
+    out += _stage_sections(metrics, not_current)
+    stale_prefixes = tuple(n[:3] for n in not_current)        # figures are named by stage number: "04_plan"
+    figures = sorted(p for p in (run_dir / "figures").glob("*.png") if not p.name.startswith(stale_prefixes)) \
+        if (run_dir / "figures").is_dir() else []
     if figures:
         out += ["## Figures", ""] + [f"- [{p.stem}](figures/{p.name})" for p in figures] + [""]
         out += [f"![{p.stem}](figures/{p.name})" for p in figures if p.stem in ("04_plan", "06_perplexity")] + [""]
