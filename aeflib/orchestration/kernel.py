@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from aeflib.files import write_text
+
 __all__ = ["WIDGET_MIME", "clean_outputs", "death_cause", "kernel_manager", "oom_kills"]
 
 log = logging.getLogger(__name__)
@@ -132,8 +134,6 @@ def clean_outputs(notebook: Path, stderr_log: Path) -> int:
         The number of outputs removed.
     """
     import nbformat
-
-    from aeflib.files import write_text
 
     nb = nbformat.read(notebook, as_version=4)
     removed, moved = 0, []
