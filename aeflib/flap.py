@@ -166,7 +166,7 @@ def _step(gs: GroupSet, align: dict[str, int] | None) -> int:
         raise ValueError(f"align[{gs.kind!r}]={a!r} must be a positive integer")
     step = max(a, gs.blocks)
     if gs.n % step or step % gs.blocks:
-        raise ValueError(f"align[{gs.kind!r}]={a} does not fit {gs.key}: {gs.n} {gs.unit}s in {gs.blocks} kv "
+        raise ValueError(f"align[{gs.kind!r}]={a} does not fit {gs.key}: {gs.n} {gs.unit}s in {gs.blocks} equal "
                          f"block(s) need a multiple of {gs.blocks} that divides {gs.n}")
     return step
 
