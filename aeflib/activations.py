@@ -24,8 +24,12 @@ How FLAP's released code accumulates the fluctuation (``lib/layerwrapper.py`` ``
 copied): window by window, with the running mean updated *in place* before the deviations are taken (the "old" mean
 aliases the new one), the first window's deviations dropped, and the sum scaled by the number of windows rather than
 tokens. That approximates L × the sample variance. aeflib computes the exact sample variance over all tokens, as the
-paper defines it (arXiv 2312.11983, Eq. 4); a constant factor does not change rankings and disappears in FLAP's
-standardisation (:mod:`aeflib.flap`).
+paper defines it (arXiv 2312.11983); a constant factor does not change rankings and disappears in FLAP's
+standardisation (:mod:`aeflib.flap`). Its Wanda-sp (``prune_wanda_sp``) averages |W|·‖X‖ over the output rows
+(a constant factor: aeflib sums) and prunes layer by layer, each layer's inputs taken from the already pruned
+layers before it, with a uniform ratio; aeflib's ``wanda-sp`` criterion scores every layer on the dense model in
+one forward pass, like every other criterion of :func:`aeflib.importance.estimate`, so that the methods differ in
+their scores only (the ratio stays uniform: :func:`aeflib.pruning.plan`).
 
 Source: [field] Wanda (Sun et al., arXiv 2306.11695), FLAP (An et al., AAAI 2024, arXiv 2312.11983); hooks [ours].
 """

@@ -57,7 +57,7 @@ Parameters the compensation adds (one bias of ``hidden`` values per output proje
 had none: 2 · hidden per LLaMA layer) count: the allocation removes that many more, so the *measured* parameter
 reduction after :func:`apply` comes within half of one unit's parameters of the target.
 
-Source: [field] FLAP arXiv 2312.11983 (§3, Eq. 4-7) and its released code as noted; exact costs, GQA units [ours].
+Source: [field] FLAP arXiv 2312.11983 and its released code as noted; exact costs, GQA units [ours].
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def standardize(scores: dict[str, Tensor], how: str = "kind") -> dict[str, Tenso
     Raises:
         ValueError: An unknown ``how``.
 
-    Source: [field] FLAP §3 (standardised scores, comparable across layers and modules).
+    Source: [field] FLAP (standardised scores, comparable across layers and modules).
     """
     if how not in STANDARDIZATIONS:
         raise ValueError(f"unknown standardize={how!r}; choose one of {list(STANDARDIZATIONS)}")
@@ -309,7 +309,7 @@ def bias_compensation(model: nn.Module, adapter: StructureAdapter, pruning_plan:
     Raises:
         ValueError: A planned set without its mean.
 
-    Source: [field] FLAP §3.3 (baseline bias compensation), added rather than assigned (module docstring).
+    Source: [field] FLAP (bias compensation), added rather than assigned (module docstring).
     """
     out = {}
     for gs in adapter.all_group_sets(model, pruning_plan.layers):
