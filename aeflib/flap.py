@@ -13,7 +13,7 @@ arXiv 2312.11983) without any training:
    times the squared norm of the weight column it multiplies; a group's score is the sum over its columns (a head:
    its head_dim columns). It is the ``fluctuation`` criterion of :data:`aeflib.importance.ESTIMATORS`.
 2. **Standardisation**: z = (S − mean) / std over all group scores of one kind (heads, channels) across the pruned
-   layers (``standardize="kind"``), so that heads and channels share one scale.
+   layers (``standardize_with="kind"``), so that heads and channels share one scale.
 3. **One global threshold** across layers and both kinds: groups are removed lowest z first until the removed
    parameters come closest to ``target_params`` × all parameters of the model (the target every aeflib method
    uses), so each layer and each kind gets its own width. Each group costs its own parameters
@@ -30,9 +30,10 @@ differs from this plain reading of the paper, and what aeflib does:
   (:mod:`aeflib.activations`) — the paper's definition; constant factors vanish in step 2.
 * *Attention metric and standardisation*: the code squares the attention channels' metric, z-scores each layer's
   columns on their own (``mean``/``std`` over each layer's row of the stacked metric), then takes a head's *mean*
-  standardised column. aeflib's default follows the paper and the issue (per kind across layers, a head = the sum
-  of its columns); ``standardize="layer"`` z-scores each group set on its own, the code's per-layer choice, kept as
-  a named variant. (The squaring is not reproduced: it changes the heads' spread only.)
+  standardised column. aeflib's default is the reading the issue asks for (z-scores per kind across layers, a head
+  = the sum of its columns, standardised as a group); ``standardize_with="layer"`` z-scores each group set on its
+  own, the code's per-layer choice, kept as a named variant. (The squaring is not reproduced: being monotone it
+  keeps each layer's order of heads, but it changes their z-scores and so the share of heads the threshold takes.)
 * *Head cost in the global threshold*: the code weighs a head 512/3 channels (4·d·hidden / 3·hidden at LLaMA's
   head_dim 128, MHA) and keeps the share (1 − ratio) of the summed weights of all 32 layers; aeflib charges every
   group its exact parameters and aims at the same share of *all* parameters as the other methods, on the same
@@ -87,7 +88,7 @@ Tensor = torch.Tensor
 #: ``uniform`` (``UL-UM``: the same per-structure ratio in every group set).
 ALLOCATIONS = ("global", "uniform")
 #: Over what the scores are z-scored before the global threshold: ``kind`` (all sets of one kind across layers;
-#: the paper) or ``layer`` (each set on its own; FLAP's released code).
+#: the default) or ``layer`` (each set on its own, as FLAP's released code does).
 STANDARDIZATIONS = ("kind", "layer")
 #: Criteria :func:`plan` computes from input moments (no backward pass).
 _MOMENT_CRITERIA = ("fluctuation", "wanda-sp")
