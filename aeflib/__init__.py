@@ -9,6 +9,7 @@ The stages, one module each (the method behind them: ``docs/paper.md``)::
     aeflib.fusion.fuse(scores, ...)   -> FusionResult (fused Scores + fusion weights)
     aeflib.pruning.plan(model, adapter, scores["<criterion>"], ...) -> PruningPlan
     aeflib.pruning.apply(model, adapter, plan) -> the same model object, physically smaller
+    aeflib.flap.plan(model, adapter, calib, target_params=0.2) -> FlapPlan; flap.apply(...)  (FLAP, [field])
     aeflib.recovery.lora(...)         -> recovered model
     aeflib.evaluation.*               -> metrics that carry their protocol
 """
@@ -18,13 +19,14 @@ from __future__ import annotations
 import importlib
 
 # the core, imported in dependency order; io registers its checkpoint format with models.load
-from aeflib import data, fusion, importance, io, models, pruning, scores
+from aeflib import activations, data, flap, fusion, importance, io, models, pruning, scores
 from aeflib._version import __version__
 
 #: submodules with heavy optional dependencies (matplotlib, pandas, papermill, peft, lm-eval), imported on first use
 _LAZY = ("evaluation", "orchestration", "paper", "plots", "recovery", "widgets")
 
-__all__ = ["__version__", "data", "fusion", "importance", "io", "models", "pruning", "scores", *_LAZY]
+__all__ = ["__version__", "activations", "data", "flap", "fusion", "importance", "io", "models", "pruning", "scores",
+           *_LAZY]
 
 
 def __getattr__(name: str):

@@ -101,6 +101,12 @@ def export_hf(
         raise ExportError(f"{err}; {hint}") from None
     except ValueError as err:
         raise ExportError(f"{err}; or {hint}") from None
+    added = list(getattr(model, "aef_added_biases", []))  # FLAP's compensation: the stock config's bias flags
+    if added:
+        try:
+            adapter.export_biases(config, added)
+        except ValueError as err:
+            raise ExportError(f"{err}; {hint}") from None
     config.dtype = next(model.parameters()).dtype
     try:
         if hasattr(config, "validate"):
@@ -118,6 +124,10 @@ def export_hf(
         raise ExportError("config.tie_word_embeddings is true but the model's output and input embeddings are "
                           f"different tensors; a stock reload would tie them and lose one; {hint}")
     expected = {k: tuple(v.shape) for k, v in reference.state_dict().items() if k not in tied}
+    if added:  # the flags give every layer's q/k/v (gate/up) a bias too: zero, as no bias computes
+        dtype = next(model.parameters()).dtype
+        state.update({k: torch.zeros(expected[k], dtype=dtype) for k in expected.keys() - state.keys()
+                      if k.endswith(".bias")})
     problems = shape_problems(expected, {k: tuple(v.shape) for k, v in state.items()}, "the model")
     if problems:
         raise ExportError(

@@ -14,14 +14,22 @@ the slices of the group (``sum`` by default):
 | element1   | Σ_k | s_k |                      | fine (element)    | [LLM-Pruner code] ``param_first``        |
 | element2   | Σ_k | s_k − ½ W_k² F_kk |        | fine, 2nd order   | [LLM-Pruner code] ``param_mix``          |
 | wanda      | Σ_k |W_k| · ‖X_k‖₂              | weight × activation | [ours, Wanda-style, Sun et al. 2023]   |
+| wanda-sp   | Σ_k |W_k| · ‖X_k‖₂, output projection only | weight × activation | [field] FLAP's Wanda-sp baseline |
+| fluctuation | Σ_k W_k² · Var(X_k), output projection only | weight × activation | [field] FLAP (WIFV)           |
 
 F is the diagonal empirical Fisher F_kk = (1/N) Σ_j (dL(x_j)/dW_k)², from N single-window backward passes.
 ‖X_k‖₂ is the L2 norm, over all N·L calibration tokens, of the input feature that W_k multiplies (√(N·L) for a bias,
 whose input is 1); Wanda scores single weights this way (arXiv 2306.11695, §3), summed here per group.
+``wanda`` sums over every slice of the group (q/k/v or gate/up rows included): a named variant [ours], not FLAP's
+Wanda-sp. ``wanda-sp`` and ``fluctuation`` (:attr:`Criterion.output_only`) score only the group's input columns of
+its output projection (the one slice cut along input columns, ``dim=1``), as FLAP (arXiv 2312.11983) defines its
+Wanda-sp baseline and its fluctuation metric; Var(X_k) is the sample variance over all N·L calibration tokens of the
+input feature W_k multiplies (:mod:`aeflib.activations`). Neither needs a backward pass. FLAP's global width
+allocation and bias compensation live in :mod:`aeflib.flap`.
 
 Each criterion is a :class:`Criterion` declaring the statistics it needs (:data:`STATISTICS`: ``weight``, ``grad``,
-``fisher``, ``activations``); :func:`estimate` collects only their union, and a criterion's function reads them
-from a :class:`SliceStats`. Adding a criterion is one entry in :data:`ESTIMATORS`.
+``fisher``, ``activations``, ``variance``); :func:`estimate` collects only their union, and a criterion's function
+reads them from a :class:`SliceStats`. Adding a criterion is one entry in :data:`ESTIMATORS`.
 
 Dtype policy: whatever the model dtype, every gradient is upcast to fp32 the moment it exists and all accumulation
 is fp32 (bf16 has 8 mantissa bits: sums of squared gradients in bf16 lose small terms); the model keeps its dtype.
@@ -63,6 +71,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aeflib.activations import capture_inputs
 from aeflib.checks import check_calibration, check_layers
 from aeflib.models.adapters import GroupSet, Slice, StructureAdapter
 from aeflib.models.checksum import checksum
@@ -83,7 +92,8 @@ Tensor = torch.Tensor
 #: calibration set); ``fisher``: the diagonal empirical Fisher (N single-window backward passes, one fp32
 #: accumulator per pruned weight); ``activations``: the L2 norm over all calibration tokens of each input feature of
 #: the Linear that owns the parameter (one no-grad forward pass; ``[in_features]`` fp32 per Linear).
-STATISTICS = ("weight", "grad", "fisher", "activations")
+#: ``variance``: the sample variance over all calibration tokens of the same input features (same forward pass).
+STATISTICS = ("weight", "grad", "fisher", "activations", "variance")
 
 
 class SliceStats:
@@ -97,13 +107,16 @@ class SliceStats:
         fisher: Diagonal Fisher F_kk (None unless ``fisher`` is needed).
         activations: ‖X_j‖₂ of the input feature j that each element of W multiplies, broadcast to W's shape (for a
             bias, whose input is the constant 1: √T for T calibration tokens); None unless ``activations`` is needed.
+        variance: Var(X_j) over the calibration tokens, broadcast the same way (0 for a bias); None unless
+            ``variance`` is needed.
 
     Source: [ours].
     """
 
     def __init__(self, weight: Tensor, grad: Tensor | None = None, fisher: Tensor | None = None,
-                 activations: Tensor | None = None):
+                 activations: Tensor | None = None, variance: Tensor | None = None):
         self.weight, self.grad, self.fisher, self.activations = weight, grad, fisher, activations
+        self.variance = variance
         self._salience: Tensor | None = None
 
     @property
@@ -133,6 +146,8 @@ class Criterion:
         fn: Per-slice scoring function of a :class:`SliceStats`.
         per_set: Per-group-set scoring function (no statistics).
         source: Where the formula comes from (paper section / LLM-Pruner option / [ours]).
+        output_only: Score only the group set's input-column slice of its output projection (``dim=1``; FLAP's
+            Wanda-sp and fluctuation), not every slice; ``reduction`` then sees that one slice.
 
     Raises:
         ValueError: Unknown statistic in ``needs`` (names the valid ones), or not exactly one of ``fn`` / ``per_set``.
@@ -143,6 +158,7 @@ class Criterion:
     fn: Callable[[SliceStats], Tensor] | None = None
     per_set: Callable[[list[GroupSet], int], dict[str, Tensor]] | None = None
     source: str = "[ours]"
+    output_only: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.needs) - set(STATISTICS))
@@ -182,7 +198,11 @@ def _wanda(x: SliceStats) -> Tensor:
     return (x.weight.abs() * x.activations).sum((1, 2))
 
 
-_W, _G, _F, _A = "weight", "grad", "fisher", "activations"
+def _fluctuation(x: SliceStats) -> Tensor:
+    return (x.weight.pow(2) * x.variance).sum((1, 2))      # Σ_j Var(X_j) · ‖W[:, j]‖² over the group's columns
+
+
+_W, _G, _F, _A, _V = "weight", "grad", "fisher", "activations", "variance"
 
 #: criterion name -> :class:`Criterion`. Add a criterion by adding one entry (its ``needs`` tells :func:`estimate`
 #: what to collect); the method list of stages, pipeline and CLI follows this table.
@@ -193,7 +213,11 @@ ESTIMATORS: dict[str, Criterion] = {c.name: c for c in (
     Criterion("vector", frozenset({_W, _G}), _vector, source="[paper §3] vector-wise; LLM-Pruner vectorize"),
     Criterion("element1", frozenset({_W, _G}), _element1, source="[LLM-Pruner code] param_first"),
     Criterion("element2", frozenset({_W, _G, _F}), _element2, source="[LLM-Pruner code] param_mix"),
-    Criterion("wanda", frozenset({_W, _A}), _wanda, source="[ours, Wanda-style, Sun et al. 2023]"),
+    Criterion("wanda", frozenset({_W, _A}), _wanda, source="[ours, Wanda-style, Sun et al. 2023]: every slice"),
+    Criterion("wanda-sp", frozenset({_W, _A}), _wanda, output_only=True,
+              source="[field] FLAP arXiv 2312.11983, Wanda-sp baseline (Wanda, arXiv 2306.11695)"),
+    Criterion("fluctuation", frozenset({_W, _V}), _fluctuation, output_only=True,
+              source="[field] FLAP arXiv 2312.11983, fluctuation metric WIFV"),
 )}
 
 #: The criteria :func:`estimate`, :class:`~aeflib.pipeline.RunSettings` and :func:`~aeflib.sweep.compare` use by
@@ -215,7 +239,8 @@ DEFAULT_FISHER_MEMORY_GIB = 5.0
 
 
 def slice_scores(s: Slice, weight: Tensor, grad: Tensor | None, fisher: Tensor | None,
-                 criteria: Iterable[str], activations: Tensor | None = None) -> dict[str, Tensor]:
+                 criteria: Iterable[str], activations: Tensor | None = None,
+                 variance: Tensor | None = None) -> dict[str, Tensor]:
     """Score the groups of one slice with each criterion.
 
     Args:
@@ -226,6 +251,7 @@ def slice_scores(s: Slice, weight: Tensor, grad: Tensor | None, fisher: Tensor |
         criteria: Names from :data:`ESTIMATORS` with a per-slice ``fn`` (not ``random``, which is per group set).
         activations: ‖X_j‖₂ per element, same shape as ``weight``, fp32 (``None`` unless a criterion needs
             ``activations``; see :class:`SliceStats`).
+        variance: Var(X_j) per element, same shape, fp32 (``None`` unless a criterion needs ``variance``).
 
     Returns:
         ``{criterion: fp32 tensor [n_groups]}``.
@@ -236,9 +262,9 @@ def slice_scores(s: Slice, weight: Tensor, grad: Tensor | None, fisher: Tensor |
     Source: see the module table; a vector is a row (``dim=0``) or column (``dim=1``), as in LLM-Pruner's
     ``TaylorImportance`` (``salience.sum(1)`` for output channels, ``sum(0)`` for input channels).
     """
-    given = {"weight": weight, "grad": grad, "fisher": fisher, "activations": activations}
+    given = {"weight": weight, "grad": grad, "fisher": fisher, "activations": activations, "variance": variance}
     stats = SliceStats(s.per_group(weight.detach().float()),                    # [n, vectors, vector_len]
-                       *(None if t is None else s.per_group(t) for t in (grad, fisher, activations)))
+                       *(None if t is None else s.per_group(t) for t in (grad, fisher, activations, variance)))
     out = {}
     for c in criteria:
         crit = ESTIMATORS[c]
@@ -258,7 +284,7 @@ class _Accumulator:
         self.needs = frozenset().union(*(ESTIMATORS[c].needs for c in self.criteria))
         self.needs_grad = "grad" in self.needs or "fisher" in self.needs      # the Fisher comes from backward
         self.needs_fisher = "fisher" in self.needs
-        self.needs_activations = "activations" in self.needs
+        self.needs_activations = "activations" in self.needs or "variance" in self.needs
         # parameter -> the (set key, slice index, slice) entries it feeds
         self.owners: dict[nn.Parameter, list[tuple[str, int, Slice]]] = {}
         self.layer_of: dict[nn.Parameter, int] = {}
@@ -274,6 +300,7 @@ class _Accumulator:
         self.grad_sum: dict[nn.Parameter, Tensor] = {}     # fp32, only while chunking
         self.fisher: dict[nn.Parameter, Tensor] = {}       # fp32, only for criteria that need the Fisher
         self.input_norm: dict[nn.Module, Tensor] = {}      # fp32 [in_features], only for activation criteria
+        self.input_var: dict[nn.Module, Tensor] = {}       # fp32 [in_features], sample variance, same
         self.tokens = 0                                    # calibration tokens the input norms cover
 
     def activations(self, p: nn.Parameter) -> Tensor | None:
@@ -284,10 +311,19 @@ class _Accumulator:
             return torch.full(p.shape, float(self.tokens) ** 0.5, device=p.device)
         return self.input_norm[self.module_of[p]].to(p.device).expand(p.shape)
 
+    def variance(self, p: nn.Parameter) -> Tensor | None:
+        """Var(X_j) broadcast to ``p``'s shape (0 for a bias: its input is constant)."""
+        if not self.needs_activations:
+            return None
+        if p.ndim == 1:
+            return torch.zeros(p.shape, device=p.device)
+        return self.input_var[self.module_of[p]].to(p.device).expand(p.shape)
+
     def score(self, p: nn.Parameter, grad: Tensor | None) -> None:
-        fisher, acts = self.fisher.get(p), self.activations(p)
+        fisher, acts, var = self.fisher.get(p), self.activations(p), self.variance(p)
         for key, j, s in self.owners[p]:
-            self.results[(key, j)] = slice_scores(s, p, grad, fisher, self.criteria, acts)
+            wanted = [c for c in self.criteria if s.dim == 1 or not ESTIMATORS[c].output_only]
+            self.results[(key, j)] = slice_scores(s, p, grad, fisher, wanted, acts, var)
 
     def add_fisher(self, p: nn.Parameter, grad: Tensor, n: int) -> None:
         sq = grad.float().pow(2).div_(n)
@@ -385,39 +421,18 @@ def _fisher_passes(model: nn.Module, calibration: Tensor) -> Iterable[None]:
 @torch.no_grad()
 def _collect_activations(model: nn.Module, acc: _Accumulator, calibration: Tensor, chunk_size: int,
                          keep_inputs: bool = False) -> None:
-    """‖X_j‖₂ over all calibration tokens of each input feature j of every Linear owning a pruned parameter.
+    """‖X_j‖₂ and Var(X_j) over all calibration tokens of each input j of every Linear owning a pruned parameter.
 
-    One no-grad forward pass, chunk by chunk; a forward pre-hook on each Linear adds Σ_tokens x_j² (fp32) per
-    chunk (``keep_inputs=False``, memory [in_features] per Linear), or keeps every fp32 input and takes the norm at
-    the end (``keep_inputs=True``: the naive path, the oracle of the accumulated one).
+    One no-grad forward pass, chunk by chunk (:func:`aeflib.activations.capture_inputs`): a forward pre-hook on each
+    Linear merges each chunk's moments (``keep_inputs=False``, memory [in_features] fp64 per Linear), or keeps every
+    fp32 input and takes the moments at the end (``keep_inputs=True``: the naive path, the oracle of the merged one).
 
     Raises:
         ValueError: If a pruned parameter's module is not an ``nn.Linear`` (its input features would be unknown).
     """
-    modules = list(dict.fromkeys(acc.module_of.values()))
-    for m in modules:
-        if not isinstance(m, nn.Linear):
-            raise ValueError(f"activation statistics need nn.Linear modules; got {type(m).__name__}")
-    sums: dict[nn.Module, Tensor] = {}
-    kept: dict[nn.Module, list[Tensor]] = {m: [] for m in modules}
-
-    def hook(module: nn.Module, args: tuple) -> None:
-        x = args[0].detach().float().reshape(-1, args[0].shape[-1])            # [tokens, in_features]
-        if keep_inputs:
-            kept[module].append(x)
-        elif module in sums:
-            sums[module].add_(x.pow(2).sum(0))
-        else:
-            sums[module] = x.pow(2).sum(0)
-
-    handles = [m.register_forward_pre_hook(hook) for m in modules]
-    try:
-        for chunk in _chunks(calibration, chunk_size):
-            model(input_ids=chunk, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    acc.input_norm = {m: torch.cat(kept[m]).norm(dim=0) if keep_inputs else sums[m].sqrt() for m in modules}
+    moments = capture_inputs(model, acc.module_of.values(), calibration, chunk_size, keep_inputs=keep_inputs)
+    acc.input_norm = {m: mom.norm for m, mom in moments.items()}
+    acc.input_var = {m: mom.variance for m, mom in moments.items()}
     acc.tokens = calibration.numel()
 
 
@@ -444,7 +459,7 @@ def estimate(
         criteria: Names from :data:`ESTIMATORS` (default :data:`DEFAULT_CRITERIA`), or one name as a string. Only
             the statistics their :attr:`Criterion.needs` declare are collected: no backward pass for weight-only
             criteria, the N single-window Fisher passes only for ``fisher``, one no-grad forward pass for
-            ``activations``.
+            ``activations`` and ``variance`` (``wanda``, ``wanda-sp``, ``fluctuation``: no backward pass at all).
         layers: Decoder layers to score (default: the adapter's pruned range).
         reduction: How a group's slice scores are combined, a key of :data:`REDUCTIONS`.
         chunk_size: Windows per backward pass (default: all N in one pass). Smaller bounds activation memory.
@@ -518,7 +533,8 @@ def estimate(
             values[c] = ESTIMATORS[c].per_set(sets, seed)
             continue
         values[c] = {gs.key: REDUCTIONS[reduction](torch.stack([acc.results[(gs.key, j)][c]
-                                                                for j in range(len(gs.slices))]))
+                                                                for j in range(len(gs.slices))
+                                                                if c in acc.results[(gs.key, j)]]))
                      for gs in sets}
     meta = {
         "criteria": criteria, "reduction": reduction, "path": path, "chunk_size": chunk_size,

@@ -118,7 +118,8 @@ def _skeleton(raw_config: dict, info: dict, plans: list[PruningPlan], where: str
     try:
         model, adapter = build_skeleton(
             raw_config, plans, gqa_mode=info["gqa_mode"], dtype=info["dtype"],
-            attn_implementation=info["attn_implementation"], buffer_dtypes=info.get("buffers"))
+            attn_implementation=info["attn_implementation"], buffer_dtypes=info.get("buffers"),
+            added_biases=info.get("added_biases", ()))
     except Exception as err:  # noqa: BLE001 - the config and plans are a user's files: transformers' config checks
         # raise StrictDataclassFieldValidationError (not a ValueError), a replayed plan IndexError/RuntimeError ...
         raise CheckpointError(f"{where}: cannot rebuild the recorded structure: {type(err).__name__}: {err}") \
@@ -152,6 +153,8 @@ def _model_info(model: nn.Module, adapter: StructureAdapter, tied: dict[str, str
         "gqa_mode": adapter.gqa_mode, "dtype": str(dtype).removeprefix("torch."),
         "attn_implementation": model.config._attn_implementation, "n_params": count_parameters(model),
         "checksum": checksum(model), "tied": tied,
+        # biases aeflib created on Linears that had none (FLAP's compensation); the skeleton rebuilds them
+        "added_biases": list(getattr(model, "aef_added_biases", [])),
         # buffers rebuilt from the config (RoPE inv_freq) get back the dtype they had, e.g. after model.to(bf16)
         "buffers": {n: str(b.dtype).removeprefix("torch.") for n, b in model.named_buffers() if b.is_floating_point()},
     }

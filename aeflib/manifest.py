@@ -66,6 +66,9 @@ def model_problems(info: dict) -> list[str]:
     buffers = info.get("buffers", {})
     if not _str_map(buffers) or not all(_one_of(v, DTYPES) for v in buffers.values()):
         out.append(f"model.buffers must map buffer names to one of {sorted(DTYPES)}, got {buffers!r}"[:300])
+    added = info.get("added_biases", [])
+    if not isinstance(added, list) or not all(isinstance(b, str) and b.endswith(".bias") for b in added):
+        out.append(f"model.added_biases must be a list of bias names (ending in '.bias'), got {added!r}"[:300])
     layers = info.get("layers", [])
     if not isinstance(layers, list) or not all(isinstance(d, dict) for d in layers):
         out.append("model.layers (format 1) must be a list of objects")

@@ -18,6 +18,7 @@ import re
 import torch
 from torch import nn
 
+from aeflib.flap import add_zero_biases
 from aeflib.models.adapters import StructureAdapter, StructureError, adapter_class, resolve_dtype
 from aeflib.pruning import PruningPlan, apply
 
@@ -39,6 +40,7 @@ def build_skeleton(
     dtype: torch.dtype | str = torch.float32,
     attn_implementation: str | None = None,
     buffer_dtypes: dict[str, str] | None = None,
+    added_biases: list[str] | tuple[str, ...] = (),
 ) -> tuple[nn.Module, StructureAdapter]:
     """Build the pruned architecture: parameters empty on the meta device, buffers real, plans replayed in order.
 
@@ -50,6 +52,8 @@ def build_skeleton(
         dtype: Parameter dtype of the skeleton (the dtype of the weights that will be assigned).
         attn_implementation: ``"sdpa"``, ``"eager"`` ...; default: transformers' choice.
         buffer_dtypes: ``{buffer name: dtype name}`` to restore, e.g. RoPE ``inv_freq`` after ``model.to(bf16)``.
+        added_biases: Full names of biases aeflib added to Linears that had none (FLAP's bias compensation,
+            :func:`aeflib.flap.add_zero_biases`), created after the plans are replayed.
 
     Returns:
         ``(model, adapter)``; load weights with ``model.load_state_dict(state, strict=True, assign=True)``.
@@ -71,6 +75,7 @@ def build_skeleton(
         model = cls.build(cls.config_from_dict(config), dtype=resolve_dtype(dtype), **kwargs)
     for p in plans:  # replayed on copies: apply records params_after, which belongs to the caller's plan
         apply(model, cls(gqa_mode=p.gqa_mode), copy.deepcopy(p))
+    add_zero_biases(model, added_biases)
     adapter = cls(gqa_mode=gqa_mode)
     adapter.install_runtime(model)
     for name, buffer_dtype in (buffer_dtypes or {}).items():

@@ -383,3 +383,23 @@ def test_fuse_measuring_method_refuses_scores_of_another_model(calib):
         with pytest.raises(ValueError, match=message):
             fuse(Scores({"element2": per, "vector": per}), "aef-layer", model=model, adapter=adapter,
                  calibration=calib)
+
+
+@pytest.mark.parametrize("coarse", ["wanda-sp", "fluctuation"])
+def test_fuse_takes_an_activation_estimate_as_the_coarse_input_by_name(coarse, calib):
+    """AEF's fusion over any two estimates: element1 with FLAP's Wanda-sp or fluctuation; unit weights reproduce
+    each input's ranking, and a measuring variant runs on them."""
+    from aeflib.orchestration.settings import RunSettings
+
+    model, _, adapter = aeflib.models.load("tiny-llama")
+    scores = estimate(model, adapter, calib, criteria=["element1", coarse])
+    for weights, source in (((1, 0), "element1"), ((0, 1), coarse)):
+        fused = fuse(scores, "fixed", fine="element1", coarse=coarse, weights=weights).fused
+        for k in scores.group_keys:
+            assert torch.equal(torch.argsort(fused[k], stable=True), torch.argsort(scores[source][k], stable=True))
+    result = fuse(scores, "aef-layer", fine="element1", coarse=coarse, model=model, adapter=adapter,
+                  calibration=calib, pruning_ratio=0.25)
+    assert result.settings["coarse"] == coarse and result.name in result.scores
+    settings = RunSettings(model="tiny-llama", fine="element1", coarse=coarse, method=coarse,
+                           criteria=["element1", coarse])
+    assert settings.validate() is settings

@@ -421,3 +421,47 @@ def test_scores_read_like_a_mapping_of_criteria():
     assert scores.group_keys == ["1.head", "1.channel", "2.head"]
     with pytest.raises(KeyError, match=r"no scores for criterion 'aef'; present: \['l2', 'vector'\]"):
         scores["aef"]
+
+
+#: the output projections (heads, channels) of each family, named here so the oracle does not ask the adapter
+_OUTPUTS = {"llama": ("self_attn.o_proj", "mlp.down_proj"), "baichuan": ("self_attn.o_proj", "mlp.down_proj"),
+            "bloom": ("self_attention.dense", "mlp.dense_4h_to_h")}
+
+
+def test_wanda_sp_and_fluctuation_equal_a_direct_computation_from_hooked_inputs(tiny, calib):
+    """Per head / channel: Σ over its output-projection columns j of Σ_i |W_ij|·‖X_j‖ (Wanda-sp) and of
+    Var(X_j)·‖W_:,j‖² (fluctuation), X_j the inputs of column j over all N·L tokens, kept by hooks."""
+    model, _, adapter = tiny
+    layers = range(4)
+    blocks = adapter.decoder_layers(model)
+    inputs = {}
+    modules = {(i, kind): blocks[i].get_submodule(name) for i in layers
+               for kind, name in zip(("head", "channel"), _OUTPUTS[adapter.family], strict=True)}
+    handles = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0].reshape(-1, a[0].shape[-1])))
+               for m in modules.values()]
+    with torch.no_grad():
+        model(input_ids=calib)
+    for h in handles:
+        h.remove()
+    bounded = estimate(model, adapter, calib, criteria=["wanda-sp", "fluctuation", "wanda"], layers=layers)
+    naive = estimate(model, adapter, calib, criteria=["wanda-sp", "fluctuation"], layers=layers, path="naive")
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    for (i, kind), m in modules.items():
+        x, w = inputs[m].double(), m.weight.detach().double()                   # [N*L, in], [out, in]
+        assert x.shape[0] == calib.numel()
+        wanda_sp = (w.abs() * x.norm(dim=0)).sum(0)                              # per column [in]
+        fluctuation = x.var(dim=0, unbiased=True) * w.pow(2).sum(0)
+        width = head_dim if kind == "head" else 1
+        for name, per_column in (("wanda-sp", wanda_sp), ("fluctuation", fluctuation)):
+            expected = per_column.view(-1, width).sum(1).float()                 # [n_groups]
+            for scores in (bounded, naive):
+                torch.testing.assert_close(scores[name][f"{i}.{kind}"], expected, rtol=1e-5, atol=0)
+        assert (bounded["wanda"][f"{i}.{kind}"] > bounded["wanda-sp"][f"{i}.{kind}"]).all()  # wanda: every slice
+
+
+def test_activation_criteria_need_no_backward_pass(monkeypatch, calib):
+    model, _, adapter = aeflib.models.load("tiny-gqa")
+    for fn in ("_run_bounded", "_run_naive", "_run_bounded_sliced"):
+        monkeypatch.setattr(importance, fn, lambda *a, **k: pytest.fail("a backward pass ran"))
+    scores = estimate(model, adapter, calib, criteria=["wanda-sp", "fluctuation"])
+    assert all(p.grad is None for p in model.parameters()) and scores.criteria == ["wanda-sp", "fluctuation"]

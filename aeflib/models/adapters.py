@@ -286,6 +286,18 @@ class StructureAdapter(abc.ABC):
         """
         raise NotImplementedError(f"no stock export for family {self.family!r}")
 
+    def export_biases(self, config: Any, names: list[str]) -> None:
+        """Set the flags under which the stock class has the biases ``names`` that aeflib added (FLAP).
+
+        Args:
+            config: The export config (a copy), changed in place.
+            names: Full bias names from ``model.aef_added_biases``, e.g. ``"model.layers.5.mlp.down_proj.bias"``.
+
+        Raises:
+            ValueError: A bias no stock config flag of the family creates (the default: none), naming it.
+        """
+        raise ValueError(f"a stock {self.family} config has no flag for the biases aeflib added ({names[0]!r} ...)")
+
     def __init__(self, gqa_mode: str = "query-heads") -> None:
         if gqa_mode not in GQA_MODES:
             raise ValueError(f"unknown gqa_mode {gqa_mode!r}; choose one of {sorted(GQA_MODES)}")

@@ -59,8 +59,9 @@ class BaichuanAttention(nn.Module):
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
         width = config.num_attention_heads * self.head_dim
-        self.W_pack = nn.Linear(config.hidden_size, 3 * width, bias=False)
-        self.o_proj = nn.Linear(width, config.hidden_size, bias=False)
+        bias = getattr(config, "attention_bias", False)  # False in Baichuan-7B; True in a FLAP-compensated export
+        self.W_pack = nn.Linear(config.hidden_size, 3 * width, bias=bias)
+        self.o_proj = nn.Linear(width, config.hidden_size, bias=bias)
 
     def forward(
         self,
@@ -169,8 +170,8 @@ class BaichuanAdapter(LlamaAdapter):
         """Rows ``[3, n_heads, head_dim]`` of ``W_pack`` (groups on axis 1) and columns of ``o_proj``."""
         n, d = w.n_heads, w.head_dim
         hidden = block.self_attn.o_proj.weight.shape[0]
-        return (
-            (Slice("self_attn.W_pack.weight", 0, (3, n, d), 1, "qkv", hidden),
-             Slice("self_attn.o_proj.weight", 1, (n, d), 0, "o", hidden)),
-            n, "head", 1,
-        )
+        slices = [Slice("self_attn.W_pack.weight", 0, (3, n, d), 1, "qkv", hidden)]
+        if block.self_attn.W_pack.bias is not None:  # attention_bias=True (a FLAP-compensated export)
+            slices.append(Slice("self_attn.W_pack.bias", 0, (3, n, d), 1, "qkv.bias"))
+        slices.append(Slice("self_attn.o_proj.weight", 1, (n, d), 0, "o", hidden))
+        return tuple(slices), n, "head", 1

@@ -164,6 +164,20 @@ class LlamaAdapter(StructureAdapter):
         config.head_dim, config.intermediate_size = w.head_dim, w.n_channels
         return config
 
+    def export_biases(self, config: Any, names: list[str]) -> None:
+        """``attention_bias`` for added ``o_proj`` biases, ``mlp_bias`` for ``down_proj`` (q/k/v, gate/up get zeros).
+
+        Raises:
+            ValueError: Any other added bias, naming it.
+        """
+        for name in names:
+            if name.endswith(f"{self.attn}.o_proj.bias"):
+                config.attention_bias = True
+            elif name.endswith(f"{self.mlp_out}.bias"):
+                config.mlp_bias = True
+            else:
+                raise ValueError(f"no stock {self.family} config flag creates the bias {name!r}")
+
     def attribute_widths(self, model: nn.Module, layer: int) -> dict[str, tuple[int, int]]:
         """Attention attributes and every Linear's in/out features against the weights."""
         block = self.decoder_layers(model)[layer]
