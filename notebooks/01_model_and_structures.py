@@ -271,3 +271,16 @@ print(f"ratio 0.25 removes about {share:.1%} of all parameters")
 #   4 · head_dim · hidden for a head without GQA, 3 · hidden for an MLP channel.
 # * The *pruning ratio* acts on the grouped weights of the pruned layers only, so the share of all parameters
 #   removed is smaller. Next: notebook 02 scores every group.
+
+# %% [markdown]
+# ## Memory
+# This kernel's peak resident memory (its high-water mark, every cell above included) goes into `metrics.json`;
+# `report.md` shows it beside the stage's run time.
+
+# %% tags=["nbval-ignore-output"]
+run.record_peak_memory("01_model_and_structures")
+
+# %% [markdown]
+# **Before you open the next notebook:** shut this kernel down (*Kernel → Shut Down Kernel*), then open
+# notebook 02_importance. A kernel holds its model in memory until it ends; with one kernel at a time, a JupyterLab session
+# stays inside the 2 GiB of a free Binder session.

@@ -225,3 +225,16 @@ print(f"removed {removed:,} of {params_dense:,} parameters ({share:.2%})")
 #   before cutting, as the exercises did.
 # * The cut is physical: smaller matrices, the same forward code, a folder that reloads without this notebook.
 #   Next: notebook 05 recovers part of the lost quality with LoRA.
+
+# %% [markdown]
+# ## Memory
+# This kernel's peak resident memory (its high-water mark, every cell above included) goes into `metrics.json`;
+# `report.md` shows it beside the stage's run time.
+
+# %% tags=["nbval-ignore-output"]
+run.record_peak_memory("04_pruning")
+
+# %% [markdown]
+# **Before you open the next notebook:** shut this kernel down (*Kernel → Shut Down Kernel*), then open
+# notebook 05_recovery. A kernel holds its model in memory until it ends; with one kernel at a time, a JupyterLab session
+# stays inside the 2 GiB of a free Binder session.

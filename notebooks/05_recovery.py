@@ -80,7 +80,7 @@ interactive = True             # live widgets (aef run sets False: static figure
 recovery_dataset = "qa"        # shipped QA pairs; the paper: "alpaca-cleaned" (hub)
 recovery_steps = 20            # optimizer steps (None: 2 epochs, as the paper)
 recovery_batch_size = 4        # sequences per step (paper: 64)
-recovery_micro_batch_size = 4  # sequences per forward/backward pass
+recovery_micro_batch_size = 1  # sequences per forward/backward pass (1: least memory)
 recovery_lr = 0.0003           # peak learning rate (paper: 1e-4 over ~1.5 k steps)
 recovery_cutoff = 128          # tokens per sequence (paper: 256)
 recovery_val_size = 16         # validation sequences scored before and after
@@ -239,3 +239,16 @@ print(f"about {needed:.0f} steps for the fall to exceed twice the noise"
 # * A short training curve is mostly batch noise; read the trend against the noise, and trust the validation loss
 #   (same examples before and after) more than single steps.
 # * How much of the lost quality recovery wins back is measured against the dense model, in notebook 06.
+
+# %% [markdown]
+# ## Memory
+# This kernel's peak resident memory (its high-water mark, every cell above included) goes into `metrics.json`;
+# `report.md` shows it beside the stage's run time.
+
+# %% tags=["nbval-ignore-output"]
+run.record_peak_memory("05_recovery")
+
+# %% [markdown]
+# **Before you open the next notebook:** shut this kernel down (*Kernel → Shut Down Kernel*), then open
+# notebook 06_evaluation. A kernel holds its model in memory until it ends; with one kernel at a time, a JupyterLab session
+# stays inside the 2 GiB of a free Binder session.
