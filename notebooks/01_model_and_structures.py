@@ -49,6 +49,9 @@
 # **Run time:** 13 s on an idle 2-core CPU with the default settings (SmolLM2-135M; `python
 # benchmarks/pipeline.py`).
 #
+# **Peak memory:** 1,210 MiB resident in this notebook's kernel with the default settings (SmolLM2-135M;
+# `make binder-check` under a 2 GiB limit, docs/binder-check.md); the last cell records it for your run.
+#
 # **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)), stage (1) *grouping*,
 # which reuses LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)) §3.1 "Discover all coupled
 # structure in LLMs" (LLM-Pruner's options `--block_wise`, `--block_attention_layer_start 4`,

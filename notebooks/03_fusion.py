@@ -70,6 +70,9 @@
 # **Run time:** 22 s on an idle 2-core CPU with the default settings (SmolLM2-135M, `aef` = `aef-agree`;
 # `python benchmarks/pipeline.py`).
 #
+# **Peak memory:** 1,352 MiB resident in this notebook's kernel with the default settings (SmolLM2-135M;
+# `make binder-check` under a 2 GiB limit, docs/binder-check.md); the last cell records it for your run.
+#
 # **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)), stage (2) *adaptive
 # estimation*: the "attention mechanism" that finds "the optimal blend of granularity" (docs/paper.md §1, §3).
 # LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)) has no fusion: it picks one estimator

@@ -36,6 +36,9 @@
 # **Run time:** 13 s on an idle 2-core CPU with the default settings (SmolLM2-135M; `python
 # benchmarks/pipeline.py`).
 #
+# **Peak memory:** 1,410 MiB resident in this notebook's kernel with the default settings (SmolLM2-135M;
+# `make binder-check` under a 2 GiB limit, docs/binder-check.md); the last cell records it for your run.
+#
 # **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)): "the groups are sorted
 # and the least important pruned"; LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)), whose code
 # prunes with `--pruning_ratio 0.25` in layers `--block_attention_layer_start 4 … _end 30` and

@@ -34,6 +34,9 @@
 # **Run time:** 47 s on an idle 2-core CPU with the default settings (SmolLM2-135M pruned, 20 steps of 4 sequences;
 # `python benchmarks/pipeline.py`).
 #
+# **Peak memory:** 1,506 MiB resident in this notebook's kernel with the default settings (SmolLM2-135M;
+# `make binder-check` under a 2 GiB limit, docs/binder-check.md); the last cell records it for your run.
+#
 # **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)), stage (3) *recovery*;
 # LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)) §3.3 "Fast recovery with low-rank
 # approximation", run in its code as `post_training.py --data_path yahma/alpaca-cleaned --lora_r 8 --num_epochs 2
@@ -136,7 +139,8 @@ f"separate = merged; the pruned model has {params_pruned:,} parameters"
 # gradient clipping), merges them and returns the per-step loss and the validation loss before and after.
 # Each step's `recovery_batch_size` sequences pass `recovery_micro_batch_size` at a time (default 1), their
 # gradients summed weighted by tokens — the same step as one pass of the whole batch, with one sequence's
-# activations in memory instead of four (on SmolLM2, 4 at once peaked about 1.1 GiB higher).
+# activations in memory instead of four (on SmolLM2 this kernel peaked at 2,753 MiB with 4 at once, 1,506 MiB with
+# 1; docs/binder-check.md).
 
 # %% tags=["nbval-ignore-output"]
 result = aeflib.recovery.lora(
