@@ -211,20 +211,22 @@ print(by_kind["head"])
 print(by_kind["channel"])
 
 # %% [markdown]
-# One backward pass per window, each window's graph freed before the next is built (holding all N graphs at once
-# would cost about 1 GiB more on SmolLM2). The gradient $g$ of the mean loss over all calibration windows is the
+# One backward pass per window; the losses come from a generator, so each window's graph is built only when its
+# gradient is taken and freed before the next (a list of all N losses would hold N graphs at once). The gradient $g$ of the mean loss over all calibration windows is the
 # mean of the N per-window gradients (equal-length windows); the Fisher is the mean of their squares.
 # `torch.autograd.grad` returns the gradients without storing them in `.grad`.
 
 # %%
 ids = calib.to(m.device)
-per_window = [torch.autograd.grad(m(input_ids=x, labels=x, use_cache=False).loss, params)
-              for x in ids.split(1)]                                 # one window's graph at a time
+windows = ids.split(1)                                           # N windows [1, L]
+window_losses = (m(input_ids=x, labels=x, use_cache=False).loss for x in windows)  # lazy
+per_window = [torch.autograd.grad(loss_j, params) for loss_j in window_losses]
 stacked = [torch.stack(g).float() for g in zip(*per_window, strict=True)]  # [N, *shape]
-grad = dict(zip(names, [g.mean(0) for g in stacked], strict=True))   # = dL/dW of the mean loss
+grad = dict(zip(names, [g.mean(0) for g in stacked], strict=True))  # dL/dW, mean loss
 fisher = dict(zip(names, [g.pow(2).mean(0) for g in stacked], strict=True))
-with torch.no_grad():                                                # mean over the N windows
-    loss = torch.stack([m(input_ids=x, labels=x, use_cache=False).loss for x in ids.split(1)]).mean()
+with torch.no_grad():                                   # the mean loss over the N windows
+    losses = [m(input_ids=x, labels=x, use_cache=False).loss for x in windows]
+    loss = torch.stack(losses).mean()
 weight = {name: p.detach().float() for name, p in zip(names, params, strict=True)}
 f"calibration loss {loss.item():.3f} nats/token over {ids.shape[0]} windows"
 
