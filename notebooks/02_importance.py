@@ -47,8 +47,9 @@
 # **Run time:** 21 s on an idle 2-core CPU with the default settings (SmolLM2-135M, 10 × 64 calibration tokens;
 # `python benchmarks/pipeline.py`), plus a few seconds for the by-hand check below.
 #
-# **Peak memory:** 1,566 MiB resident in this notebook's kernel with the default settings (SmolLM2-135M;
-# `make binder-check` under a 2 GiB limit, docs/binder-check.md); the last cell records it for your run.
+# **Peak memory:** 1,566–1,735 MiB resident in this notebook's kernel over three runs with the default settings
+# (SmolLM2-135M; `make binder-check` under a 2 GiB limit and `aef run`, docs/binder-check.md); the last cell records
+# it for your run.
 #
 # **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)), stage (2) *adaptive
 # estimation* (the fine- and coarse-grained estimates); LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627))
