@@ -71,3 +71,10 @@ ui-deps: install-dev
 test-ui: ui-deps
 	# --confcutdir: the browser test needs none of tests/conftest.py's fixtures (nor its torch import)
 	$(OFFLINE) AEFLIB_UI_TESTS=1 $(BIN)/python -m pytest -q -m ui --confcutdir=tests/ui tests/ui
+
+## A learner's Binder session: a fresh venv from binder/environment.yml's pip section + binder/postBuild, then the
+## notebooks (`aef run`, demo settings) inside a 2 GiB memory cgroup where the machine allows one; prints each
+## notebook's peak memory (docs/binder-check.md has a recorded run). About 2 min to build, 10-20 min to run.
+.PHONY: binder-check
+binder-check:
+	bash binder/check.sh

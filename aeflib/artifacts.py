@@ -12,6 +12,9 @@ One run folder (``runs/<name>/`` from ``aef run``, or any ``run_dir`` a notebook
     notebooks/*.ipynb       executed notebooks (``aef run`` only)
     report.md               the readable summary (``aef run`` only)
 
+``metrics.json``'s ``memory`` section holds each stage's peak resident memory, measured in its own kernel
+(:meth:`RunDir.record_peak_memory`, the notebooks' last code cell).
+
 ``RunDir`` is a thin helper over that layout: named paths, atomic JSON writes, metrics merged per section, figures
 saved as PNG, and clear errors when a stage's input is missing ("run notebook 02_importance first").
 
@@ -28,14 +31,32 @@ from pathlib import Path
 from typing import Any
 
 from aeflib.files import jsonable, write_text
-from aeflib.orchestration.settings import producers
+from aeflib.orchestration.settings import STAGE_NAMES, producers
 
-__all__ = ["PRODUCERS", "RunDir", "pruned_layers", "setup_notebook"]
+__all__ = ["PRODUCERS", "RunDir", "peak_rss_mib", "pruned_layers", "setup_notebook"]
 
 log = logging.getLogger(__name__)
 
 #: artifact -> the notebook that writes it (named in "missing input" errors), from the stage records
 PRODUCERS = producers()
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (its high-water mark), in MiB.
+
+    Linux reports ``ru_maxrss`` in KiB, macOS in bytes; the value is the process's own peak (a notebook kernel's,
+    when called in a notebook), not its children's.
+
+    Returns:
+        Peak resident set size in MiB (2**20 bytes), rounded to 0.1.
+
+    Source: [ours] (``resource.getrusage(RUSAGE_SELF)``, the same figure as ``VmHWM`` in ``/proc/self/status``).
+    """
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 class RunDir:
@@ -102,6 +123,32 @@ class RunDir:
         metrics = self.metrics()
         metrics[section] = jsonable(values, section)
         return self.save_json("metrics.json", metrics)
+
+    def record_peak_memory(self, stage: str) -> float:
+        """Write this kernel's peak resident memory into ``metrics.json``'s ``memory`` section under ``stage``.
+
+        Call it in a notebook's last code cell, so that the peak covers every cell before it; the other stages'
+        entries stay. ``report.md`` shows the peak beside the stage's run time.
+
+        Args:
+            stage: The stage notebook's name, e.g. ``"02_importance"``.
+
+        Returns:
+            The peak in MiB (see :func:`peak_rss_mib`).
+
+        Raises:
+            ValueError: If ``stage`` is not a stage notebook's name.
+
+        Source: [ours].
+        """
+        if stage not in STAGE_NAMES:
+            raise ValueError(f"record_peak_memory: unknown stage {stage!r}; stages: {', '.join(STAGE_NAMES)}")
+        peak = peak_rss_mib()
+        memory = dict(self.metrics().get("memory", {}))
+        memory[stage] = {"peak_rss_mib": peak}
+        self.merge_metrics("memory", {s: memory[s] for s in STAGE_NAMES if s in memory})
+        log.info("stage %s: peak resident memory %.0f MiB", stage, peak)
+        return peak
 
     def save_figure(self, figure, name: str) -> Path:
         """Save a matplotlib Figure as ``figures/<name>.png`` (100 dpi); returns the path."""

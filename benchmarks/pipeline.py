@@ -21,11 +21,16 @@ Commands:
 
 The run folder (``--runs-root``/``--name``, default ``runs/bench-pipeline-<time>``) is kept for inspection; the
 numbers go to ``benchmarks/results/pipeline_smollm2.json`` (``--out``).
+
+Memory: each stage's kernel records its own peak resident memory (``metrics.json`` section ``memory``); the script
+prints it per stage and FAILS (exit 1, a line naming the stage) when a stage peaked above ``--max-peak-mib``
+(1,800 MiB: a free Binder session has 2 GiB, and JupyterLab itself needs some of it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
@@ -46,6 +51,13 @@ from aeflib.orchestration.settings import RunSettings  # noqa: E402
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def _peaks(run_dir: Path, records: list[StageRecord]) -> dict[str, float | None]:
+    """Stage -> its kernel's peak resident memory in MiB, from the run folder's ``metrics.json`` (None: missing)."""
+    path = Path(run_dir) / "metrics.json"
+    memory = json.loads(path.read_text()).get("memory", {}) if path.is_file() else {}
+    return {r.stage: memory.get(r.stage, {}).get("peak_rss_mib") for r in records}
 
 
 def print_table(records: list[StageRecord], total_wall: float, total_cpu: float, budget: float) -> None:
@@ -82,6 +94,8 @@ def main() -> None:
     ap.add_argument("--stages", nargs="+", default=None, help="only these stages (names or two-digit numbers)")
     ap.add_argument("--budget", type=float, default=900.0, help="the wall-time budget in seconds (15 min)")
     ap.add_argument("--out", default="benchmarks/results/pipeline_smollm2.json")
+    ap.add_argument("--max-peak-mib", type=float, default=1800.0,
+                    help="fail when a stage's kernel peaked above this resident memory (MiB)")
     ap.add_argument("--smoke", action="store_true", help="RunSettings.tiny() on tiny-llama, temp run root and output")
     args = ap.parse_args()
     settings = RunSettings()
@@ -119,8 +133,15 @@ def main() -> None:
     total_cpu = own_cpu + kernels_cpu
 
     print_table(records, total_wall, total_cpu, args.budget)
+    peaks = _peaks(run_dir, records)
+    over = {stage: mib for stage, mib in peaks.items() if mib is not None and mib > args.max_peak_mib}
+    for stage, mib in peaks.items():
+        print(f"memory: {stage} peak {'not recorded' if mib is None else f'{mib:.0f} MiB'} resident "
+              f"(limit {args.max_peak_mib:.0f} MiB)")
     if failed:
         print(f"FAILED: {failed}")
+    for stage, mib in over.items():
+        print(f"FAILED: stage {stage} peaked at {mib:.0f} MiB resident, above --max-peak-mib {args.max_peak_mib:.0f}")
     write_json(
         {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -136,6 +157,7 @@ def main() -> None:
                     "seconds": r.seconds,
                     "cpu_seconds": r.cpu_seconds,
                     "notebook": str(r.notebook),
+                    "peak_rss_mib": peaks.get(r.stage),
                 }
                 for r in records
             ],
@@ -149,12 +171,14 @@ def main() -> None:
             "budget_s": args.budget,
             "budget_share_wall": total_wall / args.budget,
             "budget_share_cpu": total_cpu / args.budget,
+            "max_peak_mib": args.max_peak_mib,
             "failed": failed,
+            "over_memory": over,
         },
         args.out,
     )
     print(f"wrote {args.out}; run folder {run_dir}")
-    if failed:
+    if failed or over:
         sys.exit(1)
 
 

@@ -49,6 +49,9 @@
 # **Run time:** 13 s on an idle 2-core CPU with the default settings (SmolLM2-135M; `python
 # benchmarks/pipeline.py`).
 #
+# **Peak memory:** 1,210 MiB resident in this notebook's kernel with the default settings (SmolLM2-135M;
+# `make binder-check` under a 2 GiB limit, docs/binder-check.md); the last cell records it for your run.
+#
 # **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)), stage (1) *grouping*,
 # which reuses LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)) §3.1 "Discover all coupled
 # structure in LLMs" (LLM-Pruner's options `--block_wise`, `--block_attention_layer_start 4`,
@@ -271,3 +274,16 @@ print(f"ratio 0.25 removes about {share:.1%} of all parameters")
 #   4 · head_dim · hidden for a head without GQA, 3 · hidden for an MLP channel.
 # * The *pruning ratio* acts on the grouped weights of the pruned layers only, so the share of all parameters
 #   removed is smaller. Next: notebook 02 scores every group.
+
+# %% [markdown]
+# ## Memory
+# This kernel's peak resident memory (its high-water mark, every cell above included) goes into `metrics.json`;
+# `report.md` shows it beside the stage's run time.
+
+# %% tags=["nbval-ignore-output"]
+run.record_peak_memory("01_model_and_structures")
+
+# %% [markdown]
+# **Before you open the next notebook:** shut this kernel down (*Kernel → Shut Down Kernel*), then open
+# notebook 02_importance. A kernel holds its model in memory until it ends; with one kernel at a time, a JupyterLab session
+# stays inside the 2 GiB of a free Binder session.

@@ -47,6 +47,10 @@
 # **Run time:** 21 s on an idle 2-core CPU with the default settings (SmolLM2-135M, 10 × 64 calibration tokens;
 # `python benchmarks/pipeline.py`), plus a few seconds for the by-hand check below.
 #
+# **Peak memory:** 1,566–1,735 MiB resident in this notebook's kernel over three runs with the default settings
+# (SmolLM2-135M; `make binder-check` under a 2 GiB limit and `aef run`, docs/binder-check.md); the last cell records
+# it for your run.
+#
 # **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)), stage (2) *adaptive
 # estimation* (the fine- and coarse-grained estimates); LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627))
 # §3.2 "Grouped importance estimation", whose code names the criteria `--pruner_type taylor` with
@@ -80,6 +84,7 @@ interactive = True             # live widgets (aef run sets False: static figure
 criteria = ["random", "l2", "vector", "element1", "element2"]
 fine = "element2"              # fine estimate fused in 03 [paper]: Taylor + Fisher
 coarse = "vector"              # the coarse-grained estimate [paper]
+fisher_memory_gib = 0.2        # GiB of fp32 Fisher/gradient sums held at once
 
 # %% [markdown]
 # ## Setup
@@ -132,10 +137,12 @@ tokenizer.decode(calib[0])
 # ## Estimate every criterion at once
 # One `estimate` call scores every head and channel group of the pruned layers under each criterion. `element2`
 # needs the diagonal Fisher, accumulated from one backward pass per window, in fp32 whatever the model's dtype.
+# `fisher_memory_gib` caps the memory those fp32 accumulators may take at once (see below).
 
 # %% tags=["nbval-check-output"]
 scores = aeflib.importance.estimate(
-    m, adapter, calib, criteria=criteria, layers=layer_range
+    m, adapter, calib, criteria=criteria, layers=layer_range,
+    fisher_memory_gib=fisher_memory_gib,
 )
 scores.save(run / "scores.safetensors")
 scores.criteria, len(scores.group_keys)
@@ -180,7 +187,10 @@ analysis.score_table(scores, f"{layer_range.start}.head")
 # vanish altogether (LLM-Pruner issue #23).
 #
 # How aeflib computes $g$ **[LLM-Pruner code]**: one backward pass of the *mean* loss over all N windows at once (the
-# gradient of the calibration loss); $F$ from N more backward passes, one window each, squared and divided by N. The
+# gradient of the calibration loss); $F$ from N more backward passes, one window each, squared and divided by N.
+# When the fp32 accumulators would exceed `fisher_memory_gib` (this run's default on SmolLM2: 0.2 GiB), aeflib
+# instead scores a slice of layers at a time from the N single-window passes alone, with $g$ their mean: the windows
+# have equal length, so the mean of the per-window gradients *is* the gradient of the mean loss **[ours]**. The
 # group's score is the *sum* over its slices (LLM-Pruner's `--grouping_strategy sum`). No further normalisation:
 # the scores are raw, and fusion (03) normalises them.
 
@@ -202,17 +212,22 @@ print(by_kind["head"])
 print(by_kind["channel"])
 
 # %% [markdown]
-# The gradient $g$ of the mean loss over all calibration windows (one backward pass), then the Fisher from one
-# backward pass per window. `torch.autograd.grad` returns the gradients without storing them in `.grad`.
+# One backward pass per window; the losses come from a generator, so each window's graph is built only when its
+# gradient is taken and freed before the next (a list of all N losses would hold N graphs at once). The gradient $g$ of the mean loss over all calibration windows is the
+# mean of the N per-window gradients (equal-length windows); the Fisher is the mean of their squares.
+# `torch.autograd.grad` returns the gradients without storing them in `.grad`.
 
 # %%
 ids = calib.to(m.device)
-loss = m(input_ids=ids, labels=ids, use_cache=False).loss          # mean over N windows
-grad = dict(zip(names, torch.autograd.grad(loss, params), strict=True))
-window_losses = [m(input_ids=x, labels=x, use_cache=False).loss for x in ids.split(1)]
+windows = ids.split(1)                                           # N windows [1, L]
+window_losses = (m(input_ids=x, labels=x, use_cache=False).loss for x in windows)  # lazy
 per_window = [torch.autograd.grad(loss_j, params) for loss_j in window_losses]
 stacked = [torch.stack(g).float() for g in zip(*per_window, strict=True)]  # [N, *shape]
+grad = dict(zip(names, [g.mean(0) for g in stacked], strict=True))  # dL/dW, mean loss
 fisher = dict(zip(names, [g.pow(2).mean(0) for g in stacked], strict=True))
+with torch.no_grad():                                   # the mean loss over the N windows
+    losses = [m(input_ids=x, labels=x, use_cache=False).loss for x in windows]
+    loss = torch.stack(losses).mean()
 weight = {name: p.detach().float() for name, p in zip(names, params, strict=True)}
 f"calibration loss {loss.item():.3f} nats/token over {ids.shape[0]} windows"
 
@@ -383,3 +398,16 @@ print(measured.round(3).to_dict())
 #   element1 — but a small difference can still reorder groups whose scores are close.
 # * aeflib's scores equal a by-hand computation from `.grad`; the estimates' agreement is measured against chance,
 #   not assumed. Next: notebook 03 fuses the fine and the coarse estimate.
+
+# %% [markdown]
+# ## Memory
+# This kernel's peak resident memory (its high-water mark, every cell above included) goes into `metrics.json`;
+# `report.md` shows it beside the stage's run time.
+
+# %% tags=["nbval-ignore-output"]
+run.record_peak_memory("02_importance")
+
+# %% [markdown]
+# **Before you open the next notebook:** shut this kernel down (*Kernel → Shut Down Kernel*), then open
+# notebook 03_fusion. A kernel holds its model in memory until it ends; with one kernel at a time, a JupyterLab session
+# stays inside the 2 GiB of a free Binder session.

@@ -70,6 +70,9 @@
 # **Run time:** 22 s on an idle 2-core CPU with the default settings (SmolLM2-135M, `aef` = `aef-agree`;
 # `python benchmarks/pipeline.py`).
 #
+# **Peak memory:** 1,352 MiB resident in this notebook's kernel with the default settings (SmolLM2-135M;
+# `make binder-check` under a 2 GiB limit, docs/binder-check.md); the last cell records it for your run.
+#
 # **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)), stage (2) *adaptive
 # estimation*: the "attention mechanism" that finds "the optimal blend of granularity" (docs/paper.md §1, §3).
 # LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)) has no fusion: it picks one estimator
@@ -336,3 +339,16 @@ analysis.as_table(summary)
 # * Read α beside the influence ρ: the weight is an intention, the rank correlation is its effect.
 # * On SmolLM2 no variant beat the element-wise estimate outside noise; `aef` = `aef-agree` keeps the fine plan
 #   wherever the calibration loss gives no reason to leave it. Next: notebook 04 turns the fused scores into a plan.
+
+# %% [markdown]
+# ## Memory
+# This kernel's peak resident memory (its high-water mark, every cell above included) goes into `metrics.json`;
+# `report.md` shows it beside the stage's run time.
+
+# %% tags=["nbval-ignore-output"]
+run.record_peak_memory("03_fusion")
+
+# %% [markdown]
+# **Before you open the next notebook:** shut this kernel down (*Kernel → Shut Down Kernel*), then open
+# notebook 04_pruning. A kernel holds its model in memory until it ends; with one kernel at a time, a JupyterLab session
+# stays inside the 2 GiB of a free Binder session.

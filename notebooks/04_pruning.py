@@ -36,6 +36,9 @@
 # **Run time:** 13 s on an idle 2-core CPU with the default settings (SmolLM2-135M; `python
 # benchmarks/pipeline.py`).
 #
+# **Peak memory:** 1,410 MiB resident in this notebook's kernel with the default settings (SmolLM2-135M;
+# `make binder-check` under a 2 GiB limit, docs/binder-check.md); the last cell records it for your run.
+#
 # **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)): "the groups are sorted
 # and the least important pruned"; LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)), whose code
 # prunes with `--pruning_ratio 0.25` in layers `--block_attention_layer_start 4 … _end 30` and
@@ -225,3 +228,16 @@ print(f"removed {removed:,} of {params_dense:,} parameters ({share:.2%})")
 #   before cutting, as the exercises did.
 # * The cut is physical: smaller matrices, the same forward code, a folder that reloads without this notebook.
 #   Next: notebook 05 recovers part of the lost quality with LoRA.
+
+# %% [markdown]
+# ## Memory
+# This kernel's peak resident memory (its high-water mark, every cell above included) goes into `metrics.json`;
+# `report.md` shows it beside the stage's run time.
+
+# %% tags=["nbval-ignore-output"]
+run.record_peak_memory("04_pruning")
+
+# %% [markdown]
+# **Before you open the next notebook:** shut this kernel down (*Kernel → Shut Down Kernel*), then open
+# notebook 05_recovery. A kernel holds its model in memory until it ends; with one kernel at a time, a JupyterLab session
+# stays inside the 2 GiB of a free Binder session.

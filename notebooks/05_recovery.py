@@ -34,6 +34,9 @@
 # **Run time:** 47 s on an idle 2-core CPU with the default settings (SmolLM2-135M pruned, 20 steps of 4 sequences;
 # `python benchmarks/pipeline.py`).
 #
+# **Peak memory:** 1,506 MiB resident in this notebook's kernel with the default settings (SmolLM2-135M;
+# `make binder-check` under a 2 GiB limit, docs/binder-check.md); the last cell records it for your run.
+#
 # **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)), stage (3) *recovery*;
 # LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)) §3.3 "Fast recovery with low-rank
 # approximation", run in its code as `post_training.py --data_path yahma/alpaca-cleaned --lora_r 8 --num_epochs 2
@@ -80,7 +83,7 @@ interactive = True             # live widgets (aef run sets False: static figure
 recovery_dataset = "qa"        # shipped QA pairs; the paper: "alpaca-cleaned" (hub)
 recovery_steps = 20            # optimizer steps (None: 2 epochs, as the paper)
 recovery_batch_size = 4        # sequences per step (paper: 64)
-recovery_micro_batch_size = 4  # sequences per forward/backward pass
+recovery_micro_batch_size = 1  # sequences per forward/backward pass (1: least memory)
 recovery_lr = 0.0003           # peak learning rate (paper: 1e-4 over ~1.5 k steps)
 recovery_cutoff = 128          # tokens per sequence (paper: 256)
 recovery_val_size = 16         # validation sequences scored before and after
@@ -134,6 +137,10 @@ f"separate = merged; the pruned model has {params_pruned:,} parameters"
 # ## Train
 # `lora` wraps the projections with rank-8 adapters, trains them for the step budget (AdamW, warmup and decay,
 # gradient clipping), merges them and returns the per-step loss and the validation loss before and after.
+# Each step's `recovery_batch_size` sequences pass `recovery_micro_batch_size` at a time (default 1), their
+# gradients summed weighted by tokens — the same step as one pass of the whole batch, with one sequence's
+# activations in memory instead of four (on SmolLM2 this kernel peaked at 2,753 MiB with 4 at once, 1,506 MiB with
+# 1; docs/binder-check.md).
 
 # %% tags=["nbval-ignore-output"]
 result = aeflib.recovery.lora(
@@ -239,3 +246,16 @@ print(f"about {needed:.0f} steps for the fall to exceed twice the noise"
 # * A short training curve is mostly batch noise; read the trend against the noise, and trust the validation loss
 #   (same examples before and after) more than single steps.
 # * How much of the lost quality recovery wins back is measured against the dense model, in notebook 06.
+
+# %% [markdown]
+# ## Memory
+# This kernel's peak resident memory (its high-water mark, every cell above included) goes into `metrics.json`;
+# `report.md` shows it beside the stage's run time.
+
+# %% tags=["nbval-ignore-output"]
+run.record_peak_memory("05_recovery")
+
+# %% [markdown]
+# **Before you open the next notebook:** shut this kernel down (*Kernel → Shut Down Kernel*), then open
+# notebook 06_evaluation. A kernel holds its model in memory until it ends; with one kernel at a time, a JupyterLab session
+# stays inside the 2 GiB of a free Binder session.

@@ -308,3 +308,16 @@ pd.DataFrame({"extra loss (nats/token)": extra.round(4),
 #   difference whose interval holds 0 *within noise*.
 # * Latency differences are real only when their interval excludes 1.0 on this machine, timed together.
 #   Next: notebook 07 puts these numbers beside the published ones.
+
+# %% [markdown]
+# ## Memory
+# This kernel's peak resident memory (its high-water mark, every cell above included) goes into `metrics.json`;
+# `report.md` shows it beside the stage's run time.
+
+# %% tags=["nbval-ignore-output"]
+run.record_peak_memory("06_evaluation")
+
+# %% [markdown]
+# **Before you open the next notebook:** shut this kernel down (*Kernel → Shut Down Kernel*), then open
+# notebook 07_reproduce_paper. A kernel holds its model in memory until it ends; with one kernel at a time, a JupyterLab session
+# stays inside the 2 GiB of a free Binder session.

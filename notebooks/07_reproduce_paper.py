@@ -230,3 +230,16 @@ print("+1.1 points is", "outside" if 1.1 > 196 * se_diff else "within",
 #   the gap recovery closes), never absolute levels across models.
 # * A gain of about one point on a seven-task average sits near the noise of full evaluation splits; only a paired,
 #   item-level comparison could settle it.
+
+# %% [markdown]
+# ## Memory
+# This kernel's peak resident memory (its high-water mark, every cell above included) goes into `metrics.json`;
+# `report.md` shows it beside the stage's run time.
+
+# %% tags=["nbval-ignore-output"]
+run.record_peak_memory("07_reproduce_paper")
+
+# %% [markdown]
+# **When you are done:** shut this kernel down (*Kernel → Shut Down Kernel*) before you open another notebook.
+# A kernel holds its model in memory until it ends; with one kernel at a time, a JupyterLab session
+# stays inside the 2 GiB of a free Binder session.

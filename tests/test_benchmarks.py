@@ -194,11 +194,25 @@ def test_pipeline_smoke_tabulates_stage_times_and_budget_share(smoke, script):
     assert re.search(r"^stage\s+status\s+wall s\s+CPU s\s+CPU/wall\s+share$", out, re.M)
     assert re.search(r"^01_model_and_structures\s+ran\s+\d+\.\d", out, re.M)
     assert re.search(r"^budget: total wall \d+ s / 900 s = \d+\.\d%", out, re.M)
+    assert re.search(r"^memory: 01_model_and_structures peak \d+ MiB resident \(limit 1800 MiB\)$", out, re.M)
     result = run.json("pipeline.json")
+    assert result["stages"][0]["peak_rss_mib"] > 0 and result["over_memory"] == {}
     assert [s["stage"] for s in result["stages"]] == ["01_model_and_structures"]
     assert result["stages"][0]["status"] == "ran" and result["stages"][0]["cpu_seconds"] > 0
     assert result["total_wall_s"] >= result["stages_wall_s"] > 0 and result["failed"] is None
     assert result["budget_share_wall"] == pytest.approx(result["total_wall_s"] / 900)
+
+
+@pytest.mark.notebooks
+def test_pipeline_fails_naming_the_stage_whose_peak_exceeds_max_peak_mib(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TMPDIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(BENCH / "pipeline.py"), "--smoke", "--stages", "01",
+                           "--max-peak-mib", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"^FAILED: stage 01_model_and_structures peaked at \d+ MiB resident, above --max-peak-mib 1$",
+                     proc.stdout, re.M)
 
 
 @pytest.mark.parametrize("script", ["io_roundtrip.py"])

@@ -50,6 +50,25 @@ def test_run_whole_sequence_on_tiny_llama(tiny_llama_run):
     check_run_smoke(tiny_llama_run, "tiny-llama")
 
 
+def test_run_records_every_stage_peak_memory_and_reports_it(tiny_llama_run):
+    metrics = json.loads((tiny_llama_run.run_dir / "metrics.json").read_text())
+    assert list(metrics["memory"]) == list(STAGES)
+    report = (tiny_llama_run.run_dir / "report.md").read_text()
+    for stage in STAGES:
+        peak = metrics["memory"][stage]["peak_rss_mib"]
+        assert 100 < peak < 4096, (stage, peak)                  # a kernel with torch loaded, well below 4 GiB
+        assert re.search(rf"^\| {stage} \| ran \| [\d.,]+ \| [\d.,]+ \| {peak:,.0f} \| \[notebook\]", report, re.M)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_notebook_records_its_peak_last_and_ends_telling_the_learner_to_shut_down_the_kernel(stage):
+    nb = nbformat.read(ROOT / "notebooks" / f"{stage}.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[-1].source.strip() == f'run.record_peak_memory("{stage}")'
+    assert "nbval-ignore-output" in code[-1].metadata.get("tags", [])
+    assert nb.cells[-1].cell_type == "markdown" and "Kernel → Shut Down Kernel" in nb.cells[-1].source
+
+
 def executed(run, stage: str):
     return nbformat.read(run.run_dir / "notebooks" / f"{stage}.ipynb", as_version=4)
 

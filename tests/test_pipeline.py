@@ -428,3 +428,40 @@ def test_run_settings_criteria_default_is_the_library_default():
     from aeflib.importance import DEFAULT_CRITERIA
 
     assert RunSettings().criteria == list(DEFAULT_CRITERIA)
+
+
+def test_record_peak_memory_writes_the_kernel_peak_per_stage_and_keeps_the_others(tmp_path):
+    import resource
+
+    from aeflib.artifacts import RunDir
+
+    run = RunDir(tmp_path)
+    run.merge_metrics("model", {"name": "tiny-llama"})
+    first = run.record_peak_memory(STAGES[1])
+    second = run.record_peak_memory(STAGES[0])
+    memory = run.metrics()["memory"]
+    assert list(memory) == [STAGES[0], STAGES[1]]                        # pipeline order, both kept
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024       # KiB on Linux
+    assert 0 < first <= second <= own + 0.1 and memory[STAGES[1]] == {"peak_rss_mib": first}
+    assert run.metrics()["model"] == {"name": "tiny-llama"}
+
+
+def test_record_peak_memory_rejects_an_unknown_stage(tmp_path):
+    from aeflib.artifacts import RunDir
+
+    with pytest.raises(ValueError, match=r"record_peak_memory: unknown stage '02_importances'; stages: 01_model"):
+        RunDir(tmp_path).record_peak_memory("02_importances")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_write_report_shows_each_stage_peak_beside_its_run_time(tmp_path):
+    from aeflib.orchestration.report import StageRecord, write_report
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"model": {"name": "tiny-llama"},
+                                                       "memory": {STAGES[0]: {"peak_rss_mib": 1234.5}}}))
+    records = [StageRecord(s, "ran", 2.0, tmp_path / "notebooks" / f"{s}.ipynb", 1.0) for s in STAGES[:2]]
+    text = write_report(tmp_path, records=records, seconds=4.0).read_text()
+    assert "| stage | status | wall s | CPU s | peak MiB | executed |" in text
+    assert f"| {STAGES[0]} | ran | 2.0 | 1.0 | 1,234 | [notebook]" in text or \
+        f"| {STAGES[0]} | ran | 2.0 | 1.0 | 1,235 | [notebook]" in text
+    assert f"| {STAGES[1]} | ran | 2.0 | 1.0 | – | [notebook]" in text          # not recorded: a dash

@@ -331,11 +331,16 @@ def write_report(run_dir: str | Path, settings=None, records=None, seconds: floa
     if records is None:
         records = _recorded(run_dir)
     stage_rows = []
+    peaks = metrics.get("memory", {})      # stage -> {"peak_rss_mib"}: the kernel's own high-water mark
     for r in records:
         stage_rows.append([r.stage, r.status, _fmt(r.seconds, 1), _fmt(r.cpu_seconds, 1),
+                           _fmt(peaks.get(r.stage, {}).get("peak_rss_mib"), 0),
                            f"[notebook](notebooks/{r.notebook.name})"])
     if stage_rows:
-        out += ["## Stages", "", markdown_table(["stage", "status", "wall s", "CPU s", "executed"], stage_rows), ""]
+        out += ["## Stages", "", markdown_table(["stage", "status", "wall s", "CPU s", "peak MiB", "executed"],
+                                                stage_rows), "",
+                "Peak MiB: the stage kernel's peak resident memory (its own high-water mark, `metrics.json` "
+                "section `memory`).", ""]
         if seconds is not None:
             out += [f"This invocation: {seconds:.0f} s wall time (skipped stages show their recorded time).", ""]
         finished = {r.stage for r in _recorded(run_dir)}

@@ -222,6 +222,9 @@ STAGES: tuple[Stage, ...] = (
         Param("criteria", list[str], list(DEFAULT_CRITERIA),
               cli_help="Criteria estimated in 02 (comma-separated); the method's own is added.", parse=_parse_names),
         _FINE, _COARSE,
+        Param("fisher_memory_gib", float | None, 0.2, "GiB of fp32 Fisher/gradient sums held at once",
+              "GiB of fp32 Fisher and gradient accumulators held at once in 02 (default 0.2: SmolLM2 scores three "
+              "slices of layers and stays under 1.8 GiB; None: all layers at once).", paper=5.0),
     ), produces=("scores.safetensors",), metrics="importance"),
     Stage("03_fusion", (
         _FINE, _COARSE,
@@ -244,7 +247,8 @@ STAGES: tuple[Stage, ...] = (
         Param("recovery_steps", int | None, 20, "optimizer steps (None: 2 epochs, as the paper)",
               "LoRA optimizer steps (None: 2 epochs, as the paper).", tiny=2, paper=None),
         Param("recovery_batch_size", int, 4, "sequences per step (paper: 64)", tiny=2, paper=64),
-        Param("recovery_micro_batch_size", int, 4, "sequences per forward/backward pass", tiny=2),
+        Param("recovery_micro_batch_size", int, 1, "sequences per forward/backward pass (1: least memory)",
+              tiny=2),
         Param("recovery_lr", float, 3e-4, "peak learning rate (paper: 1e-4 over ~1.5 k steps)", paper=1e-4),
         Param("recovery_cutoff", int, 128, "tokens per sequence (paper: 256)", tiny=64, paper=256),
         Param("recovery_val_size", int, 16, "validation sequences scored before and after", tiny=4, paper=2000),
