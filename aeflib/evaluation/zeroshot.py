@@ -299,8 +299,9 @@ def zeroshot(
     limits = _task_limits(limit, table)
 
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    from aeflib.evaluation.loglikelihood import ContinuationLM
 
     start = time.perf_counter()
     if offline:
@@ -336,7 +337,8 @@ def zeroshot(
         # HFLM calls model.tie_weights() on an in-memory model (lm-eval 0.4.13, HFLM.__init__), which re-ties an
         # lm_head stored apart from the embedding when the config says tie_word_embeddings: score it as it is
         with mock.patch.object(model, "tie_weights", _keep_weights_as_they_are):
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, softmax_dtype=torch.float32)
+            lm = ContinuationLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                                softmax_dtype=torch.float32)
         with mock.patch("lm_eval.evaluator.get_git_commit_hash", _quiet_git_hash):
             out = lm_eval.simple_evaluate(
                 model=lm,
