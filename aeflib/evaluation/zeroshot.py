@@ -6,8 +6,10 @@ Entry points::
     TASK_SETS                       # {"paper7": .., "paper7-offline": .., "local": ..}, each {task: metric}
     write_table(results, path)      # .csv / .md / .json; refuses a task without its metric
 
-The in-memory (possibly pruned, per-layer-width) model is wrapped in ``lm_eval.models.huggingface.HFLM`` and scored
-by ``lm_eval.simple_evaluate``; aeflib vendors no harness code. Two task sets:
+The in-memory (possibly pruned, per-layer-width) model is wrapped in ``lm_eval.models.huggingface.HFLM`` (as
+:class:`~aeflib.evaluation.loglikelihood.ContinuationLM`, which computes the output layer only where a continuation
+is scored: same log-likelihoods, less time and memory) and scored by ``lm_eval.simple_evaluate``; aeflib vendors no
+harness code. Two task sets:
 
 * ``paper7`` — BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e, ARC-c, OBQA from the Hugging Face hub, each under the
   metric the paper reports (acc for BoolQ, PIQA, WinoGrande, ARC-e; acc_norm for HellaSwag, ARC-c, OBQA;
