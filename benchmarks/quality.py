@@ -506,8 +506,53 @@ def comparisons(results: dict, draws: int = 10_000) -> list[dict]:
                 r = paired_bootstrap(ia, ib, strata=task_of if sub is None else None, draws=draws,
                                      scale=scale, unit=unit, higher_is_better=higher, labels=(a, b))
                 entry["measures"][measure] = r
+            if seeds and all("paper7" in by_method[m][s] for m in (a, b) for s in seeds):
+                entry["tasks"] = task_readings({s: by_method[a][s]["paper7"] for s in seeds},
+                                               {s: by_method[b][s]["paper7"] for s in seeds},
+                                               items.get("dense", {}).get("paper7"), (a, b), draws=draws)
             out.append(entry)
     return out
+
+
+def task_readings(a: dict, b: dict, dense: dict | None, labels: tuple[str, str], draws: int = 10_000) -> list[dict]:
+    """Per-task paired differences ``B − A`` over seeds and items, Holm-adjusted across the tasks; chance marked.
+
+    Args:
+        a: ``{seed: item table}`` of method A (``{task: {"doc_ids", "correct"}}``, a ``ZeroShotResult.item_table``).
+        b: The same for method B.
+        dense: The dense model's item table (decides *at chance*: its Wilson lower bound at or below the task's
+            chance level), or None.
+        labels: Names of A and B.
+        draws: Bootstrap replicates.
+
+    Returns:
+        One dict per task: ``task, diff, lo, hi`` (points, bootstrap over seeds and items), ``p`` (exact McNemar
+        sign test on the pooled item pairs), ``p_holm``, ``at_chance``, ``reading``.
+    """
+    from aeflib.evaluation.paired import binomial_interval, holm, paired_bootstrap, sign_test
+    from aeflib.evaluation.zeroshot import CHANCE
+
+    rows = []
+    for task in next(iter(a.values())):
+        ga = {s: dict(zip(t[task]["doc_ids"], t[task]["correct"], strict=True)) for s, t in a.items()}
+        gb = {s: dict(zip(t[task]["doc_ids"], t[task]["correct"], strict=True)) for s, t in b.items()}
+        r = paired_bootstrap(ga, gb, draws=draws, scale=100, unit="points", labels=labels)
+        pooled = [{f"{s}/{i}": v for s, g in group.items() for i, v in g.items()} for group in (ga, gb)]
+        at_chance = False
+        if dense is not None and task in dense and CHANCE.get(task) is not None:
+            correct = dense[task]["correct"]
+            at_chance = binomial_interval(int(round(sum(correct))), len(correct))[0] <= CHANCE[task]
+        rows.append({"task": task, "diff": r.diff, "lo": r.lo, "hi": r.hi, "p": sign_test(*pooled),
+                     "at_chance": at_chance})
+    for row, adjusted in zip(rows, holm([row["p"] for row in rows]), strict=True):
+        row["p_holm"] = adjusted
+        if row["at_chance"]:
+            row["reading"] = "dense at chance: not read"
+        elif adjusted < 0.05:
+            row["reading"] = f"{labels[1] if row['diff'] > 0 else labels[0]} better"
+        else:
+            row["reading"] = "within noise"
+    return rows
 
 
 def paired_summary(results: dict) -> None:
@@ -523,6 +568,11 @@ def paired_summary(results: dict) -> None:
         for measure, r in c["measures"].items():
             digits = 2 if r.unit == "points" else 4
             print(f"{'':>13}{PAIRED[measure][0]:<22} {r.reading(digits)}")
+        for t in c.get("tasks", []):
+            print(f"{'':>15}{t['task']:<20} {t['diff']:+6.2f} [{t['lo']:+.2f}, {t['hi']:+.2f}]  "
+                  f"Holm p {t['p_holm']:.3f}: {t['reading']}")
+    if any(c.get("tasks") for c in comps):
+        print(f"\nper task ({PAPER7}): {_TASK_METHOD}")
 
 
 def markdown(results: dict) -> None:
@@ -555,8 +605,32 @@ def markdown(results: dict) -> None:
     comps = comparisons(results)
     if comps:
         _markdown_paired(comps)
+        _markdown_tasks(comps)
     if "paper7" in dense and any("paper7" in r for r in rows):
         paper_drops(results)
+
+
+#: How the sweep reads per-task differences (printed with the tables).
+_TASK_METHOD = ("each task's difference is tested with the exact McNemar test on the item pairs (pooled over seeds) "
+                "and Holm–Bonferroni adjusted across the seven tasks of each comparison (family-wise 5 %); a task "
+                "where the dense model's Wilson interval reaches its chance level is not read")
+
+
+def _markdown_tasks(comps: list[dict]) -> None:
+    """Markdown: per-task paired differences of every comparison that has per-item paper7 results."""
+    with_tasks = [c for c in comps if c.get("tasks")]
+    if not with_tasks:
+        return
+    print(f"\nPer-task differences B − A on {PAPER7} (points, 95 % interval over seeds and items, unadjusted); "
+          f"the reading: {_TASK_METHOD}. **Bold** = read as a difference.\n")
+    print("| setting | A | B | task | Δ points [interval] | Holm p | reading |")
+    print("|---" * 7 + "|")
+    for c in with_tasks:
+        for t in c["tasks"]:
+            text = f"{t['diff']:+.2f} [{t['lo']:+.2f}, {t['hi']:+.2f}]"
+            read = t["reading"] not in ("within noise", "dense at chance: not read")
+            print(f"| {c['setting']} | {c['a']} | {c['b']} | {t['task']} | {f'**{text}**' if read else text} | "
+                  f"{t['p_holm']:.3f} | {t['reading']} |")
 
 
 def _markdown_paired(comps: list[dict]) -> None:

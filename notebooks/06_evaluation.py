@@ -30,8 +30,8 @@
 #   and the item ids **[ours]**. `"paper7"` runs the same tasks from the hub; `"local"` three small tasks cut from
 #   the shipped text **[ours]**.
 # * **Efficiency** — parameters and MACs per token; and the latency of a forward pass and of decoding on this
-#   machine, the three models timed together, interleaved, so that the machine's drift is not read as a difference
-#   between them; a ratio whose interval covers 1.0 is *no measurable difference* **[ours]**.
+#   machine, the dense and the pruned model timed together, interleaved, so that the machine's drift is not read as
+#   a difference between them; a ratio whose interval covers 1.0 is *no measurable difference* **[ours]**.
 
 # %% [markdown]
 # ## What you will learn
@@ -119,13 +119,16 @@ analysis.as_table(settings, index="parameter")
 
 # %% [markdown]
 # ## Dense
-# The model as loaded, before any pruning.
+# The model as loaded, before any pruning. The kernel holds one model at a time while it evaluates (`del` frees the
+# dense one once its numbers are in; the latency section reloads it): three models at once would not fit a 2 GiB
+# session.
 
 # %% tags=["nbval-ignore-output"]
 dense, tokenizer, _ = aeflib.models.load(model, dtype=dtype, device=device)
 dense_eval = stages.evaluate(
     dense, tokenizer, name=model, setting="dense", method="dense", **settings
 )
+del dense
 analysis.evaluation_table(dense_eval.rows)
 
 # %% [markdown]
@@ -141,13 +144,14 @@ analysis.evaluation_table(pruned_eval.rows)
 
 # %% [markdown]
 # ## Recovered
-# The folder notebook 05 wrote (the paper's "LoRA" rows).
+# The folder notebook 05 wrote (the paper's "LoRA" rows); freed after its evaluation, as the dense model was.
 
 # %% tags=["nbval-ignore-output"]
 recovered, _, _ = aeflib.io.load(run.require("recovered"), dtype=dtype, device=device)
 recovered_eval = stages.evaluate(
     recovered, tokenizer, name=model, setting="lora", method=method, **settings
 )
+del recovered
 analysis.evaluation_table(recovered_eval.rows)
 
 # %% [markdown]
@@ -214,14 +218,16 @@ run.save_figure(fig, "06_zeroshot")
 fig
 
 # %% [markdown]
-# The three models answered the *same* items, so a difference between two of them is measured item by item (a paired bootstrap over the items): much tighter than comparing two separate intervals. `items that differ` counts the items one model got right and the other wrong. A difference whose interval holds 0 is **within noise** — not a finding, however large it looks:
+# The three models answered the *same* items, so a difference between two of them is measured item by item (a paired bootstrap over the items): much tighter than comparing two separate intervals. `items that differ` counts the items one model got right and the other wrong. A difference whose interval holds 0 is **within noise** — not a finding, however large it looks.
+#
+# Seven tasks are seven tests: at 5 % each, some task shows a "difference" in about 30 % of runs even between two identical models. So each task's difference is read from the exact McNemar test on its items that differ, **Holm–Bonferroni adjusted** across the seven tasks (`Holm p`: the chance of any false finding among the seven stays at 5 %). A task on which the dense model is not above chance by its own interval is marked **at chance**: the model does not do the task, so pruning has nothing to lose there and no difference is read. The average over tasks is a single test, read from its interval **[ours]**:
 
 # %% tags=["nbval-ignore-output"]
 import pandas as pd
 
-columns = ["b", "a", "task", "diff", "lo", "hi", "n_discordant", "reading"]
-pd.DataFrame(intervals["paired"])[columns].round(2).rename(
-    columns={"diff": "B − A (points)", "n_discordant": "items that differ"}
+columns = ["b", "a", "task", "diff", "lo", "hi", "n_discordant", "p", "p_holm", "reading"]
+pd.DataFrame(intervals["paired"])[columns].round(3).rename(
+    columns={"diff": "B − A (points)", "n_discordant": "items that differ", "p_holm": "Holm p"}
 )
 
 # %% [markdown]
@@ -236,10 +242,11 @@ analysis.as_table(ratios, column="pruned / dense", digits=3)
 
 # %% [markdown]
 # ## Latency
-# The three models timed together: after a warm-up, every round times each of them once (a prefill, then greedy decoding), the order rotating from round to round. Median and interquartile range over the rounds, in ms:
+# The dense and the pruned model timed together: after a warm-up, every round times each of them once (a prefill, then greedy decoding), the order rotating from round to round. The recovered model is not timed: LoRA is merged, so it has the pruned model's shapes and its latency (a third model would only add rounds and memory). The dense model is loaded again for this. Median and interquartile range over the rounds, in ms:
 
 # %% tags=["nbval-ignore-output"]
-models = {"dense": dense, "pruned": pruned, "pruned + LoRA": recovered}
+dense, _, _ = aeflib.models.load(model, dtype=dtype, device=device)
+models = {"dense": dense, "pruned": pruned}
 latency = aeflib.evaluation.compare_latency(
     models, tokenizer, seq_len=efficiency_seq_len,
     decode_tokens=efficiency_decode_tokens, rounds=efficiency_repeats,
@@ -247,7 +254,7 @@ latency = aeflib.evaluation.compare_latency(
 latency.table()
 
 # %% [markdown]
-# Each ratio is the median of the per-round ratios (below 1 = faster), with an interval from the rounds; all intervals of the table hold together with 95 % probability. An interval that covers 1.0 is *no measurable difference*. The pruned and the recovered model have the same shapes (LoRA is merged): a difference between them would be the machine's.
+# Each ratio is the median of the per-round ratios (below 1 = faster), with an interval from the rounds; all intervals of the table hold together with 95 % probability. An interval that covers 1.0 is *no measurable difference*.
 
 # %% tags=["nbval-ignore-output"]
 latency.ratio_table()
@@ -305,7 +312,8 @@ pd.DataFrame({"extra loss (nats/token)": extra.round(4),
 # * Perplexity is exp(loss): differences are best read in nats per token, and the share of the pruning gap that
 #   recovery closes is a ratio of two such differences.
 # * An accuracy from n items is uncertain by about ±100/√n points; compare models item by item (paired), and call a
-#   difference whose interval holds 0 *within noise*.
+#   difference whose interval holds 0 *within noise*; read per-task differences only after a correction for the
+#   number of tasks (Holm), and none from a task the dense model does at chance.
 # * Latency differences are real only when their interval excludes 1.0 on this machine, timed together.
 #   Next: notebook 07 puts these numbers beside the published ones.
 

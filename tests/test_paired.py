@@ -7,7 +7,14 @@ import random
 import numpy as np
 import pytest
 
-from aeflib.evaluation.paired import binomial_interval, mean_interval, paired_bootstrap, zeroshot_intervals
+from aeflib.evaluation.paired import (
+    binomial_interval,
+    holm,
+    mean_interval,
+    paired_bootstrap,
+    sign_test,
+    zeroshot_intervals,
+)
 
 
 def _items(n: int, correct: set[int]) -> dict[int, float]:
@@ -151,8 +158,8 @@ def test_zeroshot_intervals_carry_chance_wilson_and_paired_readings():
     assert out["models"]["pruned"]["average"]["value"] == pytest.approx((30 + 50) / 2)
     by_task = {p["task"]: p for p in out["paired"]}
     assert by_task["aef_qa"]["diff"] == pytest.approx(-30) and by_task["aef_qa"]["excludes_zero"]
-    assert by_task["aef_qa"]["reading"].endswith("dense better")
-    assert by_task["aef_cloze"]["reading"].endswith("within noise")  # same answers on every cloze item
+    assert "dense better (Holm p" in by_task["aef_qa"]["reading"]
+    assert "within noise" in by_task["aef_cloze"]["reading"]  # same answers on every cloze item
     assert by_task["average"]["diff"] == pytest.approx(-15)
     with pytest.raises(ValueError, match=r"no zero-shot items for \['lora'\]"):
         zeroshot_intervals({"dense": dense}, pairs=[("dense", "lora")])
@@ -171,7 +178,11 @@ def test_report_shows_intervals_chance_and_calls_small_differences_noise(tmp_pat
     text = write_report(tmp_path, records=[]).read_text()
     assert "## Zero-shot accuracy with intervals" in text
     assert "| aef_qa (acc_norm) | 20 | 25 | 40.0 [21.9, 61.3] | 35.0 [18.1, 56.7] |" in text
-    assert "| pruned − dense | aef_qa | -5.0 [" in text and "| within noise |" in text
+    assert "| pruned − dense | aef_qa | -5.0 [" in text
+    # dense 40 % [21.9, 61.3] does not clear the 25 % chance level: nothing is read from the task
+    assert "| at chance (dense 40 % [22, 61], chance 25 %): no difference read |" in text
+    assert "Holm–Bonferroni adjusted across the tasks" in text
+    assert "The headline difference, pruned − dense on the average, resolves ±" in text
 
 
 def test_aef_compare_reports_paired_intervals_against_the_best_baseline(tmp_path, one_thread):
@@ -185,3 +196,61 @@ def test_aef_compare_reports_paired_intervals_against_the_best_baseline(tmp_path
     assert all(p["measure"] == "NLL wikipedia" and p["n"] == 4 for p in out.paired)  # 4 windows paired
     text = out.markdown.read_text()
     assert f"Paired differences against {ref}" in text and "too few items to tell" in text
+
+
+def test_holm_matches_hand_computed_step_down():
+    # sorted 0.01, 0.02, 0.03, 0.04 → ×4, ×3, ×2, ×1 = 0.04, 0.06, 0.06, 0.04 → running max 0.04, 0.06, 0.06, 0.06
+    assert holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    with pytest.raises(ValueError, match=r"p-values must lie in \[0, 1\]; got \[1.5\]"):
+        holm([0.2, 1.5])
+
+
+def test_sign_test_is_mcnemars_exact_test():
+    a = dict.fromkeys(range(10), 0.0)
+    b = {i: 1.0 if i < 8 else 0.0 for i in range(10)}  # 8 items differ, all in B's favour
+    assert sign_test(a, b) == pytest.approx(2 / 2**8)
+    assert sign_test(a, a) == 1.0
+
+
+def _seven_tasks(dense_correct: dict[str, int], pruned_gain: dict[str, int], n: int = 100) -> tuple[dict, dict]:
+    """Item tables of seven tasks: dense right on the first k items; pruned also right on ``gain`` more."""
+    from aeflib.evaluation.zeroshot import TASK_SETS
+
+    dense, pruned = {}, {}
+    for task, metric in TASK_SETS["paper7-offline"].items():
+        k, g = dense_correct.get(task, 70), pruned_gain.get(task, 0)
+        dense[task] = {"metric": metric, "doc_ids": list(range(n)), "correct": [1.0] * k + [0.0] * (n - k)}
+        pruned[task] = {"metric": metric, "doc_ids": list(range(n)),
+                        "correct": [1.0] * (k + g) + [0.0] * (n - k - g)}
+    return dense, pruned
+
+
+def test_zeroshot_intervals_holm_reads_no_difference_significant_only_alone():
+    # 7 of 7 items that differ favour pruned on PIQA: sign test p = 2/128 = 0.016 < 0.05 alone,
+    # but Holm over seven tasks gives 7 × 0.016 = 0.11: no finding
+    dense, pruned = _seven_tasks({}, {"piqa": 7})
+    out = zeroshot_intervals({"dense": dense, "pruned": pruned}, pairs=[("dense", "pruned")], draws=2000)
+    piqa = next(p for p in out["paired"] if p["task"] == "piqa")
+    assert piqa["p"] == pytest.approx(2 / 2**7) and piqa["p"] < 0.05
+    assert piqa["p_holm"] == pytest.approx(7 * 2 / 2**7)
+    assert not piqa["significant"] and "within noise (Holm p = 0.11)" in piqa["reading"]
+    assert "Holm" in out["correction"]
+    # a difference large enough survives the correction
+    dense, pruned = _seven_tasks({}, {"piqa": 20})
+    out = zeroshot_intervals({"dense": dense, "pruned": pruned}, pairs=[("dense", "pruned")], draws=2000)
+    piqa = next(p for p in out["paired"] if p["task"] == "piqa")
+    assert piqa["significant"] and "pruned better (Holm p = 0.000)" in piqa["reading"]
+
+
+def test_zeroshot_intervals_marks_a_task_at_chance_and_reads_nothing_from_it():
+    # dense 47 % on WinoGrande (chance 50 %): pruned +20 points there is not read, whatever its p-value
+    dense, pruned = _seven_tasks({"winogrande": 47}, {"winogrande": 20})
+    out = zeroshot_intervals({"dense": dense, "pruned": pruned}, pairs=[("dense", "pruned")], draws=2000)
+    wino = next(p for p in out["paired"] if p["task"] == "winogrande")
+    assert wino["p_holm"] < 0.05 and wino["at_chance"] and not wino["significant"]
+    assert "at chance (dense 47 % [38, 57], chance 50 %): no difference read" in wino["reading"]
+    others = [p for p in out["paired"] if p["task"] not in ("winogrande", "average")]
+    assert not any(p["at_chance"] for p in others)  # 70 % on the others: above 25 % and 50 %
+    with pytest.raises(ValueError, match=r"reference='lora' is not a model of tables"):
+        zeroshot_intervals({"dense": dense, "pruned": pruned}, reference="lora")

@@ -198,3 +198,43 @@ def test_zeroshot_names_task_item_and_lengths_of_a_continuation_longer_than_the_
                                          r"tokens \(context \d+\), but lm-eval scores only continuations of 1\.\.3 "
                                          r"tokens"):
         zeroshot(model, tokenizer, tasks=["aef_continuation"], limit=2, batch_size=2, bootstrap_iters=0)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-baichuan"])
+def test_continuation_lm_loglikelihoods_equal_hflm(name, monkeypatch):
+    from unittest import mock
+
+    from lm_eval.models.huggingface import HFLM
+
+    model, tokenizer, _ = aeflib.models.load(name)
+    # BoolQ: one-token continuations sharing a row; HellaSwag, PIQA, ...: multi-token endings
+    kwargs = dict(tasks="paper7-offline", limit=2, batch_size=2, log_samples=True, bootstrap_iters=0)
+    fast = zeroshot(model, tokenizer, **kwargs)
+    with mock.patch("aeflib.evaluation.loglikelihood.ContinuationLM", HFLM):
+        reference = zeroshot(model, tokenizer, **kwargs)
+    for task in TASK_SETS["paper7-offline"]:
+        for a, b in zip(fast.samples[task], reference.samples[task], strict=True):
+            assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], rel=1e-5, abs=1e-4)
+            assert a["is_greedy"] == b["is_greedy"]
+
+
+def test_continuation_lm_falls_back_when_logits_are_not_the_output_layer(tokenizer, caplog):
+    from aeflib.evaluation.loglikelihood import ContinuationLM
+
+    model, tokenizer, _ = aeflib.models.load("tiny-llama")
+    original = model.forward
+
+    def scaled(*args, **kwargs):  # a logit scale the shortcut does not know about
+        out = original(*args, **kwargs)
+        out.logits = 2 * out.logits
+        return out
+
+    model.forward = scaled
+    lm = ContinuationLM(pretrained=model, tokenizer=tokenizer, batch_size=2)
+    requests = [(("a", " b"), [5, 6, 7], [8, 9]), (("c", " d"), [10, 11], [12])]
+    with caplog.at_level("INFO", logger="aeflib.evaluation.loglikelihood"):
+        got = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert "scoring with lm-eval's HFLM method instead" in caplog.text
+    with torch.no_grad():
+        logp = F.log_softmax(model(torch.tensor([[5, 6, 7, 8]])).logits[0], dim=-1)  # [4, vocab]
+    assert got[0][0] == pytest.approx((logp[2, 8] + logp[3, 9]).item(), rel=1e-5)

@@ -6,8 +6,10 @@ Entry points::
     TASK_SETS                       # {"paper7": .., "paper7-offline": .., "local": ..}, each {task: metric}
     write_table(results, path)      # .csv / .md / .json; refuses a task without its metric
 
-The in-memory (possibly pruned, per-layer-width) model is wrapped in ``lm_eval.models.huggingface.HFLM`` and scored
-by ``lm_eval.simple_evaluate``; aeflib vendors no harness code. Two task sets:
+The in-memory (possibly pruned, per-layer-width) model is wrapped in ``lm_eval.models.huggingface.HFLM`` (as
+:class:`~aeflib.evaluation.loglikelihood.ContinuationLM`, which computes the output layer only where a continuation
+is scored: same log-likelihoods, less time and memory) and scored by ``lm_eval.simple_evaluate``; aeflib vendors no
+harness code. Two task sets:
 
 * ``paper7`` — BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e, ARC-c, OBQA from the Hugging Face hub, each under the
   metric the paper reports (acc for BoolQ, PIQA, WinoGrande, ARC-e; acc_norm for HellaSwag, ARC-c, OBQA;
@@ -306,8 +308,9 @@ def zeroshot(
     require_resident(model, "zero-shot evaluation")
 
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    from aeflib.evaluation.loglikelihood import ContinuationLM
 
     start = time.perf_counter()
     if offline:
@@ -344,10 +347,10 @@ def zeroshot(
         # HFLM calls model.tie_weights() on an in-memory model (lm-eval 0.4.13, HFLM.__init__), which re-ties an
         # lm_head stored apart from the embedding when the config says tie_word_embeddings: score it as it is
         with mock.patch.object(model, "tie_weights", _keep_weights_as_they_are):
-            lm = HFLM(pretrained=model, tokenizer=harness_tokenizer(tokenizer), batch_size=batch_size,
-                      softmax_dtype=torch.float32)
+            lm = ContinuationLM(pretrained=model, tokenizer=harness_tokenizer(tokenizer), batch_size=batch_size,
+                                softmax_dtype=torch.float32)
         name_overlong_items(lm, {lm_names[t]: t for t in table},
-                             {lm_names[t]: item_ids[t] for t, ok in selected.items() if ok})
+                            {lm_names[t]: item_ids[t] for t, ok in selected.items() if ok})
         with mock.patch("lm_eval.evaluator.get_git_commit_hash", _quiet_git_hash):
             out = lm_eval.simple_evaluate(
                 model=lm,

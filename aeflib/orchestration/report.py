@@ -142,11 +142,19 @@ def _section_zeroshot(m: dict) -> list[str]:
            markdown_table(["task (metric)", "items", "chance", *labels], body), ""]
     if z.get("paired"):
         rows = [[f"{p['b']} − {p['a']}", p["task"], f"{p['diff']:+.1f} [{p['lo']:+.1f}, {p['hi']:+.1f}]",
-                 str(p["n_discordant"]), p["reading"].rsplit(": ", 1)[-1]] for p in z["paired"]]
-        out += [f"Differences on the same items (paired bootstrap, {pct} interval, points). A difference whose "
-                "interval holds 0 is *within noise*: no finding.", "",
-                markdown_table(["difference", "task", "points [interval]", "items that differ", "reading"], rows),
-                ""]
+                 str(p["n_discordant"]), "–" if p.get("p_holm") is None else f"{p['p_holm']:.3f}",
+                 p["reading"].split("): ", 1)[-1]] for p in z["paired"]]
+        heads = [p for p in z["paired"] if p["task"] == "average"]
+        resolution = (f" The headline difference, {heads[0]['b']} − {heads[0]['a']} on the average, resolves "
+                      f"±{(heads[0]['hi'] - heads[0]['lo']) / 2:.1f} points (half-width of its interval); a "
+                      "larger `--zeroshot-limit` narrows it as 1/√n." if heads else "")
+        corrected = ("Per task the reading is corrected for multiple comparisons: "
+                     + z["correction"] + " (Holm p in the table). " if "correction" in z else "")
+        out += [f"Differences on the same items (paired bootstrap, {pct} interval, points; per task unadjusted). "
+                + corrected + "The average over tasks is one test, read from its interval. A difference whose "
+                "interval holds 0 is *within noise*: no finding." + resolution, "",
+                markdown_table(["difference", "task", "points [interval]", "items that differ", "Holm p",
+                                "reading"], rows), ""]
     return out
 
 
