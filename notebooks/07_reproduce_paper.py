@@ -121,9 +121,9 @@ headline.set_index(["setting", "metric", "task", "model", "method"])
 # %% [markdown]
 # ## The seven zero-shot tasks
 # Each task's accuracy under the paper's metric, this run's first in each setting, then every published method of the
-# same setting; the last column says how this run measured it (split, items, subset seed). With the default 100 items
-# per task a difference of several points is within noise (a binomial standard error at 100 items and 50 % is 5
-# points, so a 95 % interval spans about ±10).
+# same setting; the last column says how this run measured it (split, items, subset seed). With the default 50 items
+# per task a difference of several points is within noise (a binomial standard error at 50 items and 50 % is 7
+# points, so a 95 % interval spans about ±14; `zeroshot_limit = 100` narrows it to about ±10).
 
 # %% tags=["nbval-ignore-output"]
 aeflib.paper.seven_tasks(ours, published)

@@ -31,7 +31,7 @@ BAD_LISTS = {
 #: generated values that are valid for that parameter (a range open above, 0 meaning "none", free text)
 VALID = {
     ("seed", "0"), ("show_group", "0"), ("recovery_val_size", "0"), ("efficiency_decode_tokens", "0"),
-    ("prompt", "nope"), ("temperature", "1"), ("fusion_lr", "1"), ("recovery_lr", "1"),
+    ("prompt", "nope"), ("temperature", "1"), ("fusion_lr", "1"), ("recovery_lr", "1"), ("fisher_memory_gib", "1"),
     *((name, HUGE) for name in ("fusion_steps", "fusion_patience", "max_new_tokens", "recovery_steps",
                                 "recovery_batch_size", "recovery_cutoff", "recovery_val_size", "ppl_max_windows",
                                 "zeroshot_limit", "efficiency_seq_len", "efficiency_decode_tokens",
@@ -135,11 +135,12 @@ def test_validate_accepts_the_shipped_profiles_and_a_single_task_name_from_the_c
 
 @pytest.mark.parametrize("option, attribute", [("--ppl-max-windows", "ppl_max_windows"),
                                                ("--zeroshot-limit", "zeroshot_limit"),
-                                               ("--recovery-steps", "recovery_steps"), ("--layers", "layers")])
+                                               ("--recovery-steps", "recovery_steps"), ("--layers", "layers"),
+                                               ("--fisher-memory-gib", "fisher_memory_gib")])
 def test_settings_option_none_is_a_value_where_the_help_offers_it(option, attribute):
     assert getattr(_settings({"model": "tiny-llama", attribute: "None"}), attribute) is None
     offering = {p.name for p in settings_params() if "None:" in (p.cli_help or p.help)}
-    assert offering == {"layers", "ppl_max_windows", "zeroshot_limit", "recovery_steps"}
+    assert offering == {"layers", "ppl_max_windows", "zeroshot_limit", "recovery_steps", "fisher_memory_gib"}
 
 
 def test_stage_matches_full_names_and_exact_numbers_only():

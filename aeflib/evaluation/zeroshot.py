@@ -44,6 +44,7 @@ import torch
 
 from aeflib.data import data_dir
 from aeflib.evaluation.harness import harness_tokenizer, name_overlong_items
+from aeflib.evaluation.loglikelihood import ContinuationLM
 from aeflib.evaluation.olmo_tasks import item_hash, offline_task_dir, subset_ids
 from aeflib.evaluation.olmo_tasks import source as offline_source
 from aeflib.evaluation.zeroshot_results import TaskScore, ZeroShotResult, check_metric, write_table
@@ -309,8 +310,6 @@ def zeroshot(
 
     import lm_eval
     from lm_eval.tasks import TaskManager
-
-    from aeflib.evaluation.loglikelihood import ContinuationLM
 
     start = time.perf_counter()
     if offline:

@@ -208,6 +208,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "dtype": _dtype,
     "show_group": _at_least(0, "a group index of the first pruned layer"),
     "criteria": _criteria,
+    "fisher_memory_gib": lambda v: None if v is None else _positive("GiB of Fisher/gradient sums held at once; or "
+                                                                    "None: no limit")(v),
     "fine": _one_of(_estimators, "a criterion"),
     "coarse": _one_of(_estimators, "a criterion"),
     "normalize_with": _one_of(_normalizations, "a normalisation"),
