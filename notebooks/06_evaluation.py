@@ -133,14 +133,13 @@ analysis.evaluation_table(dense_eval.rows)
 
 # %% [markdown]
 # ## Pruned
-# The folder notebook 04 wrote, without recovery (the paper's "no tune" rows); freed after its evaluation too.
+# The folder notebook 04 wrote, without recovery (the paper's "no tune" rows).
 
 # %% tags=["nbval-ignore-output"]
 pruned, _, _ = aeflib.io.load(run.require("pruned"), dtype=dtype, device=device)
 pruned_eval = stages.evaluate(
     pruned, tokenizer, name=model, setting="no-tune", method=method, **settings
 )
-del pruned
 analysis.evaluation_table(pruned_eval.rows)
 
 # %% [markdown]
@@ -243,11 +242,10 @@ analysis.as_table(ratios, column="pruned / dense", digits=3)
 
 # %% [markdown]
 # ## Latency
-# The dense and the pruned model timed together: after a warm-up, every round times each of them once (a prefill, then greedy decoding), the order rotating from round to round. The recovered model is not timed: LoRA is merged, so it has the pruned model's shapes and its latency (a third model would only add rounds and memory). Both are loaded again for this. Median and interquartile range over the rounds, in ms:
+# The dense and the pruned model timed together: after a warm-up, every round times each of them once (a prefill, then greedy decoding), the order rotating from round to round. The recovered model is not timed: LoRA is merged, so it has the pruned model's shapes and its latency (a third model would only add rounds and memory). The dense model is loaded again for this. Median and interquartile range over the rounds, in ms:
 
 # %% tags=["nbval-ignore-output"]
 dense, _, _ = aeflib.models.load(model, dtype=dtype, device=device)
-pruned, _, _ = aeflib.io.load(run.require("pruned"), dtype=dtype, device=device)
 models = {"dense": dense, "pruned": pruned}
 latency = aeflib.evaluation.compare_latency(
     models, tokenizer, seq_len=efficiency_seq_len,
