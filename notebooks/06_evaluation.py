@@ -227,7 +227,8 @@ import pandas as pd
 
 columns = ["b", "a", "task", "diff", "lo", "hi", "n_discordant", "p", "p_holm", "reading"]
 pd.DataFrame(intervals["paired"])[columns].round(3).rename(
-    columns={"diff": "B − A (points)", "n_discordant": "items that differ", "p_holm": "Holm p"}
+    columns={"diff": "B − A (points)", "n_discordant": "items that differ",
+             "p_holm": "Holm p"}
 )
 
 # %% [markdown]
