@@ -42,9 +42,12 @@
 # **What it needs from the previous stages:** the model name (it reloads the dense model), `pruned/` from notebook 04
 # and `recovered/` from notebook 05. It writes the evaluation section of `metrics.json`, which notebook 07 reads.
 #
-# **Run time:** 510 s on an idle 2-core CPU with the default settings (three models × 48 perplexity windows, seven
-# tasks × 100 items, 10 latency rounds; `python benchmarks/pipeline.py`) — the longest stage. At 100 items per task a
-# task's 95 % interval is about ±10 points; `zeroshot_limit = 30` runs in about 200 s with intervals of ±17.
+# **Run time:** 275 s on an idle 2-core CPU with the default settings (three models × 48 perplexity windows, seven
+# tasks × 50 items, 10 latency rounds; one `make demo`, 2026-12-08) — the longest stage. At 50 items per task a
+# task's 95 % interval is about ±14 points; `zeroshot_limit = 100` narrows it to about ±10 at about twice the time.
+#
+# **Peak memory:** 1,806 MiB resident in this notebook's kernel in that run (2,024–2,433 MiB in two reruns): over the
+# 1,800 MiB that a free Binder session leaves beside JupyterLab, so there this kernel may be killed.
 #
 # **Read alongside:** the AEF paper ([arXiv 2403.10799](https://arxiv.org/abs/2403.10799)) reports zero-shot gains on
 # seven tasks; LLM-Pruner ([arXiv 2305.11627](https://arxiv.org/abs/2305.11627)) defines the perplexity protocol
