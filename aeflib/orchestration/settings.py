@@ -269,7 +269,7 @@ STAGES: tuple[Stage, ...] = (
               "Zero-shot items per task (a seeded subset, the same for every model; None: all; 100 narrows a "
               "task's 95 % interval from about ±14 to ±10 points at twice the zero-shot time).", tiny=4,
               paper=None),
-        Param("efficiency_seq_len", int | None, 64, "prompt tokens of the latency measurement (None: skip)",
+        Param("efficiency_seq_len", int | None, 64, "prompt tokens of the latency measurement",
               "Prompt tokens of the latency measurement (notebook 06 times every model: None, which skips it "
               "in aeflib.stages.evaluate, is refused here).", tiny=16, paper=128),
         Param("efficiency_decode_tokens", int, 16, cli_help="Tokens of the decode measurement.", tiny=4),
