@@ -17,6 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import check_run_smoke
+from stand_ins import write_stand_in
 from typer.testing import CliRunner
 
 from aeflib.orchestration import runner, sweep
@@ -161,16 +162,6 @@ def test_notebook_teaches_in_order_and_is_committed_without_outputs(stage):
 
 
 # ---- mechanics on stand-in notebooks --------------------------------------------------------------------------------
-def _stand_in(path: Path, stage: str, body: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell('model = "x"\nseed = 42\nrun_dir = "."\nprogress = True')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell("from pathlib import Path\nimport time"),
-                nbformat.v4.new_code_cell(body)]
-    nbformat.write(nb, path / f"{stage}.ipynb")
-
-
 @pytest.fixture
 def stand_ins(tmp_path, monkeypatch):
     folder = tmp_path / "notebooks"
@@ -179,7 +170,7 @@ def stand_ins(tmp_path, monkeypatch):
         body = f'(Path(run_dir) / "{stage}.txt").write_text(f"{{seed}} {{time.time()}}")'
         if stage == "03_fusion":
             body = 'raise ValueError("broken on purpose")'
-        _stand_in(folder, stage, body)
+        write_stand_in(folder, stage, body)
     monkeypatch.setenv(runner.NOTEBOOKS_ENV, str(folder))
     return tmp_path
 

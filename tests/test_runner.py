@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from stand_ins import write_stand_in
 from typer.testing import CliRunner
 
 from aeflib.orchestration import runner
@@ -43,13 +44,7 @@ def _notebooks(folder: Path, bodies: dict[str, str] | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for stage in STAGES:
         body = (bodies or {}).get(stage, f'(Path(run_dir) / "{stage}.txt").write_text(f"{{seed}} {{time.time()}}")')
-        nb = nbformat.v4.new_notebook()
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        params = nbformat.v4.new_code_cell('model = "x"\nseed = 42\nrun_dir = "."\nprogress = True')
-        params.metadata["tags"] = ["parameters"]
-        nb.cells = [params, nbformat.v4.new_code_cell("from pathlib import Path\nimport time"),
-                    nbformat.v4.new_code_cell(body)]
-        nbformat.write(nb, folder / f"{stage}.ipynb")
+        write_stand_in(folder, stage, body)
     return folder
 
 
