@@ -72,11 +72,11 @@ import torch
 from torch import nn
 
 from aeflib.activations import capture_inputs
-from aeflib.checks import check_calibration, check_layers
 from aeflib.models.adapters import GroupSet, Slice, StructureAdapter
 from aeflib.models.checksum import checksum
 from aeflib.models.registry import require_resident
 from aeflib.scores import Scores
+from aeflib.validation import check_calibration, check_layers
 
 __all__ = ["DEFAULT_CRITERIA", "DEFAULT_FISHER_MEMORY_GIB", "ESTIMATORS", "PATHS", "REDUCTIONS", "STATISTICS",
            "Criterion", "SliceStats", "estimate", "fisher_layer_slices", "slice_scores"]

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aeflib.checks import check_layers, check_plan, split_key
 from aeflib.files import write_text
 from aeflib.models.adapters import GroupSet, StructureAdapter, adapter_for
 from aeflib.scores import Scores
+from aeflib.validation import check_layers, check_plan, split_key
 
 __all__ = ["PruningPlan", "apply", "check_plan", "count_parameters", "install_static_cache_shapes", "mask_removed",
            "plan", "removal_counts", "select", "solve_ratio", "split_key", "static_cache_shapes"]
@@ -377,7 +377,7 @@ def apply(model: nn.Module, adapter: StructureAdapter, pruning_plan: PruningPlan
 
     Raises:
         StructureError: Before any tensor is changed, if the plan does not fit the model
-            (:func:`aeflib.checks.check_plan`: group counts differ from the plan's — a plan for another model, or a
+            (:func:`aeflib.validation.check_plan`: group counts differ from the plan's — a plan for another model, or a
             model already pruned —, a layer or kind the model lacks, kept indices out of range, repeated, or
             unequal across kv blocks); or if a width check fails afterwards.
 
@@ -460,7 +460,7 @@ def mask_removed(model: nn.Module, adapter: StructureAdapter, pruning_plan: Prun
     computes with its removed groups zeroed. Also handy to preview a plan without changing shapes.
 
     Raises:
-        StructureError: As :func:`apply`, for a plan that does not fit the model (:func:`aeflib.checks.check_plan`).
+        StructureError: As :func:`apply`, for a plan that does not fit the model (:func:`aeflib.validation.check_plan`).
     """
     check_plan(model, adapter, pruning_plan)
     layers = adapter.decoder_layers(model)
